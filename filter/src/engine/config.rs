@@ -1,0 +1,525 @@
+//! The filter configuration: the JSON in Envoy's `configuration` field.
+//!
+//! Parsing is strict (an unknown key is an error, so a typo never silently
+//! falls back to a default) and every error names the field, because the only
+//! place an operator sees it is one line of Envoy's log at load time.
+
+use serde::Deserialize;
+use std::fmt;
+
+/// A configuration Vigil cannot honour: which field, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "invalid vigil configuration: {}", self.reason)
+        } else {
+            write!(f, "invalid vigil configuration: field `{}`: {}", self.field, self.reason)
+        }
+    }
+}
+
+impl ConfigError {
+    fn new(field: &str, reason: impl Into<String>) -> Self {
+        Self { field: field.to_string(), reason: reason.into() }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Score and report everything, enforce nothing: the safe way to start.
+    #[default]
+    Monitor,
+    /// Throttle and block as decided.
+    Enforce,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub mode: Mode,
+    pub enable_ml_models: bool,
+    pub ml_model_config: MlModelConfig,
+    pub behavioral_profiling: BehavioralProfiling,
+    pub time_series_analysis: TimeSeriesAnalysis,
+    pub ml_scoring_weights: MlScoringWeights,
+    pub identity: IdentityConfig,
+    pub rate_limit: RateLimitConfig,
+    pub decision_thresholds: DecisionThresholds,
+    /// Add `x-vigil-risk-score`, `x-vigil-decision` and `x-vigil-signals` to the
+    /// request forwarded upstream. Incoming copies are always stripped.
+    pub upstream_headers: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::default(),
+            enable_ml_models: false,
+            ml_model_config: MlModelConfig::default(),
+            behavioral_profiling: BehavioralProfiling::default(),
+            time_series_analysis: TimeSeriesAnalysis::default(),
+            ml_scoring_weights: MlScoringWeights::default(),
+            identity: IdentityConfig::default(),
+            rate_limit: RateLimitConfig::default(),
+            decision_thresholds: DecisionThresholds::default(),
+            upstream_headers: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlModelConfig {
+    pub behavioral_model_url: Option<String>,
+    pub anomaly_model_url: Option<String>,
+    /// Envoy cluster to call instead of the URL's host (Istio names clusters
+    /// `outbound|PORT||FQDN`, which cannot be a URL host).
+    pub behavioral_model_cluster: Option<String>,
+    pub anomaly_model_cluster: Option<String>,
+    pub model_timeout_ms: u64,
+    pub model_retry_count: u32,
+}
+
+impl Default for MlModelConfig {
+    fn default() -> Self {
+        Self {
+            behavioral_model_url: None,
+            anomaly_model_url: None,
+            behavioral_model_cluster: None,
+            anomaly_model_cluster: None,
+            model_timeout_ms: 1000,
+            model_retry_count: 2,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BehavioralProfiling {
+    pub enable_user_profiling: bool,
+    pub profile_window_hours: u32,
+    pub deviation_threshold: f64,
+}
+
+impl Default for BehavioralProfiling {
+    fn default() -> Self {
+        Self { enable_user_profiling: false, profile_window_hours: 24, deviation_threshold: 0.7 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TimeSeriesAnalysis {
+    pub enable_traffic_analysis: bool,
+    pub analysis_window_minutes: u32,
+    pub anomaly_sensitivity: f64,
+}
+
+impl Default for TimeSeriesAnalysis {
+    fn default() -> Self {
+        Self { enable_traffic_analysis: false, analysis_window_minutes: 60, anomaly_sensitivity: 0.8 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MlScoringWeights {
+    pub behavioral_deviation: f64,
+    pub traffic_anomaly: f64,
+    pub user_anomaly: f64,
+}
+
+impl Default for MlScoringWeights {
+    fn default() -> Self {
+        Self { behavioral_deviation: 0.4, traffic_anomaly: 0.3, user_anomaly: 0.5 }
+    }
+}
+
+/// Where an identity comes from; the first source that yields one wins.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum IdentitySource {
+    /// A header set by something you trust (an auth filter, a gateway).
+    Header { name: String },
+    /// A claim of a JWT carried in a header. The token is NOT verified here, so
+    /// the claim only groups requests; it grants nothing.
+    JwtClaim {
+        #[serde(default = "default_jwt_header")]
+        header: String,
+        #[serde(default = "default_jwt_claim")]
+        claim: String,
+    },
+    /// An API key header. Only its keyed hash is kept, logged or shared.
+    ApiKey { name: String },
+    /// The client address, `trusted_proxy_hops` proxies in front of Envoy.
+    ClientIp {
+        #[serde(default)]
+        trusted_proxy_hops: u32,
+    },
+}
+
+fn default_jwt_header() -> String {
+    "authorization".to_string()
+}
+fn default_jwt_claim() -> String {
+    "sub".to_string()
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IdentityConfig {
+    pub sources: Vec<IdentitySource>,
+    /// Secret for the keyed identity hash. Set it in production so identity
+    /// hashes (and slot placement) cannot be predicted from outside.
+    pub hash_secret: String,
+}
+
+impl Default for IdentityConfig {
+    fn default() -> Self {
+        Self {
+            sources: vec![
+                IdentitySource::Header { name: "x-user-id".to_string() },
+                IdentitySource::JwtClaim { header: default_jwt_header(), claim: default_jwt_claim() },
+                IdentitySource::ApiKey { name: "x-api-key".to_string() },
+                IdentitySource::ClientIp { trusted_proxy_hops: 0 },
+            ],
+            hash_secret: "vigil-default-secret-change-me".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RateLimitConfig {
+    pub enabled: bool,
+    /// The ceiling: requests one identity may make per window.
+    pub requests_per_window: u32,
+    pub window_seconds: u32,
+    /// Slots in the shared table: the most identities tracked at once. Memory is
+    /// bounded by this, whatever the number of identities seen.
+    pub max_identities: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self { enabled: true, requests_per_window: 600, window_seconds: 60, max_identities: 16384 }
+    }
+}
+
+/// Risk scores at or above each threshold get that decision.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DecisionThresholds {
+    pub flag: f64,
+    pub throttle: f64,
+    pub block: f64,
+}
+
+impl Default for DecisionThresholds {
+    fn default() -> Self {
+        Self { flag: 0.5, throttle: 0.75, block: 0.95 }
+    }
+}
+
+/// Parses and validates the configuration. An empty input means all defaults.
+pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
+    let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
+    let config = match first {
+        None => Config::default(),
+        Some(b) if *b != b'{' => return Err(ConfigError::new("", "must be a JSON object")),
+        Some(_) => {
+            let mut de = serde_json::Deserializer::from_slice(bytes);
+            let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+                let field = e.path().to_string();
+                let field = if field == "." { String::new() } else { field };
+                ConfigError { field, reason: e.into_inner().to_string() }
+            })?;
+            de.end().map_err(|e| ConfigError::new("", e.to_string()))?;
+            config
+        }
+    };
+    validate(&config)?;
+    Ok(config)
+}
+
+fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
+    if v.is_finite() && (0.0..=1.0).contains(&v) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(field, format!("must be within [0, 1], got {v}")))
+    }
+}
+
+fn in_range<T: PartialOrd + fmt::Display + Copy>(field: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
+    if v >= lo && v <= hi {
+        Ok(())
+    } else {
+        Err(ConfigError::new(field, format!("must be within [{lo}, {hi}], got {v}")))
+    }
+}
+
+fn validate(c: &Config) -> Result<(), ConfigError> {
+    let m = &c.ml_model_config;
+    in_range("ml_model_config.model_timeout_ms", m.model_timeout_ms, 1, 60_000)?;
+    in_range("ml_model_config.model_retry_count", m.model_retry_count, 0, 10)?;
+    for (field, url) in [
+        ("ml_model_config.behavioral_model_url", &m.behavioral_model_url),
+        ("ml_model_config.anomaly_model_url", &m.anomaly_model_url),
+    ] {
+        if let Some(url) = url {
+            ModelUrl::parse(url).map_err(|reason| ConfigError::new(field, reason))?;
+        }
+    }
+    for (field, cluster) in [
+        ("ml_model_config.behavioral_model_cluster", &m.behavioral_model_cluster),
+        ("ml_model_config.anomaly_model_cluster", &m.anomaly_model_cluster),
+    ] {
+        if matches!(cluster, Some(name) if name.trim().is_empty()) {
+            return Err(ConfigError::new(field, "must not be empty"));
+        }
+    }
+    if c.enable_ml_models && m.behavioral_model_url.is_none() && m.anomaly_model_url.is_none() {
+        return Err(ConfigError::new(
+            "enable_ml_models",
+            "is true but neither ml_model_config.behavioral_model_url nor anomaly_model_url is set",
+        ));
+    }
+
+    let p = &c.behavioral_profiling;
+    in_range("behavioral_profiling.profile_window_hours", p.profile_window_hours, 1, 24 * 90)?;
+    unit_interval("behavioral_profiling.deviation_threshold", p.deviation_threshold)?;
+
+    let t = &c.time_series_analysis;
+    in_range("time_series_analysis.analysis_window_minutes", t.analysis_window_minutes, 1, 24 * 60)?;
+    unit_interval("time_series_analysis.anomaly_sensitivity", t.anomaly_sensitivity)?;
+
+    let w = &c.ml_scoring_weights;
+    unit_interval("ml_scoring_weights.behavioral_deviation", w.behavioral_deviation)?;
+    unit_interval("ml_scoring_weights.traffic_anomaly", w.traffic_anomaly)?;
+    unit_interval("ml_scoring_weights.user_anomaly", w.user_anomaly)?;
+
+    if c.identity.sources.is_empty() {
+        return Err(ConfigError::new("identity.sources", "must list at least one source"));
+    }
+    for (i, source) in c.identity.sources.iter().enumerate() {
+        let header = match source {
+            IdentitySource::Header { name } | IdentitySource::ApiKey { name } => Some(("name", name)),
+            IdentitySource::JwtClaim { header, claim } => {
+                if claim.is_empty() {
+                    return Err(ConfigError::new(&format!("identity.sources[{i}].claim"), "must not be empty"));
+                }
+                Some(("header", header))
+            }
+            IdentitySource::ClientIp { trusted_proxy_hops } => {
+                in_range(&format!("identity.sources[{i}].trusted_proxy_hops"), *trusted_proxy_hops, 0, 16)?;
+                None
+            }
+        };
+        if let Some((key, name)) = header {
+            if !is_header_name(name) {
+                return Err(ConfigError::new(
+                    &format!("identity.sources[{i}].{key}"),
+                    format!("`{name}` is not a lowercase HTTP header name"),
+                ));
+            }
+        }
+    }
+    if c.identity.hash_secret.is_empty() {
+        return Err(ConfigError::new("identity.hash_secret", "must not be empty"));
+    }
+
+    let r = &c.rate_limit;
+    in_range("rate_limit.requests_per_window", r.requests_per_window, 1, 100_000_000)?;
+    in_range("rate_limit.window_seconds", r.window_seconds, 1, 86_400)?;
+    in_range("rate_limit.max_identities", r.max_identities, 16, 1 << 20)?;
+
+    let d = &c.decision_thresholds;
+    unit_interval("decision_thresholds.flag", d.flag)?;
+    unit_interval("decision_thresholds.throttle", d.throttle)?;
+    unit_interval("decision_thresholds.block", d.block)?;
+    if d.flag > d.throttle {
+        return Err(ConfigError::new("decision_thresholds.flag", "must not exceed decision_thresholds.throttle"));
+    }
+    if d.throttle > d.block {
+        return Err(ConfigError::new("decision_thresholds.throttle", "must not exceed decision_thresholds.block"));
+    }
+    Ok(())
+}
+
+/// Envoy lowercases header names; a configured name must match what it sees.
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A model URL split into what `dispatch_http_call` needs: the host names the
+/// Envoy cluster (unless a cluster override is set) and doubles as `:authority`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelUrl {
+    pub scheme: String,
+    pub authority: String,
+    pub host: String,
+    pub path: String,
+}
+
+impl ModelUrl {
+    pub fn parse(url: &str) -> Result<ModelUrl, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not an absolute http(s) URL"))?;
+        if scheme != "http" && scheme != "https" {
+            return Err(format!("scheme `{scheme}` is not http or https"));
+        }
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (rest.get(..i).unwrap_or(""), rest.get(i..).unwrap_or("/")),
+            None => (rest, "/"),
+        };
+        let host = match authority.rsplit_once(':') {
+            Some((h, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => authority,
+        };
+        if host.is_empty() || host.contains(['@', ' ']) {
+            return Err(format!("`{url}` has no usable host"));
+        }
+        Ok(ModelUrl {
+            scheme: scheme.to_string(),
+            authority: authority.to_string(),
+            host: host.to_string(),
+            path: path.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(json: &str) -> ConfigError {
+        parse(json.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn empty_config_gives_the_specified_defaults() {
+        let c = parse(b"").unwrap();
+        assert_eq!(c, parse(b"{}").unwrap());
+        assert!(!c.enable_ml_models);
+        assert_eq!(c.ml_model_config.model_timeout_ms, 1000);
+        assert_eq!(c.ml_model_config.model_retry_count, 2);
+        assert!(c.ml_model_config.behavioral_model_url.is_none());
+        assert!(!c.behavioral_profiling.enable_user_profiling);
+        assert_eq!(c.behavioral_profiling.profile_window_hours, 24);
+        assert_eq!(c.behavioral_profiling.deviation_threshold, 0.7);
+        assert!(!c.time_series_analysis.enable_traffic_analysis);
+        assert_eq!(c.time_series_analysis.analysis_window_minutes, 60);
+        assert_eq!(c.time_series_analysis.anomaly_sensitivity, 0.8);
+        assert_eq!(c.ml_scoring_weights.behavioral_deviation, 0.4);
+        assert_eq!(c.ml_scoring_weights.traffic_anomaly, 0.3);
+        assert_eq!(c.ml_scoring_weights.user_anomaly, 0.5);
+        assert_eq!(c.mode, Mode::Monitor);
+        assert!(c.upstream_headers);
+    }
+
+    #[test]
+    fn original_specification_keys_parse() {
+        let c = parse(
+            br#"{
+            "enable_ml_models": true,
+            "ml_model_config": {"behavioral_model_url": "http://ml-behavioral/v1/score",
+                                "anomaly_model_url": "http://ml:8080/v2/models/iforest/infer",
+                                "model_timeout_ms": 250, "model_retry_count": 1},
+            "behavioral_profiling": {"enable_user_profiling": true, "profile_window_hours": 48, "deviation_threshold": 0.6},
+            "time_series_analysis": {"enable_traffic_analysis": true, "analysis_window_minutes": 30, "anomaly_sensitivity": 0.9},
+            "ml_scoring_weights": {"behavioral_deviation": 0.2, "traffic_anomaly": 0.1, "user_anomaly": 1.0}
+        }"#,
+        )
+        .unwrap();
+        assert!(c.enable_ml_models);
+        assert_eq!(c.ml_model_config.model_timeout_ms, 250);
+        assert_eq!(c.behavioral_profiling.profile_window_hours, 48);
+        assert_eq!(c.time_series_analysis.anomaly_sensitivity, 0.9);
+        assert_eq!(c.ml_scoring_weights.user_anomaly, 1.0);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_naming_the_field() {
+        let e = err(r#"{"modee": "enforce"}"#);
+        assert!(e.to_string().contains("modee"), "{e}");
+        let e = err(r#"{"ml_scoring_weights": {"user_anomaly": 0.5, "bogus": 1}}"#);
+        assert!(e.to_string().contains("bogus"), "{e}");
+        assert!(e.field.starts_with("ml_scoring_weights"), "{e}");
+        let e = err(r#"{"identity": {"sources": [{"type": "header", "name": "x-u", "extra": 1}]}}"#);
+        assert!(e.to_string().contains("extra"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_values_name_the_field() {
+        let e = err(r#"{"ml_scoring_weights": {"user_anomaly": 1.5}}"#);
+        assert_eq!(e.field, "ml_scoring_weights.user_anomaly");
+        let e = err(r#"{"behavioral_profiling": {"deviation_threshold": -0.1}}"#);
+        assert_eq!(e.field, "behavioral_profiling.deviation_threshold");
+        let e = err(r#"{"ml_model_config": {"model_timeout_ms": 0}}"#);
+        assert_eq!(e.field, "ml_model_config.model_timeout_ms");
+        let e = err(r#"{"decision_thresholds": {"flag": 0.9, "throttle": 0.8}}"#);
+        assert_eq!(e.field, "decision_thresholds.flag");
+        let e = err(r#"{"rate_limit": {"max_identities": 1}}"#);
+        assert_eq!(e.field, "rate_limit.max_identities");
+    }
+
+    #[test]
+    fn wrong_types_name_the_field() {
+        let e = err(r#"{"ml_model_config": {"model_timeout_ms": "fast"}}"#);
+        assert_eq!(e.field, "ml_model_config.model_timeout_ms");
+        let e = err(r#"{"mode": "panic"}"#);
+        assert_eq!(e.field, "mode");
+        let e = err(r#"{"rate_limit": {"window_seconds": -5}}"#);
+        assert_eq!(e.field, "rate_limit.window_seconds");
+    }
+
+    #[test]
+    fn malformed_json_and_trailing_garbage_are_rejected() {
+        assert!(parse(b"{").is_err());
+        assert!(parse(b"{} {}").is_err());
+        assert!(parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn identity_sources_are_validated() {
+        let e = err(r#"{"identity": {"sources": []}}"#);
+        assert_eq!(e.field, "identity.sources");
+        let e = err(r#"{"identity": {"sources": [{"type": "header", "name": "X-User"}]}}"#);
+        assert_eq!(e.field, "identity.sources[0].name");
+        let e = err(r#"{"identity": {"sources": [{"type": "telepathy"}]}}"#);
+        assert!(e.field.starts_with("identity.sources"), "{e}");
+        let c = parse(br#"{"identity": {"sources": [{"type": "jwt_claim"}, {"type": "client_ip", "trusted_proxy_hops": 2}]}}"#)
+            .unwrap();
+        assert_eq!(
+            c.identity.sources,
+            vec![
+                IdentitySource::JwtClaim { header: "authorization".into(), claim: "sub".into() },
+                IdentitySource::ClientIp { trusted_proxy_hops: 2 }
+            ]
+        );
+    }
+
+    #[test]
+    fn ml_needs_a_model_and_urls_must_be_usable() {
+        let e = err(r#"{"enable_ml_models": true}"#);
+        assert_eq!(e.field, "enable_ml_models");
+        let e = err(r#"{"ml_model_config": {"anomaly_model_url": "ftp://x/y"}}"#);
+        assert_eq!(e.field, "ml_model_config.anomaly_model_url");
+        let u = ModelUrl::parse("http://ml-mock:8080/v2/models/m/infer").unwrap();
+        assert_eq!(u.host, "ml-mock");
+        assert_eq!(u.authority, "ml-mock:8080");
+        assert_eq!(u.path, "/v2/models/m/infer");
+        assert_eq!(ModelUrl::parse("https://scorer").unwrap().path, "/");
+    }
+}

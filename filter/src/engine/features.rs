@@ -1,0 +1,74 @@
+//! The features table: what the engine knows about one request, and the
+//! threat details that explain its score. Every detector reads features and
+//! adds a signal; nothing else is shared between them.
+
+use super::identity::Identity;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Head,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Options,
+    Other,
+}
+
+impl Method {
+    pub fn parse(m: &[u8]) -> Method {
+        match m {
+            b"GET" => Method::Get,
+            b"HEAD" => Method::Head,
+            b"POST" => Method::Post,
+            b"PUT" => Method::Put,
+            b"PATCH" => Method::Patch,
+            b"DELETE" => Method::Delete,
+            b"OPTIONS" => Method::Options,
+            _ => Method::Other,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Method::Get => "GET",
+            Method::Head => "HEAD",
+            Method::Post => "POST",
+            Method::Put => "PUT",
+            Method::Patch => "PATCH",
+            Method::Delete => "DELETE",
+            Method::Options => "OPTIONS",
+            Method::Other => "OTHER",
+        }
+    }
+}
+
+/// Per-request features. Response fields are filled when the response passes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Envoy's `x-request-id` (sanitised), so replies, logs and events join up.
+    pub request_id: String,
+    pub identity: Identity,
+    pub method: Method,
+    pub route: String,
+    /// Declared request body size (`content-length`), 0 when absent.
+    pub request_bytes: u64,
+    pub time_ms: u64,
+    pub status: Option<u16>,
+    pub latency_ms: Option<u64>,
+}
+
+/// One detector's opinion: a score in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Signal {
+    pub name: &'static str,
+    pub score: f64,
+}
+
+/// Why a signal scored what it did, for logs, headers and events.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreatDetail {
+    pub signal: &'static str,
+    pub reason: String,
+}

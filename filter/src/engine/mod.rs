@@ -1,0 +1,17 @@
+//! The engine: everything Vigil knows and decides, in pure Rust. No proxy-wasm
+//! here; time comes in as an argument and the host is reached only through the
+//! traits in `ports`, so all of it runs (and is tested) natively and in a bare
+//! wasm VM alike.
+
+pub mod config;
+pub mod decision;
+pub mod features;
+pub mod hash;
+pub mod identity;
+pub mod pipeline;
+pub mod ports;
+pub mod rate;
+pub mod report;
+pub mod request;
+pub mod route;
+pub mod slots;

@@ -1,0 +1,235 @@
+//! The request pipeline: small steps in a fixed order, each with an explicit
+//! outcome. A failed step goes through its failure mode (open: note it, count
+//! it, carry on) instead of failing the request.
+
+use super::config::{Config, Mode};
+use super::decision::{self, Decision};
+use super::features::{Features, Method, Signal, ThreatDetail};
+use super::hash::HashKey;
+use super::identity;
+use super::ports::{Metric, MetricsSink, SharedStore, StoreError};
+use super::rate;
+use super::request::RequestView;
+use super::route;
+
+/// The engine, built once per configuration and shared by every request.
+pub struct Engine {
+    pub config: Config,
+    hash_key: HashKey,
+    rate_prefix: String,
+}
+
+/// What the pipeline concluded about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Verdict {
+    pub features: Features,
+    pub signals: Vec<Signal>,
+    pub threat_details: Vec<ThreatDetail>,
+    pub risk: f64,
+    pub decision: Decision,
+    /// The decision is acted on (enforce mode and a refusing decision).
+    pub enforced: bool,
+    /// Exact count of this identity's requests in its current rate window.
+    pub rate_count: Option<u32>,
+    /// Seconds until the rate window ends, for `retry-after`.
+    pub retry_after_s: Option<u64>,
+}
+
+/// The outcome of a step.
+enum Outcome {
+    Done,
+    /// The step could not run; its failure mode decides what happens.
+    Failed { step: &'static str, error: StoreError },
+}
+
+impl Engine {
+    pub fn new(config: Config) -> Self {
+        let hash_key = HashKey::from_secret(config.identity.hash_secret.as_bytes());
+        let rate_prefix = rate::key_prefix(&config.rate_limit);
+        Self { config, hash_key, rate_prefix }
+    }
+
+    /// Start-up work: creates the shared tables. Idempotent across workers.
+    pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<u32, StoreError> {
+        if !self.config.rate_limit.enabled {
+            return Ok(0);
+        }
+        rate::initialize(&self.config.rate_limit, store, metrics, &self.rate_prefix)
+    }
+
+    /// Runs the request-side pipeline: identify, extract, count, score, decide.
+    pub fn on_request(
+        &self,
+        req: &dyn RequestView,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+    ) -> Verdict {
+        metrics.add(Metric::Requests, 1);
+        let features = self.extract(req, now_ms);
+        let mut v = Verdict {
+            features,
+            signals: Vec::with_capacity(2),
+            threat_details: Vec::new(),
+            risk: 0.0,
+            decision: Decision::Allow,
+            enforced: false,
+            rate_count: None,
+            retry_after_s: None,
+        };
+
+        if let Outcome::Failed { step, error } = self.rate_step(&mut v, now_ms, store, metrics) {
+            // Fail open: a store problem must not take the API down with it.
+            metrics.add(Metric::StoreErrors, 1);
+            v.threat_details.push(ThreatDetail { signal: step, reason: format!("unavailable ({error:?}), failing open") });
+        }
+
+        v.risk = decision::risk(&v.signals);
+        v.decision = decision::decide(v.risk, &self.config.decision_thresholds);
+        v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
+        metrics.add(
+            match v.decision {
+                Decision::Allow => Metric::DecisionAllow,
+                Decision::Flag => Metric::DecisionFlag,
+                Decision::Throttle => Metric::DecisionThrottle,
+                Decision::Block => Metric::DecisionBlock,
+            },
+            1,
+        );
+        if v.enforced {
+            metrics.add(Metric::Enforced, 1);
+        }
+        v
+    }
+
+    fn extract(&self, req: &dyn RequestView, now_ms: u64) -> Features {
+        let identity = identity::resolve(&self.config.identity.sources, &self.hash_key, req);
+        let request_id = req.header("x-request-id").and_then(sanitize_request_id).unwrap_or_else(|| {
+            format!("vigil-{:016x}", self.hash_key.hash(&[&now_ms.to_le_bytes(), &identity.hash.to_le_bytes()]))
+        });
+        Features {
+            request_id,
+            identity,
+            method: req.header(":method").map_or(Method::Other, Method::parse),
+            route: route::template(req.header(":path").unwrap_or(b"/")),
+            request_bytes: req
+                .header("content-length")
+                .and_then(|v| std::str::from_utf8(v).ok())
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0),
+            time_ms: now_ms,
+            status: None,
+            latency_ms: None,
+        }
+    }
+
+    fn rate_step(&self, v: &mut Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Outcome {
+        let cfg = &self.config.rate_limit;
+        if !cfg.enabled {
+            return Outcome::Done;
+        }
+        match rate::observe(cfg, store, metrics, &self.rate_prefix, v.features.identity.hash, now_ms) {
+            Ok(obs) => {
+                v.rate_count = Some(obs.record.current);
+                let window_ms = u64::from(cfg.window_seconds) * 1000;
+                v.retry_after_s = Some(obs.record.window_end_ms(window_ms).saturating_sub(now_ms).div_ceil(1000).max(1));
+                v.signals.push(obs.signal);
+                v.threat_details.extend(obs.detail);
+                Outcome::Done
+            }
+            Err(error) => Outcome::Failed { step: rate::SIGNAL, error },
+        }
+    }
+}
+
+/// Keeps a request id safe to echo in headers, JSON and CEF.
+fn sanitize_request_id(raw: &[u8]) -> Option<String> {
+    let id: String = raw
+        .iter()
+        .take(128)
+        .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        .map(|&b| char::from(b))
+        .collect();
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config;
+    use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+    use crate::engine::report;
+    use crate::engine::request::HeaderList;
+
+    fn engine(json: &str) -> (Engine, MemoryStore, MemoryMetrics) {
+        let e = Engine::new(config::parse(json.as_bytes()).unwrap());
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        e.start(&store, &metrics).unwrap();
+        (e, store, metrics)
+    }
+
+    fn get(user: &str) -> HeaderList {
+        HeaderList::from_pairs(&[(":method", "GET"), (":path", "/users/42?x=1"), ("x-user-id", user), ("x-request-id", "abc-1")])
+    }
+
+    #[test]
+    fn a_benign_request_is_allowed_with_its_features() {
+        let (e, store, metrics) = engine(r#"{"mode": "enforce"}"#);
+        let v = e.on_request(&get("alice"), 1_000, &store, &metrics);
+        assert_eq!(v.decision, Decision::Allow);
+        assert!(!v.enforced);
+        assert_eq!(v.features.route, "/users/{id}");
+        assert_eq!(v.features.method, Method::Get);
+        assert_eq!(v.features.request_id, "abc-1");
+        assert_eq!(v.rate_count, Some(1));
+        assert_eq!(metrics.get(Metric::Requests), 1);
+        assert_eq!(metrics.get(Metric::DecisionAllow), 1);
+        assert!(report::signals(&v).starts_with("rate=0.000;rate_count=1;identity=user:"));
+    }
+
+    #[test]
+    fn enforce_mode_throttles_then_blocks_past_the_ceiling() {
+        let (e, store, metrics) =
+            engine(r#"{"mode": "enforce", "rate_limit": {"requests_per_window": 10, "window_seconds": 60}}"#);
+        let decisions: Vec<Decision> = (0..20).map(|i| e.on_request(&get("bob"), 1_000 + i, &store, &metrics).decision).collect();
+        assert_eq!(decisions[9], Decision::Flag, "at the ceiling: flagged, not refused");
+        assert_eq!(decisions[10], Decision::Throttle);
+        assert_eq!(decisions[19], Decision::Block);
+        let v = e.on_request(&get("bob"), 2_000, &store, &metrics);
+        assert!(v.enforced);
+        assert_eq!(v.decision.status(), Some(403));
+        assert!(v.retry_after_s.unwrap() >= 58);
+        assert!(report::reply_body(&v).contains("\"request_id\":\"abc-1\""));
+        // Other identities are unaffected.
+        assert_eq!(e.on_request(&get("carol"), 2_000, &store, &metrics).decision, Decision::Allow);
+    }
+
+    #[test]
+    fn monitor_mode_decides_but_never_enforces() {
+        let (e, store, metrics) = engine(r#"{"mode": "monitor", "rate_limit": {"requests_per_window": 2}}"#);
+        let v = (0..10).map(|i| e.on_request(&get("eve"), i, &store, &metrics)).last().unwrap();
+        assert_eq!(v.decision, Decision::Block);
+        assert!(!v.enforced);
+        assert_eq!(metrics.get(Metric::Enforced), 0);
+    }
+
+    #[test]
+    fn a_broken_store_fails_open_and_is_counted() {
+        let (e, store, metrics) = engine(r#"{"mode": "enforce", "rate_limit": {"requests_per_window": 1}}"#);
+        store.inject_conflicts.set(u32::MAX);
+        e.on_request(&get("x"), 0, &store, &metrics); // first write is unconditional-free slot? still CAS
+        let v = e.on_request(&get("x"), 1, &store, &metrics);
+        assert_eq!(v.decision, Decision::Allow);
+        assert!(v.threat_details.iter().any(|d| d.reason.contains("failing open")));
+        assert!(metrics.get(Metric::StoreErrors) >= 1);
+    }
+
+    #[test]
+    fn hostile_request_ids_are_sanitised_or_replaced() {
+        let (e, store, metrics) = engine("{}");
+        let req = HeaderList::from_pairs(&[("x-request-id", "a\"b\\c|d=e\nf")]);
+        assert_eq!(e.on_request(&req, 0, &store, &metrics).features.request_id, "abcdef");
+        let none = HeaderList::default();
+        assert!(e.on_request(&none, 0, &store, &metrics).features.request_id.starts_with("vigil-"));
+    }
+}

@@ -1,0 +1,131 @@
+//! The engine's only ways out to the world, as traits. The host side
+//! implements them over proxy-wasm; tests use the in-memory versions below.
+
+/// Failure of the host's shared store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreError {
+    /// The host answered with an unexpected status code.
+    Host(u32),
+    /// Too many compare-and-swap conflicts in a row; the update was dropped.
+    Contended,
+    /// A stored value did not decode.
+    Corrupt,
+}
+
+/// Outcome of a conditional write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SetOutcome {
+    Written,
+    /// Someone wrote the key since we read it.
+    CasMismatch,
+}
+
+/// A key-value store shared by every worker, with compare-and-swap: Envoy's
+/// shared data. There is no delete and no TTL; `cas == 0` writes
+/// unconditionally (and creates), any other value must match the current one.
+pub trait SharedStore {
+    /// The value and its CAS token, or `None` when the key was never written.
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError>;
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError>;
+}
+
+/// Every number the engine reports. Kept as an enum so label cardinality is
+/// fixed at compile time: nothing here can be per user or per path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Metric {
+    Requests,
+    DecisionAllow,
+    DecisionFlag,
+    DecisionThrottle,
+    DecisionBlock,
+    /// Requests answered locally (throttle/block) in enforce mode.
+    Enforced,
+    StoreCasConflicts,
+    StoreEvictions,
+    StoreErrors,
+    /// Slots ever taken in the rate table (a gauge that only grows to its bound).
+    RateSlotsUsed,
+}
+
+pub trait MetricsSink {
+    fn add(&self, metric: Metric, n: u64);
+}
+
+/// A sink that drops everything (benchmarks, and callers that do not care).
+pub struct NoMetrics;
+
+impl MetricsSink for NoMetrics {
+    fn add(&self, _: Metric, _: u64) {}
+}
+
+pub mod memory {
+    //! In-memory stand-ins with the host's semantics, for tests and benches.
+    use super::*;
+    use std::cell::{Cell, RefCell};
+    use std::collections::HashMap;
+
+    #[derive(Default)]
+    pub struct MemoryStore {
+        data: RefCell<HashMap<String, (Vec<u8>, u32)>>,
+        next_cas: Cell<u32>,
+        /// The next this-many conditional writes fail their CAS, as if another
+        /// worker had written first.
+        pub inject_conflicts: Cell<u32>,
+    }
+
+    impl MemoryStore {
+        pub fn len(&self) -> usize {
+            self.data.borrow().len()
+        }
+        pub fn is_empty(&self) -> bool {
+            self.len() == 0
+        }
+        pub fn bytes(&self) -> usize {
+            self.data.borrow().iter().map(|(k, (v, _))| k.len() + v.len()).sum()
+        }
+    }
+
+    impl SharedStore for MemoryStore {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            Ok(self.data.borrow().get(key).cloned())
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError> {
+            let mut data = self.data.borrow_mut();
+            if cas != 0 && self.inject_conflicts.get() > 0 {
+                self.inject_conflicts.set(self.inject_conflicts.get() - 1);
+                if let Some(entry) = data.get_mut(key) {
+                    // Another writer bumps the token without changing the value.
+                    self.next_cas.set(self.next_cas.get() + 1);
+                    entry.1 = self.next_cas.get();
+                }
+                return Ok(SetOutcome::CasMismatch);
+            }
+            if let Some((_, current)) = data.get(key) {
+                if cas != 0 && cas != *current {
+                    return Ok(SetOutcome::CasMismatch);
+                }
+            }
+            self.next_cas.set(self.next_cas.get() + 1);
+            data.insert(key.to_string(), (value.to_vec(), self.next_cas.get()));
+            Ok(SetOutcome::Written)
+        }
+    }
+
+    #[derive(Default)]
+    pub struct MemoryMetrics {
+        counts: RefCell<HashMap<Metric, u64>>,
+    }
+
+    impl MemoryMetrics {
+        pub fn get(&self, m: Metric) -> u64 {
+            self.counts.borrow().get(&m).copied().unwrap_or(0)
+        }
+    }
+
+    impl MetricsSink for MemoryMetrics {
+        fn add(&self, metric: Metric, n: u64) {
+            *self.counts.borrow_mut().entry(metric).or_default() += n;
+        }
+    }
+}

@@ -1,0 +1,61 @@
+//! How a verdict is told: headers for the upstream, the local reply body, and
+//! the record behind the access log. Formats here are contracts (tests and
+//! operators parse them), documented in docs/configuration.md.
+
+use super::pipeline::Verdict;
+use std::fmt::Write;
+
+pub const HEADER_RISK: &str = "x-vigil-risk-score";
+pub const HEADER_DECISION: &str = "x-vigil-decision";
+pub const HEADER_SIGNALS: &str = "x-vigil-signals";
+pub const HEADERS: [&str; 3] = [HEADER_RISK, HEADER_DECISION, HEADER_SIGNALS];
+
+/// `x-vigil-signals`: `name=score` per signal, then evidence as `key=value`,
+/// separated by `;`, e.g. `rate=0.000;rate_count=12;identity=user:…`.
+pub fn signals(v: &Verdict) -> String {
+    let mut out = String::with_capacity(96);
+    for s in &v.signals {
+        let _ = write!(out, "{}={:.3};", s.name, s.score);
+    }
+    if let Some(n) = v.rate_count {
+        let _ = write!(out, "rate_count={n};");
+    }
+    let _ = write!(out, "identity={}", v.features.identity.display());
+    out
+}
+
+pub fn risk(v: &Verdict) -> String {
+    format!("{:.3}", v.risk)
+}
+
+/// The JSON body of a throttle or block reply. It names the request id so a
+/// refused client can quote it to support, and gives nothing else away.
+pub fn reply_body(v: &Verdict) -> String {
+    let error = match v.decision.status() {
+        Some(429) => "too_many_requests",
+        _ => "forbidden",
+    };
+    serde_json::json!({
+        "error": error,
+        "decision": v.decision.as_str(),
+        "request_id": v.features.request_id,
+    })
+    .to_string()
+}
+
+/// One JSON object per request with Vigil's fields, for the access log.
+pub fn log_record(v: &Verdict) -> String {
+    let reasons: Vec<String> = v.threat_details.iter().map(|d| format!("{}: {}", d.signal, d.reason)).collect();
+    serde_json::json!({
+        "request_id": v.features.request_id,
+        "identity": v.features.identity.display(),
+        "route": v.features.route,
+        "method": v.features.method.as_str(),
+        "risk_score": (v.risk * 1000.0).round() / 1000.0,
+        "decision": v.decision.as_str(),
+        "enforced": v.enforced,
+        "signals": signals(v),
+        "threat_details": reasons,
+    })
+    .to_string()
+}

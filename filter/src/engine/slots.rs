@@ -1,0 +1,320 @@
+//! A bounded table of per-identity records in shared data.
+//!
+//! Shared data has no delete and no TTL, and "create if absent" races (a CAS of
+//! 0 is an unconditional write). So the key space is fixed: `slots` keys,
+//! created once at start-up, each holding its owner's identity hash and when it
+//! was last seen. An identity lives in one of `PROBES` candidate slots; a new one
+//! takes a free or expired candidate, else evicts the least recently seen. An
+//! attacker inventing identities only recycles slots: memory never grows past
+//! the bound. Every write is a compare-and-swap, retried a bounded number of
+//! times, so counts stay exact when workers race.
+
+use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError};
+
+/// Candidate slots per identity (double hashing).
+pub const PROBES: u32 = 4;
+/// Attempts at a compare-and-swap before giving up on one update.
+pub const MAX_ATTEMPTS: u32 = 8;
+
+const VERSION: u8 = 1;
+const HEADER_BYTES: usize = 1 + 8 + 8;
+
+/// What a table stores per identity, in a compact binary form.
+pub trait Record: Sized {
+    fn encode(&self, out: &mut Vec<u8>);
+    fn decode(bytes: &[u8]) -> Option<Self>;
+}
+
+/// One slot as stored: its owner (0 = free), when it was last seen, and the
+/// record (absent for a free slot).
+#[derive(Debug, Clone, PartialEq)]
+struct Slot<R> {
+    owner: u64,
+    last_seen_ms: u64,
+    record: Option<R>,
+}
+
+impl<R: Record> Slot<R> {
+    fn free() -> Self {
+        Slot { owner: 0, last_seen_ms: 0, record: None }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_BYTES + 24);
+        out.push(VERSION);
+        out.extend_from_slice(&self.owner.to_le_bytes());
+        out.extend_from_slice(&self.last_seen_ms.to_le_bytes());
+        if let Some(r) = &self.record {
+            r.encode(&mut out);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        if *bytes.first()? != VERSION {
+            return None;
+        }
+        let owner = u64::from_le_bytes(bytes.get(1..9)?.try_into().ok()?);
+        let last_seen_ms = u64::from_le_bytes(bytes.get(9..17)?.try_into().ok()?);
+        let rest = bytes.get(HEADER_BYTES..)?;
+        let record = if owner == 0 { None } else { Some(R::decode(rest)?) };
+        Some(Slot { owner, last_seen_ms, record })
+    }
+}
+
+/// The result of one update.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Updated<R> {
+    pub record: R,
+    /// This update took a slot from another identity.
+    pub evicted: bool,
+}
+
+pub struct SlotTable<'a> {
+    store: &'a dyn SharedStore,
+    metrics: &'a dyn MetricsSink,
+    prefix: &'a str,
+    slots: u32,
+    /// Gauge raised when a never-used slot is first taken.
+    used_metric: Metric,
+    /// A slot not seen for this long is free for the taking without counting
+    /// as an eviction.
+    ttl_ms: u64,
+}
+
+impl<'a> SlotTable<'a> {
+    pub fn new(
+        store: &'a dyn SharedStore,
+        metrics: &'a dyn MetricsSink,
+        prefix: &'a str,
+        slots: u32,
+        used_metric: Metric,
+        ttl_ms: u64,
+    ) -> Self {
+        Self { store, metrics, prefix, slots: slots.max(1), used_metric, ttl_ms }
+    }
+
+    fn key(&self, index: u32) -> String {
+        format!("{}{}", self.prefix, index)
+    }
+
+    fn candidates(&self, owner: u64) -> impl Iterator<Item = u32> {
+        let n = u64::from(self.slots);
+        let h1 = owner % n;
+        let h2 = 1 + (owner.rotate_left(32) % (n.saturating_sub(1).max(1)));
+        (0..u64::from(PROBES.min(self.slots))).map(move |k| ((h1 + k * h2) % n) as u32)
+    }
+
+    /// Creates every slot that does not exist yet. Idempotent, and safe while
+    /// another worker serves traffic: a slot that exists is never overwritten.
+    /// Returns how many slots this call created.
+    pub fn initialize<R: Record>(&self) -> Result<u32, StoreError> {
+        let ready = format!("{}ready", self.prefix);
+        if self.store.get(&ready)?.is_some() {
+            return Ok(0);
+        }
+        let free = Slot::<R>::free().encode();
+        let mut created = 0;
+        for i in 0..self.slots {
+            let key = self.key(i);
+            if self.store.get(&key)?.is_none() {
+                self.store.set(&key, &free, 0)?;
+                created += 1;
+            }
+        }
+        self.store.set(&ready, b"1", 0)?;
+        Ok(created)
+    }
+
+    /// Reads `owner`'s record without changing anything.
+    pub fn read<R: Record>(&self, owner: u64) -> Result<Option<R>, StoreError> {
+        for index in self.candidates(owner) {
+            if let Some((bytes, _)) = self.store.get(&self.key(index))? {
+                let slot = Slot::<R>::decode(&bytes).ok_or(StoreError::Corrupt)?;
+                if slot.owner == owner {
+                    return Ok(slot.record);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Applies `update` to `owner`'s record (`None` when it has none yet) and
+    /// stores the result with compare-and-swap, retrying on conflict.
+    pub fn update<R: Record + Clone>(
+        &self,
+        owner: u64,
+        now_ms: u64,
+        mut update: impl FnMut(Option<&R>) -> R,
+    ) -> Result<Updated<R>, StoreError> {
+        for _attempt in 0..MAX_ATTEMPTS {
+            let (index, cas, current, evicted) = self.locate::<R>(owner, now_ms)?;
+            let mine = current.as_ref().filter(|s| s.owner == owner).and_then(|s| s.record.as_ref());
+            let record = update(mine);
+            let slot = Slot { owner, last_seen_ms: now_ms, record: Some(record.clone()) };
+            match self.store.set(&self.key(index), &slot.encode(), cas)? {
+                SetOutcome::Written => {
+                    if evicted {
+                        self.metrics.add(Metric::StoreEvictions, 1);
+                    }
+                    if current.as_ref().is_some_and(|s| s.owner == 0 && s.last_seen_ms == 0) {
+                        self.metrics.add(self.used_metric, 1);
+                    }
+                    return Ok(Updated { record, evicted });
+                }
+                SetOutcome::CasMismatch => self.metrics.add(Metric::StoreCasConflicts, 1),
+            }
+        }
+        Err(StoreError::Contended)
+    }
+
+    /// Finds the slot to write for `owner`: the one it already holds, else a
+    /// free one, else an expired one, else the least recently seen (an
+    /// eviction). Returns the index, its CAS token, its current content and
+    /// whether writing it evicts a live identity.
+    #[allow(clippy::type_complexity)]
+    fn locate<R: Record>(&self, owner: u64, now_ms: u64) -> Result<(u32, u32, Option<Slot<R>>, bool), StoreError> {
+        let mut best: Option<(u32, u32, Slot<R>, u8)> = None; // rank: 0 free, 1 expired, 2 live
+        for index in self.candidates(owner) {
+            let key = self.key(index);
+            let (bytes, cas) = match self.store.get(&key)? {
+                Some(found) => found,
+                None => {
+                    // Never initialised (start-up failed?): create it and use it.
+                    self.store.set(&key, &Slot::<R>::free().encode(), 0)?;
+                    match self.store.get(&key)? {
+                        Some(found) => found,
+                        None => return Err(StoreError::Host(0)),
+                    }
+                }
+            };
+            let slot = Slot::<R>::decode(&bytes).unwrap_or_else(Slot::free);
+            if slot.owner == owner {
+                return Ok((index, cas, Some(slot), false));
+            }
+            let rank = if slot.owner == 0 {
+                0
+            } else if now_ms.saturating_sub(slot.last_seen_ms) > self.ttl_ms {
+                1
+            } else {
+                2
+            };
+            let better = match &best {
+                None => true,
+                Some((_, _, b, brank)) => rank < *brank || (rank == *brank && slot.last_seen_ms < b.last_seen_ms),
+            };
+            if better {
+                best = Some((index, cas, slot, rank));
+            }
+        }
+        match best {
+            Some((index, cas, slot, rank)) => Ok((index, cas, Some(slot), rank == 2)),
+            None => Err(StoreError::Host(0)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+
+    #[derive(Debug, Clone, PartialEq)]
+    struct Count(u32);
+
+    impl Record for Count {
+        fn encode(&self, out: &mut Vec<u8>) {
+            out.extend_from_slice(&self.0.to_le_bytes());
+        }
+        fn decode(bytes: &[u8]) -> Option<Self> {
+            Some(Count(u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?)))
+        }
+    }
+
+    fn bump(c: Option<&Count>) -> Count {
+        Count(c.map_or(0, |c| c.0) + 1)
+    }
+
+    #[test]
+    fn counts_per_owner_and_reads_back() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 64, Metric::RateSlotsUsed, 60_000);
+        assert_eq!(table.initialize::<Count>().unwrap(), 64);
+        assert_eq!(table.initialize::<Count>().unwrap(), 0, "second start-up creates nothing");
+        for _ in 0..5 {
+            table.update(11, 1_000, bump).unwrap();
+        }
+        table.update(13, 1_000, bump).unwrap();
+        assert_eq!(table.read::<Count>(11).unwrap(), Some(Count(5)));
+        assert_eq!(table.read::<Count>(13).unwrap(), Some(Count(1)));
+        assert_eq!(table.read::<Count>(15).unwrap(), None);
+        assert_eq!(metrics.get(Metric::RateSlotsUsed), 2);
+    }
+
+    #[test]
+    fn cas_conflicts_are_retried_and_counted_without_losing_counts() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 60_000);
+        table.initialize::<Count>().unwrap();
+        table.update(7, 0, bump).unwrap();
+        store.inject_conflicts.set(3);
+        let r = table.update(7, 0, bump).unwrap();
+        assert_eq!(r.record, Count(2));
+        assert_eq!(metrics.get(Metric::StoreCasConflicts), 3);
+    }
+
+    #[test]
+    fn endless_conflicts_give_up_with_an_error() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 60_000);
+        table.initialize::<Count>().unwrap();
+        store.inject_conflicts.set(1000);
+        assert_eq!(table.update(7, 0, bump), Err(StoreError::Contended));
+        assert_eq!(metrics.get(Metric::StoreCasConflicts), u64::from(MAX_ATTEMPTS));
+    }
+
+    #[test]
+    fn a_flood_of_identities_never_grows_the_store() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 256, Metric::RateSlotsUsed, 60_000);
+        table.initialize::<Count>().unwrap();
+        let keys_before = store.len();
+        let bytes_before = store.bytes();
+        for id in 1..=100_000u64 {
+            table.update(id * 2 + 1, 1_000 + id, bump).unwrap();
+        }
+        assert_eq!(store.len(), keys_before);
+        // Only records are added, never keys: at most the record size per slot.
+        assert!(store.bytes() <= bytes_before + 256 * 4);
+        assert!(metrics.get(Metric::StoreEvictions) > 90_000);
+        assert!(metrics.get(Metric::RateSlotsUsed) <= 256);
+        // The most recent identity is still tracked.
+        assert_eq!(table.read::<Count>(100_000 * 2 + 1).unwrap(), Some(Count(1)));
+    }
+
+    #[test]
+    fn expired_slots_are_reused_without_counting_an_eviction() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 1_000);
+        table.initialize::<Count>().unwrap();
+        for id in 0..64u64 {
+            table.update(id * 2 + 1, 0, bump).unwrap();
+        }
+        let evictions = metrics.get(Metric::StoreEvictions);
+        table.update(999, 10_000, bump).unwrap();
+        assert_eq!(metrics.get(Metric::StoreEvictions), evictions);
+    }
+
+    #[test]
+    fn corrupt_or_foreign_bytes_do_not_panic() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 1_000);
+        table.initialize::<Count>().unwrap();
+        for i in 0..16 {
+            store.set(&format!("t/{i}"), &[9, 9, 9], 0).unwrap();
+        }
+        assert_eq!(table.update(5, 0, bump).unwrap().record, Count(1));
+        assert!(Slot::<Count>::decode(&[]).is_none());
+        assert!(Slot::<Count>::decode(&[VERSION, 1, 2]).is_none());
+    }
+}

@@ -1,0 +1,104 @@
+//! One HTTP stream: read the request once, run the engine, tell the upstream
+//! and the access log, and enforce the decision when configured to.
+
+use super::abi;
+use super::root::Shared;
+use super::store::HostStore;
+use crate::engine::pipeline::Verdict;
+use crate::engine::ports::{Metric, MetricsSink};
+use crate::engine::report;
+use crate::engine::request::{HeaderList, RequestView};
+use proxy_wasm::traits::{Context, HttpContext};
+use proxy_wasm::types::Action;
+use std::rc::Rc;
+
+pub struct VigilHttp {
+    shared: Rc<Shared>,
+}
+
+impl VigilHttp {
+    pub fn new(shared: Rc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+/// The request as the engine sees it: the header list fetched in one host
+/// call, and the peer address fetched only if an identity source asks.
+struct HostRequest(HeaderList);
+
+impl RequestView for HostRequest {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.header(name)
+    }
+
+    fn peer_address(&self) -> Option<String> {
+        let bytes = abi::property(&["source", "address"]).ok()??;
+        String::from_utf8(bytes).ok()
+    }
+}
+
+impl Context for VigilHttp {}
+
+impl HttpContext for VigilHttp {
+    fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        let started = abi::now_nanos().unwrap_or(0);
+        let headers = match abi::header_pairs(abi::REQUEST_HEADERS) {
+            Ok(h) => h,
+            Err(status) => {
+                self.shared.metrics.add(Metric::StoreErrors, 1);
+                abi::log(abi::LOG_WARN, &format!("vigil: cannot read request headers (status {status}); passing"));
+                return Action::Continue;
+            }
+        };
+        let req = HostRequest(HeaderList::new(headers));
+        let verdict = self.shared.engine.on_request(&req, started / 1_000_000, &HostStore, &self.shared.metrics);
+
+        // The access log reads this as %FILTER_STATE(wasm.vigil:PLAIN)%.
+        let _ = abi::set_property(&["vigil"], report::log_record(&verdict).as_bytes());
+        let action = if verdict.enforced { reply(&verdict) } else { forward(&req.0, &verdict, &self.shared) };
+
+        if let Ok(done) = abi::now_nanos() {
+            self.shared.metrics.record_processing_time(done.saturating_sub(started) / 1_000);
+        }
+        action
+    }
+}
+
+/// Forwards the request with Vigil's headers; copies a client sent are
+/// replaced or removed so the upstream can trust what it sees.
+fn forward(req: &HeaderList, v: &Verdict, shared: &Shared) -> Action {
+    if shared.engine.config.upstream_headers {
+        let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_RISK, report::risk(v).as_bytes());
+        let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_DECISION, v.decision.as_str().as_bytes());
+        let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_SIGNALS, report::signals(v).as_bytes());
+    } else {
+        for name in report::HEADERS {
+            if req.header(name).is_some() {
+                let _ = abi::remove_header(abi::REQUEST_HEADERS, name);
+            }
+        }
+    }
+    Action::Continue
+}
+
+/// Answers locally with 429 or 403 and a JSON body naming the request id.
+fn reply(v: &Verdict) -> Action {
+    let status = v.decision.status().unwrap_or(403);
+    let retry_after = v.retry_after_s.map(|s| s.to_string());
+    let mut headers: Vec<(&str, &[u8])> = vec![
+        ("content-type", b"application/json"),
+        (report::HEADER_DECISION, v.decision.as_str().as_bytes()),
+        ("x-request-id", v.features.request_id.as_bytes()),
+    ];
+    if let (429, Some(s)) = (status, retry_after.as_deref()) {
+        headers.push(("retry-after", s.as_bytes()));
+    }
+    let details = if status == 429 { "vigil_throttled" } else { "vigil_blocked" };
+    match abi::send_local_response(status, details, report::reply_body(v).as_bytes(), &headers) {
+        Ok(()) => Action::Pause,
+        Err(status) => {
+            abi::log(abi::LOG_ERROR, &format!("vigil: local reply failed (status {status}); passing the request"));
+            Action::Continue
+        }
+    }
+}

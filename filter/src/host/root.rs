@@ -1,0 +1,76 @@
+//! The root context: one per worker VM. It reads and validates the
+//! configuration, creates the shared tables, and hands every HTTP stream the
+//! engine it built.
+
+use super::abi;
+use super::http::VigilHttp;
+use super::store::{HostMetrics, HostStore};
+use crate::engine::{config, pipeline::Engine};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::ContextType;
+use std::rc::Rc;
+
+/// What every HTTP context of this VM shares.
+pub struct Shared {
+    pub engine: Engine,
+    pub metrics: HostMetrics,
+}
+
+#[derive(Default)]
+pub struct VigilRoot {
+    shared: Option<Rc<Shared>>,
+}
+
+impl Context for VigilRoot {}
+
+impl RootContext for VigilRoot {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let bytes = match abi::plugin_configuration() {
+            Ok(b) => b,
+            Err(status) => {
+                abi::log(abi::LOG_CRITICAL, &format!("vigil: cannot read the filter configuration (status {status})"));
+                return false;
+            }
+        };
+        let config = match config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                // Envoy refuses the filter; this line is all the operator gets.
+                abi::log(abi::LOG_CRITICAL, &format!("vigil: {e}"));
+                return false;
+            }
+        };
+        let metrics = match HostMetrics::define() {
+            Ok(m) => m,
+            Err(status) => {
+                abi::log(abi::LOG_CRITICAL, &format!("vigil: cannot define metrics (status {status})"));
+                return false;
+            }
+        };
+        let engine = Engine::new(config);
+        match engine.start(&HostStore, &metrics) {
+            Ok(created) if created > 0 => {
+                abi::log(abi::LOG_INFO, &format!("vigil: created {created} rate-limit slots in shared data"))
+            }
+            Ok(_) => {}
+            // Not fatal: requests fail open on the rate signal and count it.
+            Err(e) => abi::log(abi::LOG_ERROR, &format!("vigil: shared data unavailable at start-up: {e:?}")),
+        }
+        abi::log(
+            abi::LOG_INFO,
+            &format!("vigil: configured, mode {:?}", engine.config.mode).to_lowercase(),
+        );
+        self.shared = Some(Rc::new(Shared { engine, metrics }));
+        true
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        // on_configure succeeded before any stream can exist.
+        let shared = self.shared.clone()?;
+        Some(Box::new(VigilHttp::new(shared)))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
