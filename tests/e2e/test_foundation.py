@@ -211,3 +211,19 @@ def test_hostile_input_never_breaks_the_vm(stack_factory):
     log = stack.envoy_log_text()
     assert "panicked" not in log and "Function: proxy_on" not in log, log[-2000:]
     assert stack.counter("wasmcustom.vigil_requests_total") == len(hostile) + 4
+
+
+def test_client_ip_identity_cannot_be_forged_through_x_forwarded_for(stack_factory):
+    direct = stack_factory(config(identity={"sources": [{"type": "client_ip", "trusted_proxy_hops": 0}],
+                                            "hash_secret": "t"}), name="direct")
+    counts = [signals(echoed(direct.request("/", headers={"x-forwarded-for": f"198.51.100.{i}"})[2])["x-vigil-signals"])
+              for i in range(3)]
+    assert [c["rate_count"] for c in counts] == ["1", "2", "3"], "a forged XFF minted a new identity"
+    assert len({c["identity"] for c in counts}) == 1
+
+    behind_lb = stack_factory(config(identity={"sources": [{"type": "client_ip", "trusted_proxy_hops": 1}],
+                                               "hash_secret": "t"}), name="lb")
+    seen = [signals(echoed(behind_lb.request("/", headers={"x-forwarded-for": xff})[2])["x-vigil-signals"])
+            for xff in ["6.6.6.6, 203.0.113.9", "7.7.7.7, 203.0.113.9", "203.0.113.10"]]
+    assert seen[0]["identity"] == seen[1]["identity"] != seen[2]["identity"]
+    assert [s["rate_count"] for s in seen] == ["1", "2", "1"]

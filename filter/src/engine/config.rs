@@ -158,7 +158,8 @@ pub enum IdentitySource {
     },
     /// An API key header. Only its keyed hash is kept, logged or shared.
     ApiKey { name: String },
-    /// The client address, `trusted_proxy_hops` proxies in front of Envoy.
+    /// The client address: Envoy's downstream address, or with
+    /// `trusted_proxy_hops` proxies in front of Envoy, read from X-Forwarded-For.
     ClientIp {
         #[serde(default)]
         trusted_proxy_hops: u32,
@@ -171,6 +172,9 @@ fn default_jwt_header() -> String {
 fn default_jwt_claim() -> String {
     "sub".to_string()
 }
+
+/// The public default; start-up warns while it is in use.
+pub const DEFAULT_HASH_SECRET: &str = "vigil-default-secret-change-me";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -190,7 +194,7 @@ impl Default for IdentityConfig {
                 IdentitySource::ApiKey { name: "x-api-key".to_string() },
                 IdentitySource::ClientIp { trusted_proxy_hops: 0 },
             ],
-            hash_secret: "vigil-default-secret-change-me".to_string(),
+            hash_secret: DEFAULT_HASH_SECRET.to_string(),
         }
     }
 }
@@ -238,7 +242,8 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
             let mut de = serde_json::Deserializer::from_slice(bytes);
             let config: Config = serde_path_to_error::deserialize(&mut de).map_err(|e| {
                 let field = e.path().to_string();
-                let field = if field == "." { String::new() } else { field };
+                // serde_path_to_error says "." for the root and "?" for syntax errors.
+                let field = if field == "." || field == "?" { String::new() } else { field };
                 ConfigError { field, reason: e.into_inner().to_string() }
             })?;
             de.end().map_err(|e| ConfigError::new("", e.to_string()))?;

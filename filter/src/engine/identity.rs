@@ -136,16 +136,19 @@ fn base64url_decode(input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// The client address: the peer itself with 0 trusted hops, else the address
-/// the outermost trusted proxy saw, i.e. the `hops`-th entry from the right of
-/// `x-forwarded-for`. Entries left of that are client-supplied and ignored.
+/// The client address. With 0 trusted hops it is Envoy's downstream address
+/// (`source.address`). With `hops` proxies in front of Envoy it is read from
+/// `x-forwarded-for` as Envoy forwards it with `use_remote_address: true`: the
+/// last entry is the peer Envoy appended, the `hops` before it were appended
+/// by the trusted proxies, so the client is the (hops+1)-th from the right.
+/// Entries further left are client-supplied and ignored.
 fn client_ip(req: &dyn RequestView, hops: u32) -> Option<IpAddr> {
     if hops > 0 {
         if let Some(xff) = req.header("x-forwarded-for") {
             let entries: Vec<&[u8]> = xff.split(|&b| b == b',').map(<[u8]>::trim_ascii).collect();
             let n = hops as usize;
-            if entries.len() >= n {
-                if let Some(ip) = entries.get(entries.len() - n).and_then(|e| parse_ip(e)) {
+            if entries.len() > n {
+                if let Some(ip) = entries.get(entries.len() - 1 - n).and_then(|e| parse_ip(e)) {
                     return Some(ip);
                 }
             }
@@ -236,7 +239,8 @@ mod tests {
     #[test]
     fn client_ip_honours_trusted_hops() {
         let sources = [IdentitySource::ClientIp { trusted_proxy_hops: 1 }];
-        let req = HeaderList::from_pairs(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7")]).with_peer("10.0.0.1:80");
+        // A spoofed entry, the client as the load balancer saw it, the load balancer as Envoy saw it.
+        let req = HeaderList::from_pairs(&[("x-forwarded-for", "6.6.6.6, 203.0.113.7, 10.0.0.1")]).with_peer("10.0.0.1:80");
         let via_xff = resolve(&sources, &key(), &req);
         let direct = HeaderList::default().with_peer("203.0.113.7:1234");
         let zero = [IdentitySource::ClientIp { trusted_proxy_hops: 0 }];

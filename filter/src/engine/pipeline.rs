@@ -31,7 +31,7 @@ pub struct Verdict {
     pub enforced: bool,
     /// Exact count of this identity's requests in its current rate window.
     pub rate_count: Option<u32>,
-    /// Seconds until the rate window ends, for `retry-after`.
+    /// Seconds until the identity is back within its ceiling, for `retry-after`.
     pub retry_after_s: Option<u64>,
 }
 
@@ -132,7 +132,8 @@ impl Engine {
             Ok(obs) => {
                 v.rate_count = Some(obs.record.current);
                 let window_ms = u64::from(cfg.window_seconds) * 1000;
-                v.retry_after_s = Some(obs.record.window_end_ms(window_ms).saturating_sub(now_ms).div_ceil(1000).max(1));
+                let wait_ms = obs.record.ms_until_within(now_ms, window_ms, f64::from(cfg.requests_per_window));
+                v.retry_after_s = Some(wait_ms.div_ceil(1000).max(1));
                 v.signals.push(obs.signal);
                 v.threat_details.extend(obs.detail);
                 Outcome::Done
@@ -198,7 +199,9 @@ mod tests {
         let v = e.on_request(&get("bob"), 2_000, &store, &metrics);
         assert!(v.enforced);
         assert_eq!(v.decision.status(), Some(403));
-        assert!(v.retry_after_s.unwrap() >= 58);
+        // 21 requests against a ceiling of 10 in a 60 s window: back within it ~31 s after the window ends.
+        let retry = v.retry_after_s.unwrap();
+        assert!((88..=92).contains(&retry), "{retry}");
         assert!(report::reply_body(&v).contains("\"request_id\":\"abc-1\""));
         // Other identities are unaffected.
         assert_eq!(e.on_request(&get("carol"), 2_000, &store, &metrics).decision, Decision::Allow);

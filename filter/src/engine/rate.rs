@@ -64,9 +64,23 @@ impl RateRecord {
         f64::from(self.current) + f64::from(self.previous) * (1.0 - into / w)
     }
 
-    /// When the current window ends, for `retry-after`.
-    pub fn window_end_ms(&self, window_ms: u64) -> u64 {
-        self.window_start_ms + window_ms
+    /// How long, with no further requests, until the sliding estimate is back
+    /// within `ceiling`: what `retry-after` promises. (Refused requests count
+    /// too, so a client that keeps hammering stays refused.)
+    pub fn ms_until_within(&self, now_ms: u64, window_ms: u64, ceiling: f64) -> u64 {
+        if self.estimate(now_ms, window_ms) <= ceiling {
+            return 0;
+        }
+        let w = window_ms as f64;
+        let (current, previous) = (f64::from(self.current), f64::from(self.previous));
+        let at = if current <= ceiling && previous > 0.0 {
+            // Inside this window, once enough of the previous one has slid out.
+            self.window_start_ms as f64 + w * (1.0 - (ceiling - current) / previous)
+        } else {
+            // After this window ends its count becomes "previous" and slides out.
+            (self.window_start_ms + window_ms) as f64 + w * (1.0 - ceiling / current.max(1.0))
+        };
+        (at.ceil() as u64).saturating_sub(now_ms)
     }
 }
 
@@ -167,6 +181,21 @@ mod tests {
         assert_eq!(r2.estimate(15_000, w), 1.0 + 10.0 * 0.5);
         let r3 = RateRecord::advance(Some(&r2), 40_000, w);
         assert_eq!((r3.current, r3.previous), (1, 0));
+    }
+
+    #[test]
+    fn retry_after_is_when_the_estimate_is_back_within_the_ceiling() {
+        let w = 10_000;
+        // 20 requests in this window, ceiling 10: this window must end, then half of it slide out.
+        let r = RateRecord { window_start_ms: 0, current: 20, previous: 0 };
+        let wait = r.ms_until_within(4_000, w, 10.0);
+        assert_eq!(wait, 6_000 + 5_000);
+        assert!(RateRecord::advance(Some(&r), 4_000 + wait, w).estimate(4_000 + wait, w) <= 11.0);
+        // Within the ceiling now: no wait.
+        assert_eq!(r.ms_until_within(4_000, w, 25.0), 0);
+        // 5 now, 20 before, ceiling 10: wait until 3/4 of the previous window slid out.
+        let r = RateRecord { window_start_ms: 0, current: 5, previous: 20 };
+        assert_eq!(r.ms_until_within(1_000, w, 10.0), 7_500 - 1_000);
     }
 
     #[test]

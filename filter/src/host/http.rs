@@ -46,7 +46,7 @@ impl HttpContext for VigilHttp {
             Ok(h) => h,
             Err(status) => {
                 self.shared.metrics.add(Metric::StoreErrors, 1);
-                abi::log(abi::LOG_WARN, &format!("vigil: cannot read request headers (status {status}); passing"));
+                abi::log(abi::LOG_WARN, &format!("cannot read request headers (status {status}); passing"));
                 return Action::Continue;
             }
         };
@@ -98,7 +98,7 @@ fn reply(v: &Verdict) -> Action {
     match abi::send_local_response(status, details, report::reply_body(v).as_bytes(), &headers) {
         Ok(()) => Action::Pause,
         Err(status) => {
-            abi::log(abi::LOG_ERROR, &format!("vigil: local reply failed (status {status}); passing the request"));
+            abi::log(abi::LOG_ERROR, &format!("local reply failed (status {status}); passing the request"));
             Action::Continue
         }
     }

@@ -28,7 +28,7 @@ impl RootContext for VigilRoot {
         let bytes = match abi::plugin_configuration() {
             Ok(b) => b,
             Err(status) => {
-                abi::log(abi::LOG_CRITICAL, &format!("vigil: cannot read the filter configuration (status {status})"));
+                abi::log(abi::LOG_CRITICAL, &format!("cannot read the filter configuration (status {status})"));
                 return false;
             }
         };
@@ -36,30 +36,33 @@ impl RootContext for VigilRoot {
             Ok(c) => c,
             Err(e) => {
                 // Envoy refuses the filter; this line is all the operator gets.
-                abi::log(abi::LOG_CRITICAL, &format!("vigil: {e}"));
+                abi::log(abi::LOG_CRITICAL, &format!("{e}"));
                 return false;
             }
         };
         let metrics = match HostMetrics::define() {
             Ok(m) => m,
             Err(status) => {
-                abi::log(abi::LOG_CRITICAL, &format!("vigil: cannot define metrics (status {status})"));
+                abi::log(abi::LOG_CRITICAL, &format!("cannot define metrics (status {status})"));
                 return false;
             }
         };
         let engine = Engine::new(config);
         match engine.start(&HostStore, &metrics) {
             Ok(created) if created > 0 => {
-                abi::log(abi::LOG_INFO, &format!("vigil: created {created} rate-limit slots in shared data"))
+                abi::log(abi::LOG_INFO, &format!("created {created} rate-limit slots in shared data"))
             }
             Ok(_) => {}
             // Not fatal: requests fail open on the rate signal and count it.
-            Err(e) => abi::log(abi::LOG_ERROR, &format!("vigil: shared data unavailable at start-up: {e:?}")),
+            Err(e) => abi::log(abi::LOG_ERROR, &format!("shared data unavailable at start-up: {e:?}")),
         }
-        abi::log(
-            abi::LOG_INFO,
-            &format!("vigil: configured, mode {:?}", engine.config.mode).to_lowercase(),
-        );
+        if engine.config.identity.hash_secret == config::DEFAULT_HASH_SECRET {
+            abi::log(
+                abi::LOG_WARN,
+                "identity.hash_secret is the public default: identity hashes can be predicted and slots targeted; set a secret",
+            );
+        }
+        abi::log(abi::LOG_INFO, &format!("configured, mode {:?}", engine.config.mode).to_lowercase());
         self.shared = Some(Rc::new(Shared { engine, metrics }));
         true
     }
