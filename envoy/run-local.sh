@@ -35,8 +35,8 @@ Vigil is running: Envoy on http://127.0.0.1:10000 (admin http://127.0.0.1:9901).
   # a benign request: the upstream echoes the x-vigil-* headers it received
   curl -s -H 'x-user-id: alice' http://127.0.0.1:10000/users/42
 
-  # 30 quick requests from one identity: past 20 per 10 s it is throttled (429), then blocked (403)
-  for i in $(seq 30); do curl -s -o /dev/null -w '%{http_code} ' -H 'x-user-id: mallory' http://127.0.0.1:10000/orders; done; echo
+  # 40 quick requests from one identity: past 20 per 10 s it is throttled (429), from 35 blocked (403)
+  for i in $(seq 40); do curl -s -o /dev/null -w '%{http_code} ' -H 'x-user-id: mallory' http://127.0.0.1:10000/orders; done; echo
 
   # Vigil's metrics
   curl -s http://127.0.0.1:9901/stats/prometheus | grep ^vigil_
