@@ -62,3 +62,12 @@ setup-wasm-bindgen: setup-rust
 clean:
 	cargo clean
 	rm -rf $(VENV)
+
+# --- performance -----------------------------------------------------------
+BENCH_ARGS ?=
+
+bench: setup build
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+	cargo build --release --target $(WASM_TARGET) -p vigil-empty-filter
+	cargo bench -p vigil-engine-bench
+	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

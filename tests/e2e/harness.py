@@ -38,10 +38,19 @@ def wasm_path() -> Path:
     return path
 
 
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free loopback port, never one this process handed out before (ports are
+    picked before the processes that bind them start)."""
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
 
 
 def harness_filter_config() -> dict:
@@ -206,6 +215,22 @@ class Stack:
     def counter(self, name: str) -> int:
         value = self.stats().get(name)
         return int(value) if value and value.isdigit() else 0
+
+    def settle(self, timeout: float = 10) -> None:
+        """Waits until Vigil's batched counters have reached Envoy: each VM
+        flushes them once a second, so two identical reads 1.2 s apart mean
+        nothing is pending."""
+        def vigil_stats():
+            return {k: v for k, v in self.stats().items() if k.startswith("wasmcustom.")}
+        deadline = time.time() + timeout
+        last = vigil_stats()
+        while time.time() < deadline:
+            time.sleep(1.2)
+            now = vigil_stats()
+            if now == last:
+                return
+            last = now
+        raise AssertionError("Vigil's counters did not settle")
 
     def prometheus(self) -> str:
         return self.admin("GET", "/stats/prometheus")[1]

@@ -116,6 +116,7 @@ def test_monitor_mode_scores_but_never_refuses(stack_factory):
     assert [r[0] for r in results] == [200] * 25
     decisions = [echoed(r[2])["x-vigil-decision"] for r in results]
     assert decisions[10] == "throttle" and decisions[-1] == "block", decisions
+    stack.settle()
     assert stack.counter("wasmcustom.vigil_enforced_total") == 0
     assert stack.counter("wasmcustom.vigil_decisions_total.decision.block") >= 1
 
@@ -141,6 +142,7 @@ def test_access_log_and_metrics_follow_the_traffic(stack_factory):
     stack = stack_factory(config(mode="enforce", rate_limit={"requests_per_window": 5, "window_seconds": 60}))
     before = stack.counter("wasmcustom.vigil_requests_total")
     results = run_burst(stack, "logged", 12)
+    stack.settle()
     assert stack.counter("wasmcustom.vigil_requests_total") - before == 12
     throttled = stack.counter("wasmcustom.vigil_decisions_total.decision.throttle")
     blocked = stack.counter("wasmcustom.vigil_decisions_total.decision.block")
@@ -181,6 +183,7 @@ def test_identity_flood_stays_within_the_slot_bound(stack_factory):
     with ThreadPoolExecutor(max_workers=8) as pool:
         statuses = list(pool.map(one, range(2000)))
     assert statuses.count(200) == 2000
+    stack.settle()
     used = stack.counter("wasmcustom.vigil_rate_slots_used")
     evictions = stack.counter("wasmcustom.vigil_store_evictions_total")
     mem_after = json.loads(stack.admin("GET", "/memory")[1])["allocated"]
@@ -208,6 +211,7 @@ def test_hostile_input_never_breaks_the_vm(stack_factory):
         assert status == 200, h
     for path in ["/", "/?" + "q" * 5000, "/" + "/".join(["x"] * 200), "/users/%F0%9F%92%A9"]:
         assert stack.request(path, headers={"x-user-id": "p"})[0] == 200, path
+    stack.settle()
     log = stack.envoy_log_text()
     assert "panicked" not in log and "Function: proxy_on" not in log, log[-2000:]
     assert stack.counter("wasmcustom.vigil_requests_total") == len(hostile) + 4

@@ -40,6 +40,18 @@ pub enum Mode {
     Enforce,
 }
 
+/// Which requests get the full JSON record (`wasm.vigil` filter state) for the
+/// access log. The `x-vigil-*` headers are there for every request anyway.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LogRecord {
+    All,
+    /// Only requests not simply allowed: the ones someone will look at.
+    #[default]
+    Flagged,
+    Off,
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
@@ -55,6 +67,7 @@ pub struct Config {
     /// Add `x-vigil-risk-score`, `x-vigil-decision` and `x-vigil-signals` to the
     /// request forwarded upstream. Incoming copies are always stripped.
     pub upstream_headers: bool,
+    pub log_record: LogRecord,
 }
 
 impl Default for Config {
@@ -70,6 +83,7 @@ impl Default for Config {
             rate_limit: RateLimitConfig::default(),
             decision_thresholds: DecisionThresholds::default(),
             upstream_headers: true,
+            log_record: LogRecord::default(),
         }
     }
 }

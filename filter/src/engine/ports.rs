@@ -45,6 +45,8 @@ pub enum Metric {
     StoreErrors,
     /// Slots ever taken in the rate table (a gauge that only grows to its bound).
     RateSlotsUsed,
+    /// Bytes of keys and values Vigil holds in shared data (a gauge).
+    SharedDataBytes,
 }
 
 pub trait MetricsSink {

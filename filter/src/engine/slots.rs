@@ -115,14 +115,17 @@ impl<'a> SlotTable<'a> {
         }
         let free = Slot::<R>::free().encode();
         let mut created = 0;
+        let mut bytes = 0;
         for i in 0..self.slots {
             let key = self.key(i);
             if self.store.get(&key)?.is_none() {
                 self.store.set(&key, &free, 0)?;
                 created += 1;
+                bytes += (key.len() + free.len()) as u64;
             }
         }
         self.store.set(&ready, b"1", 0)?;
+        self.metrics.add(Metric::SharedDataBytes, bytes + (ready.len() + 1) as u64);
         Ok(created)
     }
 
@@ -152,13 +155,17 @@ impl<'a> SlotTable<'a> {
             let mine = current.as_ref().filter(|s| s.owner == owner).and_then(|s| s.record.as_ref());
             let record = update(mine);
             let slot = Slot { owner, last_seen_ms: now_ms, record: Some(record.clone()) };
-            match self.store.set(&self.key(index), &slot.encode(), cas)? {
+            let encoded = slot.encode();
+            match self.store.set(&self.key(index), &encoded, cas)? {
                 SetOutcome::Written => {
                     if evicted {
                         self.metrics.add(Metric::StoreEvictions, 1);
                     }
                     if current.as_ref().is_some_and(|s| s.owner == 0 && s.last_seen_ms == 0) {
+                        // First use of a slot: from the free encoding to a full record
+                        // (records of one table all have the same size).
                         self.metrics.add(self.used_metric, 1);
+                        self.metrics.add(Metric::SharedDataBytes, (encoded.len() - HEADER_BYTES) as u64);
                     }
                     return Ok(Updated { record, evicted });
                 }
@@ -249,6 +256,8 @@ mod tests {
         assert_eq!(table.read::<Count>(13).unwrap(), Some(Count(1)));
         assert_eq!(table.read::<Count>(15).unwrap(), None);
         assert_eq!(metrics.get(Metric::RateSlotsUsed), 2);
+        // The gauge tracks what the store really holds.
+        assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64);
     }
 
     #[test]

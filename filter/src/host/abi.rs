@@ -29,6 +29,7 @@ pub const LOG_CRITICAL: u32 = 5;
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
@@ -108,6 +109,10 @@ pub fn now_nanos() -> Result<u64, Status> {
     let mut t = 0u64;
     check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
     Ok(t)
+}
+
+pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
 }
 
 /// All headers of a map in one host call. Values stay bytes (Envoy forwards

@@ -8,12 +8,18 @@ use super::store::{HostMetrics, HostStore};
 use crate::engine::{config, pipeline::Engine};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::ContextType;
+use std::cell::Cell;
 use std::rc::Rc;
+
+/// How often each VM hands its batched counters to Envoy.
+const METRICS_FLUSH_MS: u32 = 1000;
 
 /// What every HTTP context of this VM shares.
 pub struct Shared {
     pub engine: Engine,
     pub metrics: HostMetrics,
+    /// Requests this VM has seen (drives sampling).
+    pub requests_seen: Cell<u64>,
 }
 
 #[derive(Default)]
@@ -63,8 +69,16 @@ impl RootContext for VigilRoot {
             );
         }
         abi::log(abi::LOG_INFO, &format!("configured, mode {:?}", engine.config.mode).to_lowercase());
-        self.shared = Some(Rc::new(Shared { engine, metrics }));
+        metrics.flush();
+        let _ = abi::set_tick_period_ms(METRICS_FLUSH_MS);
+        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0) }));
         true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(shared) = &self.shared {
+            shared.metrics.flush();
+        }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {

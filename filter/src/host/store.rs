@@ -1,6 +1,7 @@
 //! The engine's ports over the real host: Envoy shared data and Envoy stats.
 
 use super::abi;
+use std::cell::Cell;
 use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError};
 
 /// Envoy's shared data (one map per `vm_id`, shared by every worker).
@@ -33,13 +34,20 @@ const COUNTERS: [(Metric, &str); 9] = [
     (Metric::StoreEvictions, "vigil_store_evictions_total"),
     (Metric::StoreErrors, "vigil_store_errors_total"),
 ];
-const GAUGES: [(Metric, &str); 1] = [(Metric::RateSlotsUsed, "vigil_rate_slots_used")];
+const GAUGES: [(Metric, &str); 2] = [
+    (Metric::RateSlotsUsed, "vigil_rate_slots_used"),
+    (Metric::SharedDataBytes, "vigil_shared_data_bytes"),
+];
 pub const PROCESSING_TIME: &str = "vigil_processing_time_us";
 
-/// Metric ids, resolved once at configure time.
+/// Envoy stats, batched: requests add to counters in this VM's memory, and
+/// `flush` (on every tick) hands the deltas to Envoy. Each increment is a host
+/// call, and host calls are the per-request budget; the price is up to one
+/// tick of lag in `/stats`.
 pub struct HostMetrics {
     ids: Vec<(Metric, u32)>,
-    pub processing_time: Option<u32>,
+    pending: Vec<Cell<u64>>,
+    processing_time: u32,
 }
 
 impl HostMetrics {
@@ -51,25 +59,33 @@ impl HostMetrics {
         for (m, name) in GAUGES {
             ids.push((m, abi::define_metric(abi::GAUGE, name)?));
         }
-        let processing_time = Some(abi::define_metric(abi::HISTOGRAM, PROCESSING_TIME)?);
-        Ok(HostMetrics { ids, processing_time })
+        let processing_time = abi::define_metric(abi::HISTOGRAM, PROCESSING_TIME)?;
+        let pending = ids.iter().map(|_| Cell::new(0)).collect();
+        Ok(HostMetrics { ids, pending, processing_time })
     }
 
     pub fn record_processing_time(&self, micros: u64) {
-        if let Some(id) = self.processing_time {
-            let _ = abi::record_metric(id, micros);
+        let _ = abi::record_metric(self.processing_time, micros);
+    }
+
+    /// Hands every pending delta to Envoy.
+    pub fn flush(&self) {
+        for ((_, id), pending) in self.ids.iter().zip(&self.pending) {
+            let n = pending.take();
+            if n > 0 && abi::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX)).is_err() {
+                // Keep it for the next flush rather than lose it.
+                pending.set(n);
+            }
         }
     }
 }
 
 impl MetricsSink for HostMetrics {
     fn add(&self, metric: Metric, n: u64) {
-        if n == 0 {
-            return;
-        }
-        if let Some((_, id)) = self.ids.iter().find(|(m, _)| *m == metric) {
-            // A failed increment loses one count; it must not fail the request.
-            let _ = abi::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX));
+        if let Some(i) = self.ids.iter().position(|(m, _)| *m == metric) {
+            if let Some(pending) = self.pending.get(i) {
+                pending.set(pending.get().saturating_add(n));
+            }
         }
     }
 }
