@@ -49,6 +49,9 @@ VIGIL_CONFIGS = {
         "behavioral_profiling": {"enable_user_profiling": True},
         "time_series_analysis": {"enable_traffic_analysis": True},
     },
+    # Cost breakdown: the default without its shared-data rate signal, and without upstream headers.
+    "vigil_no_rate": {**SECRET, "rate_limit": {"enabled": False}},
+    "vigil_no_headers": {**SECRET, "upstream_headers": False},
 }
 
 
