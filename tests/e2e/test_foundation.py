@@ -231,3 +231,15 @@ def test_client_ip_identity_cannot_be_forged_through_x_forwarded_for(stack_facto
             for xff in ["6.6.6.6, 203.0.113.9", "7.7.7.7, 203.0.113.9", "203.0.113.10"]]
     assert seen[0]["identity"] == seen[1]["identity"] != seen[2]["identity"]
     assert [s["rate_count"] for s in seen] == ["1", "2", "1"]
+
+
+def test_default_log_record_covers_only_requests_not_simply_allowed(stack_factory):
+    c = config(mode="monitor", rate_limit={"requests_per_window": 10, "window_seconds": 60})
+    del c["log_record"]  # the default: flagged
+    stack = stack_factory(c)
+    run_burst(stack, "audited", 20)
+    lines = wait_for(lambda: len(stack.access_log_lines()) >= 20 and stack.access_log_lines(), what="access log")
+    for line in lines:
+        has_record = line["vigil"] not in (None, "-", "")
+        assert has_record == (line["vigil_decision"] != "allow"), line
+    assert sum(1 for l in lines if l["vigil_decision"] != "allow") >= 10
