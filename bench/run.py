@@ -26,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
-from harness import HARNESS_CONFIG, _wasm_filter, envoy_binary, free_port  # noqa: E402
+from harness import HARNESS_CONFIG, Process, _wasm_filter, envoy_binary, free_port  # noqa: E402
 
 import yaml  # noqa: E402
 
@@ -94,22 +94,22 @@ def upstream_config(port: int, admin: int) -> dict:
 
 
 class Envoy:
+    """One Envoy under test, on its own ports."""
+
     def __init__(self, name: str, doc: dict, workdir: Path, concurrency: int):
         self.name = name
         self.port = doc["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
         self.admin = doc["admin"]["address"]["socket_address"]["port_value"]
         path = workdir / f"{name}.json"
         path.write_text(json.dumps(doc))
-        self.log = open(workdir / f"{name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [envoy_binary(), "-c", str(path), "--concurrency", str(concurrency), "--disable-hot-restart",
-             "--log-level", "error"], stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        self.process = Process(name, [envoy_binary(), "-c", str(path), "--concurrency", str(concurrency),
+                                      "--disable-hot-restart", "--log-level", "error"], workdir / f"{name}.log")
 
     def wait_ready(self) -> None:
         import urllib.request
         for _ in range(200):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name}: Envoy exited ({self.proc.returncode}); see {self.log.name}")
+            if self.process.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: Envoy exited:\n{self.process.tail()}")
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as r:
                     if r.status == 200:
@@ -126,19 +126,13 @@ class Envoy:
         return dict(line.split(": ", 1) for line in text.splitlines() if ": " in line)
 
     def rss_bytes(self) -> int:
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{self.process.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         return 0
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        self.process.stop()
 
 
 UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}

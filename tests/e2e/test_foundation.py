@@ -243,3 +243,15 @@ def test_default_log_record_covers_only_requests_not_simply_allowed(stack_factor
         has_record = line["vigil"] not in (None, "-", "")
         assert has_record == (line["vigil_decision"] != "allow"), line
     assert sum(1 for l in lines if l["vigil_decision"] != "allow") >= 10
+
+
+def test_response_side_features_are_read_without_disturbing_responses(stack_factory):
+    # Profiling/traffic analysis read status and latency from every response.
+    stack = stack_factory(config(time_series_analysis={"enable_traffic_analysis": True},
+                                 behavioral_profiling={"enable_user_profiling": True}))
+    for path, want in [("/status/503", 503), ("/status/404", 404), ("/slow/50", 200), ("/", 200)]:
+        assert stack.request(path, headers={"x-user-id": "resp"})[0] == want, path
+    stack.settle()
+    assert stack.counter("wasmcustom.vigil_requests_total") == 4
+    log = stack.envoy_log_text()
+    assert "panicked" not in log and "Function: proxy_on" not in log, log[-2000:]

@@ -102,6 +102,19 @@ impl Engine {
         v
     }
 
+    /// Whether any detector reads response features (status, latency). Reading
+    /// them costs host calls on every response, so the host asks only then.
+    /// Their consumers, profiling and traffic analysis, arrive with their issues.
+    pub fn wants_response_features(&self) -> bool {
+        self.config.behavioral_profiling.enable_user_profiling || self.config.time_series_analysis.enable_traffic_analysis
+    }
+
+    /// Completes the features with what the response tells.
+    pub fn on_response(&self, features: &mut Features, status: Option<u16>, now_ms: u64) {
+        features.status = status;
+        features.latency_ms = Some(now_ms.saturating_sub(features.time_ms));
+    }
+
     fn extract(&self, req: &dyn RequestView, now_ms: u64) -> Features {
         let identity = identity::resolve(&self.config.identity.sources, &self.hash_key, req);
         let request_id = req.header("x-request-id").and_then(sanitize_request_id).unwrap_or_else(|| {
@@ -219,12 +232,23 @@ mod tests {
     #[test]
     fn a_broken_store_fails_open_and_is_counted() {
         let (e, store, metrics) = engine(r#"{"mode": "enforce", "rate_limit": {"requests_per_window": 1}}"#);
+        // Every compare-and-swap loses, as if other workers always wrote first.
         store.inject_conflicts.set(u32::MAX);
-        e.on_request(&get("x"), 0, &store, &metrics); // first write is unconditional-free slot? still CAS
         let v = e.on_request(&get("x"), 1, &store, &metrics);
         assert_eq!(v.decision, Decision::Allow);
         assert!(v.threat_details.iter().any(|d| d.reason.contains("failing open")));
         assert!(metrics.get(Metric::StoreErrors) >= 1);
+    }
+
+    #[test]
+    fn response_features_complete_the_table_only_when_a_detector_wants_them() {
+        let (e, store, metrics) = engine("{}");
+        assert!(!e.wants_response_features());
+        let mut v = e.on_request(&get("r"), 10_000, &store, &metrics);
+        e.on_response(&mut v.features, Some(503), 10_042);
+        assert_eq!((v.features.status, v.features.latency_ms), (Some(503), Some(42)));
+        let (e, _, _) = engine(r#"{"time_series_analysis": {"enable_traffic_analysis": true}}"#);
+        assert!(e.wants_response_features());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub const NOT_FOUND: Status = 1;
 pub const CAS_MISMATCH: Status = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
+pub const RESPONSE_HEADERS: u32 = 2;
 
 pub const PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -31,6 +32,13 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_get_header_map_pairs(map_type: u32, return_data: *mut *mut u8, return_size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map_type: u32,
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
     fn proxy_replace_header_map_value(
         map_type: u32,
         key_data: *const u8,
@@ -122,6 +130,17 @@ pub fn header_pairs(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
     let mut size = 0usize;
     check(unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) })?;
     Ok(unsafe { owned(data, size) }.map(|b| decode_pairs(&b)).unwrap_or_default())
+}
+
+/// One header's value, as bytes.
+pub fn header_value(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    match unsafe { proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size) } {
+        OK => Ok(unsafe { owned(data, size) }),
+        NOT_FOUND => Ok(None),
+        status => Err(status),
+    }
 }
 
 pub fn replace_header(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {

@@ -6,6 +6,7 @@ use super::root::Shared;
 use super::store::HostStore;
 use crate::engine::config::LogRecord;
 use crate::engine::decision::Decision;
+use crate::engine::features::Features;
 use crate::engine::pipeline::Verdict;
 use crate::engine::ports::{Metric, MetricsSink};
 use crate::engine::report;
@@ -19,11 +20,13 @@ const PROCESSING_TIME_SAMPLE: u64 = 8;
 
 pub struct VigilHttp {
     shared: Rc<Shared>,
+    /// The request's features, kept for the response when a detector wants them.
+    features: Option<Features>,
 }
 
 impl VigilHttp {
     pub fn new(shared: Rc<Shared>) -> Self {
-        Self { shared }
+        Self { shared, features: None }
     }
 }
 
@@ -69,6 +72,9 @@ impl HttpContext for VigilHttp {
         }
         annotate(&req.0, &verdict, &self.shared);
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
+        if self.shared.engine.wants_response_features() {
+            self.features = Some(verdict.features);
+        }
 
         // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE is timed.
         let n = self.shared.requests_seen.get().wrapping_add(1);
@@ -79,6 +85,18 @@ impl HttpContext for VigilHttp {
             }
         }
         action
+    }
+
+    fn on_http_response_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
+        if let Some(features) = self.features.as_mut() {
+            let status = abi::header_value(abi::RESPONSE_HEADERS, ":status")
+                .ok()
+                .flatten()
+                .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
+            let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+            self.shared.engine.on_response(features, status, now_ms);
+        }
+        Action::Continue
     }
 }
 
