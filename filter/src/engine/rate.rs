@@ -117,8 +117,7 @@ pub fn observe(
     now_ms: u64,
 ) -> Result<RateObservation, StoreError> {
     let window_ms = u64::from(cfg.window_seconds) * 1000;
-    let table = SlotTable::new(store, metrics, prefix, cfg.max_identities, Metric::RateSlotsUsed, 2 * window_ms);
-    let updated = table.update(owner, now_ms, |r| RateRecord::advance(r, now_ms, window_ms))?;
+    let updated = table(cfg, store, metrics, prefix).update(owner, now_ms, |r| RateRecord::advance(r, now_ms, window_ms))?;
     let record = updated.record;
     let estimate = record.estimate(now_ms, window_ms);
     let ceiling = f64::from(cfg.requests_per_window.max(1));
@@ -140,9 +139,18 @@ pub fn initialize(
     metrics: &dyn MetricsSink,
     prefix: &str,
 ) -> Result<u32, StoreError> {
-    let window_ms = u64::from(cfg.window_seconds) * 1000;
-    SlotTable::new(store, metrics, prefix, cfg.max_identities, Metric::RateSlotsUsed, 2 * window_ms)
-        .initialize::<RateRecord>()
+    table(cfg, store, metrics, prefix).initialize::<RateRecord>()
+}
+
+/// The rate table: a slot not seen for two windows holds nothing worth keeping.
+fn table<'a>(
+    cfg: &RateLimitConfig,
+    store: &'a dyn SharedStore,
+    metrics: &'a dyn MetricsSink,
+    prefix: &'a str,
+) -> SlotTable<'a> {
+    let ttl_ms = 2 * u64::from(cfg.window_seconds) * 1000;
+    SlotTable::new(store, metrics, prefix, cfg.max_identities, Metric::RateSlotsUsed, ttl_ms)
 }
 
 #[cfg(test)]

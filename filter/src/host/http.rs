@@ -8,7 +8,6 @@ use crate::engine::config::LogRecord;
 use crate::engine::decision::Decision;
 use crate::engine::features::Features;
 use crate::engine::pipeline::Verdict;
-use crate::engine::ports::{Metric, MetricsSink};
 use crate::engine::report;
 use crate::engine::request::{HeaderList, RequestView};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -53,7 +52,6 @@ impl HttpContext for VigilHttp {
         let headers = match abi::header_pairs(abi::REQUEST_HEADERS) {
             Ok(h) => h,
             Err(status) => {
-                self.shared.metrics.add(Metric::StoreErrors, 1);
                 abi::log(abi::LOG_WARN, &format!("cannot read request headers (status {status}); passing"));
                 return Action::Continue;
             }

@@ -38,7 +38,7 @@ const GAUGES: [(Metric, &str); 2] = [
     (Metric::RateSlotsUsed, "vigil_rate_slots_used"),
     (Metric::SharedDataBytes, "vigil_shared_data_bytes"),
 ];
-pub const PROCESSING_TIME: &str = "vigil_processing_time_us";
+const PROCESSING_TIME: &str = "vigil_processing_time_us";
 
 /// Envoy stats, batched: requests add to counters in this VM's memory, and
 /// `flush` (on every tick) hands the deltas to Envoy. Each increment is a host
