@@ -118,13 +118,78 @@ impl Default for MlModelConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct BehavioralProfiling {
     pub enable_user_profiling: bool,
+    /// How much history a profile represents: old behaviour fades with this
+    /// time constant (weight `exp(-age / window)`), it is not cut off.
     pub profile_window_hours: u32,
+    /// A behavioural score at or above this is a deviation: it raises the risk
+    /// through `ml_scoring_weights.behavioral_deviation`.
     pub deviation_threshold: f64,
+    /// Requests a profile must have seen before it scores (cold start).
+    pub min_observations: u32,
+    /// Profiles kept in shared data: the memory bound, whatever the number of
+    /// identities seen (at most 1 KiB each).
+    pub max_profiles: u32,
+    /// A profile idle this long is reclaimed. Default: 4 x profile_window_hours.
+    pub profile_ttl_hours: Option<u32>,
+    /// Profiles each worker keeps in its local cache.
+    pub cache_entries: u32,
+    pub session: SessionConfig,
+    pub geo: GeoConfig,
 }
 
 impl Default for BehavioralProfiling {
     fn default() -> Self {
-        Self { enable_user_profiling: false, profile_window_hours: 24, deviation_threshold: 0.7 }
+        Self {
+            enable_user_profiling: false,
+            profile_window_hours: 24,
+            deviation_threshold: 0.7,
+            min_observations: 20,
+            max_profiles: 16384,
+            profile_ttl_hours: None,
+            cache_entries: 1024,
+            session: SessionConfig::default(),
+            geo: GeoConfig::default(),
+        }
+    }
+}
+
+impl BehavioralProfiling {
+    pub fn ttl_hours(&self) -> u32 {
+        self.profile_ttl_hours.unwrap_or(self.profile_window_hours.saturating_mul(4))
+    }
+}
+
+/// Where sessions come from: a cookie or a header carrying a session token
+/// (only its keyed hash is kept), else inferred from an inactivity gap.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SessionConfig {
+    pub cookie: Option<String>,
+    pub header: Option<String>,
+    pub inactivity_minutes: u32,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { cookie: None, header: None, inactivity_minutes: 30 }
+    }
+}
+
+/// Headers carrying the client's country (ISO 3166 alpha-2) and ASN, set by a
+/// hop you trust: Envoy's `envoy.filters.http.geoip` filter or a CDN. Unset,
+/// geography is not profiled.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GeoConfig {
+    pub country_header: Option<String>,
+    pub asn_header: Option<String>,
+    /// A change of country sooner than this is "impossible travel".
+    pub impossible_travel_minutes: u32,
+}
+
+impl Default for GeoConfig {
+    fn default() -> Self {
+        Self { country_header: None, asn_header: None, impossible_travel_minutes: 120 }
     }
 }
 
@@ -314,6 +379,28 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     let p = &c.behavioral_profiling;
     in_range("behavioral_profiling.profile_window_hours", p.profile_window_hours, 1, 24 * 90)?;
     unit_interval("behavioral_profiling.deviation_threshold", p.deviation_threshold)?;
+    in_range("behavioral_profiling.min_observations", p.min_observations, 1, 100_000)?;
+    in_range("behavioral_profiling.max_profiles", p.max_profiles, 16, 1 << 20)?;
+    if let Some(ttl) = p.profile_ttl_hours {
+        in_range("behavioral_profiling.profile_ttl_hours", ttl, 1, 24 * 365)?;
+    }
+    in_range("behavioral_profiling.cache_entries", p.cache_entries, 16, 1 << 16)?;
+    in_range("behavioral_profiling.session.inactivity_minutes", p.session.inactivity_minutes, 1, 24 * 60)?;
+    in_range("behavioral_profiling.geo.impossible_travel_minutes", p.geo.impossible_travel_minutes, 1, 7 * 24 * 60)?;
+    for (field, name) in [
+        ("behavioral_profiling.session.header", &p.session.header),
+        ("behavioral_profiling.geo.country_header", &p.geo.country_header),
+        ("behavioral_profiling.geo.asn_header", &p.geo.asn_header),
+    ] {
+        if let Some(name) = name.as_deref().filter(|n| !is_header_name(n)) {
+            return Err(ConfigError::new(field, format!("`{name}` is not a lowercase HTTP header name")));
+        }
+    }
+    if let Some(cookie) = p.session.cookie.as_deref() {
+        if cookie.is_empty() || !cookie.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'=' | b';' | b',')) {
+            return Err(ConfigError::new("behavioral_profiling.session.cookie", format!("`{cookie}` is not a cookie name")));
+        }
+    }
 
     let t = &c.time_series_analysis;
     in_range("time_series_analysis.analysis_window_minutes", t.analysis_window_minutes, 1, 24 * 60)?;

@@ -1,7 +1,7 @@
 //! From signals to one risk score and a decision.
 
 use super::config::DecisionThresholds;
-use super::features::Signal;
+use super::features::{Combine, Signal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Decision {
@@ -34,10 +34,29 @@ impl Decision {
     }
 }
 
-/// The risk score: for the local signals of the foundation slice, the
-/// strongest one. (The ensemble of weighted detectors replaces this.)
+/// The risk score: the strongest local signal, or the weighted mean of the
+/// detectors that have an opinion (a detector below its gate adds 0 but its
+/// weight still counts), whichever is higher. With one detector alone its
+/// score is the risk. (Confidence weighting comes with the ensemble issue.)
 pub fn risk(signals: &[Signal]) -> f64 {
-    signals.iter().map(|s| s.score).filter(|s| s.is_finite()).fold(0.0, f64::max).clamp(0.0, 1.0)
+    let finite = |s: &&Signal| s.score.is_finite();
+    let strongest = signals
+        .iter()
+        .filter(finite)
+        .filter(|s| s.combine == Combine::Strongest)
+        .map(|s| s.score)
+        .fold(0.0, f64::max);
+    let (mut sum, mut weights) = (0.0, 0.0);
+    for s in signals.iter().filter(finite) {
+        if let Combine::Weighted { weight, gate } = s.combine {
+            weights += weight;
+            if s.score >= gate {
+                sum += weight * s.score.clamp(0.0, 1.0);
+            }
+        }
+    }
+    let ensemble = if weights > 0.0 { sum / weights } else { 0.0 };
+    strongest.max(ensemble).clamp(0.0, 1.0)
 }
 
 pub fn decide(risk: f64, t: &DecisionThresholds) -> Decision {
@@ -69,10 +88,21 @@ mod tests {
 
     #[test]
     fn risk_is_the_strongest_finite_signal() {
-        let s = |score| Signal { name: "x", score };
+        let s = |score| Signal::local("x", score);
         assert_eq!(risk(&[]), 0.0);
         assert_eq!(risk(&[s(0.2), s(0.7)]), 0.7);
         assert_eq!(risk(&[s(f64::NAN), s(0.3)]), 0.3);
         assert_eq!(risk(&[s(7.0)]), 1.0);
+    }
+
+    #[test]
+    fn weighted_detectors_count_from_their_gate_as_a_weighted_mean() {
+        let d = |score, weight| Signal { name: "d", score, combine: Combine::Weighted { weight, gate: 0.7 } };
+        assert_eq!(risk(&[d(0.69, 0.4)]), 0.0, "below its gate a detector adds nothing");
+        assert!((risk(&[d(0.9, 0.4)]) - 0.9).abs() < 1e-12, "alone, its score is the risk");
+        // Two detectors, one quiet: the deviation is diluted by the other's weight.
+        assert!((risk(&[d(0.9, 0.4), d(0.1, 0.4)]) - 0.45).abs() < 1e-12);
+        // A local rule still sets a floor.
+        assert_eq!(risk(&[d(0.9, 0.4), d(0.0, 0.4), Signal::local("rate", 0.8)]), 0.8);
     }
 }

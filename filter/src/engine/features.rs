@@ -55,8 +55,16 @@ pub struct Features {
     /// Declared request body size (`content-length`), 0 when absent.
     pub request_bytes: u64,
     pub time_ms: u64,
+    /// Keyed hash of the session token (cookie or header), when configured.
+    pub session: Option<u32>,
+    /// Country (ISO alpha-2, packed) and ASN from the configured geo headers.
+    pub country: Option<u16>,
+    pub asn: Option<u32>,
     pub status: Option<u16>,
     pub latency_ms: Option<u64>,
+    /// How unlike its identity's history this request is, in [0, 1]; `None`
+    /// when profiling is off or the profile is still cold.
+    pub behavioral_score: Option<f64>,
 }
 
 /// One detector's opinion: a score in [0, 1].
@@ -64,6 +72,23 @@ pub struct Features {
 pub struct Signal {
     pub name: &'static str,
     pub score: f64,
+    pub combine: Combine,
+}
+
+/// How a signal enters the risk score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Combine {
+    /// A local rule (the rate ceiling): the risk is at least this score.
+    Strongest,
+    /// A detector in the weighted ensemble (`ml_scoring_weights`); it counts
+    /// only from `gate` up (e.g. `deviation_threshold`).
+    Weighted { weight: f64, gate: f64 },
+}
+
+impl Signal {
+    pub fn local(name: &'static str, score: f64) -> Self {
+        Signal { name, score, combine: Combine::Strongest }
+    }
 }
 
 /// Why a signal scored what it did, for logs, headers and events.

@@ -4,10 +4,11 @@
 
 use super::config::{Config, Mode};
 use super::decision::{self, Decision};
-use super::features::{Features, Method, Signal, ThreatDetail};
+use super::features::{Combine, Features, Method, Signal, ThreatDetail};
 use super::hash::HashKey;
 use super::identity;
 use super::ports::{Metric, MetricsSink, SharedStore, StoreError};
+use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
 use super::request::RequestView;
 use super::route;
@@ -17,6 +18,15 @@ pub struct Engine {
     pub config: Config,
     hash_key: HashKey,
     rate_prefix: String,
+    profiler: Option<Profiler>,
+}
+
+/// Where the identity's profile stands, for headers and logs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProfileState {
+    /// Still learning: `observations` of `min_observations`.
+    Cold { observations: u32 },
+    Warm { observations: u32 },
 }
 
 /// What the pipeline concluded about one request.
@@ -33,6 +43,7 @@ pub struct Verdict {
     pub rate_count: Option<u32>,
     /// Seconds until the identity is back within its ceiling, for `retry-after`.
     pub retry_after_s: Option<u64>,
+    pub profile: Option<ProfileState>,
 }
 
 /// The outcome of a step.
@@ -46,15 +57,33 @@ impl Engine {
     pub fn new(config: Config) -> Self {
         let hash_key = HashKey::from_secret(config.identity.hash_secret.as_bytes());
         let rate_prefix = rate::key_prefix(&config.rate_limit);
-        Self { config, hash_key, rate_prefix }
+        let profiler = config.behavioral_profiling.enable_user_profiling.then(|| Profiler::new(&config.behavioral_profiling));
+        Self { config, hash_key, rate_prefix, profiler }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
+    /// Returns how many slots this call created.
     pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<u32, StoreError> {
-        if !self.config.rate_limit.enabled {
-            return Ok(0);
+        let mut created = 0;
+        if self.config.rate_limit.enabled {
+            created += rate::initialize(&self.config.rate_limit, store, metrics, &self.rate_prefix)?;
         }
-        rate::initialize(&self.config.rate_limit, store, metrics, &self.rate_prefix)
+        if let Some(p) = &self.profiler {
+            created += p.start(store, metrics)?;
+        }
+        Ok(created)
+    }
+
+    pub fn profiler(&self) -> Option<&Profiler> {
+        self.profiler.as_ref()
+    }
+
+    /// Periodic work (every worker, once a tick): sync profiles, and the
+    /// elected cleanup. `instance` tells this VM apart from the others.
+    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) {
+        if let Some(p) = &self.profiler {
+            p.on_tick(now_ms, instance, store, metrics);
+        }
     }
 
     /// Runs the request-side pipeline: identify, extract, count, score, decide.
@@ -76,12 +105,16 @@ impl Engine {
             enforced: false,
             rate_count: None,
             retry_after_s: None,
+            profile: None,
         };
 
-        if let Outcome::Failed { step, error } = self.rate_step(&mut v, now_ms, store, metrics) {
-            // Fail open: a store problem must not take the API down with it.
-            metrics.add(Metric::StoreErrors, 1);
-            v.threat_details.push(ThreatDetail { signal: step, reason: format!("unavailable ({error:?}), failing open") });
+        for outcome in [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)] {
+            if let Outcome::Failed { step, error } = outcome {
+                // Fail open: a store problem must not take the API down with it.
+                metrics.add(Metric::StoreErrors, 1);
+                v.threat_details
+                    .push(ThreatDetail { signal: step, reason: format!("unavailable ({error:?}), failing open") });
+            }
         }
 
         v.risk = decision::risk(&v.signals);
@@ -115,11 +148,30 @@ impl Engine {
         features.latency_ms = Some(now_ms.saturating_sub(features.time_ms));
     }
 
+    /// The stream is over: detectors learn what the response told.
+    pub fn on_complete(&self, features: &Features) {
+        if let (Some(p), Some(status)) = (&self.profiler, features.status) {
+            p.observe_status(features.identity.hash, status);
+        }
+    }
+
     fn extract(&self, req: &dyn RequestView, now_ms: u64) -> Features {
         let identity = identity::resolve(&self.config.identity.sources, &self.hash_key, req);
         let request_id = req.header("x-request-id").and_then(sanitize_request_id).unwrap_or_else(|| {
             format!("vigil-{:016x}", self.hash_key.hash(&[&now_ms.to_le_bytes(), &identity.hash.to_le_bytes()]))
         });
+        let (mut session, mut country, mut asn) = (None, None, None);
+        if self.profiler.is_some() {
+            let p = &self.config.behavioral_profiling;
+            let token = match (&p.session.header, &p.session.cookie) {
+                (Some(h), _) if req.header(h).is_some() => req.header(h),
+                (_, Some(c)) => req.header("cookie").and_then(|v| cookie_value(v, c.as_bytes())),
+                _ => None,
+            };
+            session = token.filter(|t| !t.is_empty()).map(|t| self.hash_key.hash(&[b"session", t]) as u32);
+            country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
+            asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
+        }
         Features {
             request_id,
             identity,
@@ -131,9 +183,41 @@ impl Engine {
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0),
             time_ms: now_ms,
+            session,
+            country,
+            asn,
             status: None,
             latency_ms: None,
+            behavioral_score: None,
         }
+    }
+
+    fn profile_step(&self, v: &mut Verdict, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Outcome {
+        let Some(profiler) = &self.profiler else {
+            return Outcome::Done;
+        };
+        match profiler.observe(&v.features, &self.hash_key, store, metrics) {
+            Ok(Assessment::Cold { observations }) => {
+                metrics.add(Metric::ProfileCold, 1);
+                v.profile = Some(ProfileState::Cold { observations });
+            }
+            Ok(Assessment::Scored(d)) => {
+                let gate = self.config.behavioral_profiling.deviation_threshold;
+                v.profile = Some(ProfileState::Warm { observations: d.observations });
+                v.features.behavioral_score = Some(d.score);
+                v.signals.push(Signal {
+                    name: profile::SIGNAL,
+                    score: d.score,
+                    combine: Combine::Weighted { weight: self.config.ml_scoring_weights.behavioral_deviation, gate },
+                });
+                if d.score >= gate {
+                    metrics.add(Metric::ProfileDeviations, 1);
+                    v.threat_details.extend(d.reasons.into_iter().map(|reason| ThreatDetail { signal: profile::SIGNAL, reason }));
+                }
+            }
+            Err(error) => return Outcome::Failed { step: profile::SIGNAL, error },
+        }
+        Outcome::Done
     }
 
     fn rate_step(&self, v: &mut Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Outcome {
@@ -154,6 +238,23 @@ impl Engine {
             Err(error) => Outcome::Failed { step: rate::SIGNAL, error },
         }
     }
+}
+
+/// The value of cookie `name` in a `cookie` header.
+fn cookie_value<'a>(header: &'a [u8], name: &[u8]) -> Option<&'a [u8]> {
+    header.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        let (k, v) = (pair.get(..eq)?, pair.get(eq + 1..)?);
+        (k == name).then_some(v)
+    })
+}
+
+/// An ASN as a number, with or without the `AS` prefix.
+fn parse_asn(raw: &[u8]) -> Option<u32> {
+    let raw = raw.trim_ascii();
+    let digits = raw.strip_prefix(b"AS").or_else(|| raw.strip_prefix(b"as")).unwrap_or(raw);
+    std::str::from_utf8(digits).ok()?.parse().ok().filter(|n| *n > 0)
 }
 
 /// Keeps a request id safe to echo in headers, JSON and CEF.

@@ -8,6 +8,8 @@ pub enum StoreError {
     Host(u32),
     /// Too many compare-and-swap conflicts in a row; the update was dropped.
     Contended,
+    /// The table is full of records worth more than the newcomer; it was not stored.
+    NotAdmitted,
     /// A stored value did not decode.
     Corrupt,
 }
@@ -29,6 +31,13 @@ pub trait SharedStore {
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError>;
 }
 
+/// The shared tables, as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    Rate,
+    Profile,
+}
+
 /// Every number the engine reports. Kept as an enum so label cardinality is
 /// fixed at compile time: nothing here can be per user or per path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -40,17 +49,34 @@ pub enum Metric {
     DecisionBlock,
     /// Requests answered locally (throttle/block) in enforce mode.
     Enforced,
-    StoreCasConflicts,
-    StoreEvictions,
+    /// A step failed on the store and failed open.
     StoreErrors,
-    /// Slots ever taken in the rate table (a gauge that only grows to its bound).
-    RateSlotsUsed,
-    /// Bytes of keys and values Vigil holds in shared data (a gauge).
+    StoreCasConflicts(Table),
+    /// A live record was replaced to make room for another identity.
+    StoreEvictions(Table),
+    /// An expired record was reclaimed by the cleanup.
+    StoreExpired(Table),
+    /// A newcomer was worth less than every record it could replace.
+    StoreNotAdmitted(Table),
+    /// Slots holding a record (a gauge, bounded by the table size).
+    StoreSlotsUsed(Table),
+    /// Bytes of keys and values the table holds in shared data (a gauge).
+    StoreBytes(Table),
+    /// Bytes of keys and values Vigil holds in shared data, all tables (a gauge).
     SharedDataBytes,
+    /// A request found its identity's profile in this worker's cache.
+    ProfileCacheHits,
+    ProfileCacheMisses,
+    /// A profile too young to score (cold start).
+    ProfileCold,
+    /// A behavioural score at or above `deviation_threshold`.
+    ProfileDeviations,
 }
 
 pub trait MetricsSink {
     fn add(&self, metric: Metric, n: u64);
+    /// Lowers a gauge.
+    fn sub(&self, metric: Metric, n: u64);
 }
 
 /// A sink that drops everything (benchmarks, and callers that do not care).
@@ -58,6 +84,7 @@ pub struct NoMetrics;
 
 impl MetricsSink for NoMetrics {
     fn add(&self, _: Metric, _: u64) {}
+    fn sub(&self, _: Metric, _: u64) {}
 }
 
 pub mod memory {
@@ -116,18 +143,21 @@ pub mod memory {
 
     #[derive(Default)]
     pub struct MemoryMetrics {
-        counts: RefCell<HashMap<Metric, u64>>,
+        counts: RefCell<HashMap<Metric, i64>>,
     }
 
     impl MemoryMetrics {
         pub fn get(&self, m: Metric) -> u64 {
-            self.counts.borrow().get(&m).copied().unwrap_or(0)
+            u64::try_from(self.counts.borrow().get(&m).copied().unwrap_or(0)).unwrap_or(0)
         }
     }
 
     impl MetricsSink for MemoryMetrics {
         fn add(&self, metric: Metric, n: u64) {
-            *self.counts.borrow_mut().entry(metric).or_default() += n;
+            *self.counts.borrow_mut().entry(metric).or_default() += i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        fn sub(&self, metric: Metric, n: u64) {
+            *self.counts.borrow_mut().entry(metric).or_default() -= i64::try_from(n).unwrap_or(i64::MAX);
         }
     }
 }

@@ -7,7 +7,7 @@
 
 use super::config::RateLimitConfig;
 use super::features::{Signal, ThreatDetail};
-use super::ports::{Metric, MetricsSink, SharedStore, StoreError};
+use super::ports::{MetricsSink, SharedStore, StoreError, Table};
 use super::slots::{Record, SlotTable};
 
 pub const SIGNAL: &str = "rate";
@@ -129,7 +129,7 @@ pub fn observe(
             estimate, cfg.window_seconds, cfg.requests_per_window
         ),
     });
-    Ok(RateObservation { record, estimate, signal: Signal { name: SIGNAL, score: s }, detail })
+    Ok(RateObservation { record, estimate, signal: Signal::local(SIGNAL, s), detail })
 }
 
 /// Creates the rate table's slots (start-up, idempotent).
@@ -150,7 +150,7 @@ fn table<'a>(
     prefix: &'a str,
 ) -> SlotTable<'a> {
     let ttl_ms = 2 * u64::from(cfg.window_seconds) * 1000;
-    SlotTable::new(store, metrics, prefix, cfg.max_identities, Metric::RateSlotsUsed, ttl_ms)
+    SlotTable::new(store, metrics, prefix, cfg.max_identities, Table::Rate, ttl_ms)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! the record behind the access log. Formats here are contracts (tests and
 //! operators parse them), documented in docs/configuration.md.
 
-use super::pipeline::Verdict;
+use super::pipeline::{ProfileState, Verdict};
 use std::fmt::Write;
 
 pub const HEADER_RISK: &str = "x-vigil-risk-score";
@@ -19,6 +19,15 @@ pub fn signals(v: &Verdict) -> String {
     }
     if let Some(n) = v.rate_count {
         let _ = write!(out, "rate_count={n};");
+    }
+    match v.profile {
+        Some(ProfileState::Cold { observations }) => {
+            let _ = write!(out, "profile=cold:{observations};");
+        }
+        Some(ProfileState::Warm { observations }) => {
+            let _ = write!(out, "profile=warm:{observations};");
+        }
+        None => {}
     }
     let _ = write!(out, "identity={}", v.features.identity.display());
     out
@@ -52,6 +61,7 @@ pub fn log_record(v: &Verdict) -> String {
         "route": v.features.route,
         "method": v.features.method.as_str(),
         "risk_score": (v.risk * 1000.0).round() / 1000.0,
+        "behavioral_score": v.features.behavioral_score.map(|s| (s * 1000.0).round() / 1000.0),
         "decision": v.decision.as_str(),
         "enforced": v.enforced,
         "signals": signals(v),

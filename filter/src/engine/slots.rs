@@ -9,7 +9,7 @@
 //! the bound. Every write is a compare-and-swap, retried a bounded number of
 //! times, so counts stay exact when workers race.
 
-use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError};
+use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 
 /// Candidate slots per identity (double hashing).
 pub const PROBES: u32 = 4;
@@ -23,6 +23,23 @@ const HEADER_BYTES: usize = 1 + 8 + 8;
 pub trait Record: Sized {
     fn encode(&self, out: &mut Vec<u8>);
     fn decode(bytes: &[u8]) -> Option<Self>;
+    /// What keeping this record is worth when room must be made, `idle_ms`
+    /// after it was last seen: the least valuable candidate goes first. By
+    /// default the least recently seen.
+    fn keep_value(&self, idle_ms: u64) -> f64 {
+        -(idle_ms as f64)
+    }
+}
+
+/// Whether a newcomer may evict a live record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Always: the least valuable candidate makes room (rate counters).
+    Always,
+    /// Only a record worth no more than the newcomer (`keep_value`) is
+    /// evicted, so a flood of one-request identities cannot push out
+    /// established profiles.
+    WorthAtLeast,
 }
 
 /// One slot as stored: its owner (0 = free), when it was last seen, and the
@@ -68,6 +85,24 @@ pub struct Updated<R> {
     pub record: R,
     /// This update took a slot from another identity.
     pub evicted: bool,
+    /// Where the record lives now: a hint for the next access.
+    pub index: u32,
+}
+
+/// The result of one cleanup pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Swept {
+    pub freed: u32,
+    /// Where the next pass starts.
+    pub next: u32,
+}
+
+/// A slot as read, with what writing it needs.
+struct Located<R> {
+    index: u32,
+    cas: u32,
+    slot: Slot<R>,
+    stored_len: usize,
 }
 
 pub struct SlotTable<'a> {
@@ -75,11 +110,11 @@ pub struct SlotTable<'a> {
     metrics: &'a dyn MetricsSink,
     prefix: &'a str,
     slots: u32,
-    /// Gauge raised when a never-used slot is first taken.
-    used_metric: Metric,
+    table: Table,
     /// A slot not seen for this long is free for the taking without counting
-    /// as an eviction.
+    /// as an eviction, and the cleanup frees it.
     ttl_ms: u64,
+    admission: Admission,
 }
 
 impl<'a> SlotTable<'a> {
@@ -88,10 +123,15 @@ impl<'a> SlotTable<'a> {
         metrics: &'a dyn MetricsSink,
         prefix: &'a str,
         slots: u32,
-        used_metric: Metric,
+        table: Table,
         ttl_ms: u64,
     ) -> Self {
-        Self { store, metrics, prefix, slots: slots.max(1), used_metric, ttl_ms }
+        Self { store, metrics, prefix, slots: slots.max(1), table, ttl_ms, admission: Admission::Always }
+    }
+
+    pub fn with_admission(mut self, admission: Admission) -> Self {
+        self.admission = admission;
+        self
     }
 
     fn key(&self, index: u32) -> String {
@@ -125,17 +165,24 @@ impl<'a> SlotTable<'a> {
             }
         }
         self.store.set(&ready, b"1", 0)?;
-        self.metrics.add(Metric::SharedDataBytes, bytes + (ready.len() + 1) as u64);
+        self.grow(bytes + (ready.len() + 1) as u64);
         Ok(created)
     }
 
     /// Reads `owner`'s record without changing anything.
     pub fn read<R: Record>(&self, owner: u64) -> Result<Option<R>, StoreError> {
-        for index in self.candidates(owner) {
+        Ok(self.read_at(owner, None)?.map(|(r, _)| r))
+    }
+
+    /// Reads `owner`'s record, trying `hint` (where it was last found) first.
+    /// Returns the record and where it lives.
+    pub fn read_at<R: Record>(&self, owner: u64, hint: Option<u32>) -> Result<Option<(R, u32)>, StoreError> {
+        let hinted = hint.filter(|&h| h < self.slots);
+        for index in hinted.into_iter().chain(self.candidates(owner).filter(|&i| Some(i) != hinted)) {
             if let Some((bytes, _)) = self.store.get(&self.key(index))? {
                 let slot = Slot::<R>::decode(&bytes).ok_or(StoreError::Corrupt)?;
                 if slot.owner == owner {
-                    return Ok(slot.record);
+                    return Ok(slot.record.map(|r| (r, index)));
                 }
             }
         }
@@ -148,76 +195,147 @@ impl<'a> SlotTable<'a> {
         &self,
         owner: u64,
         now_ms: u64,
+        update: impl FnMut(Option<&R>) -> R,
+    ) -> Result<Updated<R>, StoreError> {
+        self.update_at(owner, None, now_ms, update)
+    }
+
+    /// `update`, trying `hint` (where the record was last found) first.
+    pub fn update_at<R: Record + Clone>(
+        &self,
+        owner: u64,
+        hint: Option<u32>,
+        now_ms: u64,
         mut update: impl FnMut(Option<&R>) -> R,
     ) -> Result<Updated<R>, StoreError> {
         for _attempt in 0..MAX_ATTEMPTS {
-            let (index, cas, current, evicted) = self.locate::<R>(owner, now_ms)?;
-            let mine = current.as_ref().filter(|s| s.owner == owner).and_then(|s| s.record.as_ref());
+            let found = self.locate::<R>(owner, hint, now_ms)?;
+            let mine = (found.slot.owner == owner).then_some(found.slot.record.as_ref()).flatten();
             let record = update(mine);
+            let evicts = found.slot.owner != owner
+                && found.slot.owner != 0
+                && now_ms.saturating_sub(found.slot.last_seen_ms) <= self.ttl_ms;
+            if evicts && self.admission == Admission::WorthAtLeast {
+                let idle = now_ms.saturating_sub(found.slot.last_seen_ms);
+                let theirs = found.slot.record.as_ref().map_or(f64::NEG_INFINITY, |r| r.keep_value(idle));
+                if theirs > record.keep_value(0) {
+                    self.metrics.add(Metric::StoreNotAdmitted(self.table), 1);
+                    return Err(StoreError::NotAdmitted);
+                }
+            }
             let slot = Slot { owner, last_seen_ms: now_ms, record: Some(record.clone()) };
             let encoded = slot.encode();
-            match self.store.set(&self.key(index), &encoded, cas)? {
+            match self.store.set(&self.key(found.index), &encoded, found.cas)? {
                 SetOutcome::Written => {
-                    if evicted {
-                        self.metrics.add(Metric::StoreEvictions, 1);
+                    if evicts {
+                        self.metrics.add(Metric::StoreEvictions(self.table), 1);
                     }
-                    if current.as_ref().is_some_and(|s| s.owner == 0 && s.last_seen_ms == 0) {
-                        // First use of a slot: from the free encoding to a full record
-                        // (records of one table all have the same size).
-                        self.metrics.add(self.used_metric, 1);
-                        self.metrics.add(Metric::SharedDataBytes, (encoded.len() - HEADER_BYTES) as u64);
+                    if found.slot.owner == 0 {
+                        self.metrics.add(Metric::StoreSlotsUsed(self.table), 1);
                     }
-                    return Ok(Updated { record, evicted });
+                    self.resize(found.stored_len, encoded.len());
+                    return Ok(Updated { record, evicted: evicts, index: found.index });
                 }
-                SetOutcome::CasMismatch => self.metrics.add(Metric::StoreCasConflicts, 1),
+                SetOutcome::CasMismatch => self.metrics.add(Metric::StoreCasConflicts(self.table), 1),
             }
         }
         Err(StoreError::Contended)
     }
 
+    /// Frees the records among `count` slots from `from` on that nobody has
+    /// seen for longer than the TTL. Shared data has no delete, so a freed slot
+    /// keeps its key with the short free encoding.
+    pub fn sweep<R: Record>(&self, from: u32, count: u32, now_ms: u64) -> Result<Swept, StoreError> {
+        let free = Slot::<R>::free().encode();
+        let mut freed = 0;
+        let mut index = from % self.slots;
+        for _ in 0..count.min(self.slots) {
+            if let Some((bytes, cas)) = self.store.get(&self.key(index))? {
+                let expired = match Slot::<R>::decode(&bytes) {
+                    Some(slot) => slot.owner != 0 && now_ms.saturating_sub(slot.last_seen_ms) > self.ttl_ms,
+                    None => true, // unreadable: reclaim it
+                };
+                if expired && self.store.set(&self.key(index), &free, cas)? == SetOutcome::Written {
+                    freed += 1;
+                    self.metrics.add(Metric::StoreExpired(self.table), 1);
+                    self.metrics.sub(Metric::StoreSlotsUsed(self.table), 1);
+                    self.resize(bytes.len(), free.len());
+                }
+            }
+            index = (index + 1) % self.slots;
+        }
+        Ok(Swept { freed, next: index })
+    }
+
+    fn grow(&self, bytes: u64) {
+        self.metrics.add(Metric::StoreBytes(self.table), bytes);
+        self.metrics.add(Metric::SharedDataBytes, bytes);
+    }
+
+    /// Keeps the byte gauges equal to what the store holds after a value of
+    /// `before` bytes was replaced by one of `after`.
+    fn resize(&self, before: usize, after: usize) {
+        if after >= before {
+            self.grow((after - before) as u64);
+        } else {
+            let n = (before - after) as u64;
+            self.metrics.sub(Metric::StoreBytes(self.table), n);
+            self.metrics.sub(Metric::SharedDataBytes, n);
+        }
+    }
+
     /// Finds the slot to write for `owner`: the one it already holds, else a
-    /// free one, else an expired one, else the least recently seen (an
-    /// eviction). Returns the index, its CAS token, its current content and
-    /// whether writing it evicts a live identity.
-    #[allow(clippy::type_complexity)]
-    fn locate<R: Record>(&self, owner: u64, now_ms: u64) -> Result<(u32, u32, Option<Slot<R>>, bool), StoreError> {
-        let mut best: Option<(u32, u32, Slot<R>, u8)> = None; // rank: 0 free, 1 expired, 2 live
+    /// free one, else an expired one, else the least valuable (an eviction).
+    fn locate<R: Record>(&self, owner: u64, hint: Option<u32>, now_ms: u64) -> Result<Located<R>, StoreError> {
+        if let Some(index) = hint.filter(|&h| h < self.slots) {
+            if let Some(found) = self.read_slot::<R>(index)? {
+                if found.slot.owner == owner {
+                    return Ok(found);
+                }
+            }
+        }
+        let mut best: Option<(Located<R>, u8, f64)> = None; // rank: 0 free, 1 expired, 2 live
         for index in self.candidates(owner) {
-            let key = self.key(index);
-            let (bytes, cas) = match self.store.get(&key)? {
+            let found = match self.read_slot::<R>(index)? {
                 Some(found) => found,
                 None => {
                     // Never initialised (start-up failed?): create it and use it.
-                    self.store.set(&key, &Slot::<R>::free().encode(), 0)?;
-                    match self.store.get(&key)? {
-                        Some(found) => found,
-                        None => return Err(StoreError::Host(0)),
-                    }
+                    let free = Slot::<R>::free().encode();
+                    self.store.set(&self.key(index), &free, 0)?;
+                    self.grow((self.key(index).len() + free.len()) as u64);
+                    self.read_slot::<R>(index)?.ok_or(StoreError::Host(0))?
                 }
             };
-            let slot = Slot::<R>::decode(&bytes).unwrap_or_else(Slot::free);
-            if slot.owner == owner {
-                return Ok((index, cas, Some(slot), false));
+            if found.slot.owner == owner {
+                return Ok(found);
             }
-            let rank = if slot.owner == 0 {
-                0
-            } else if now_ms.saturating_sub(slot.last_seen_ms) > self.ttl_ms {
-                1
+            let idle = now_ms.saturating_sub(found.slot.last_seen_ms);
+            let (rank, value) = if found.slot.owner == 0 {
+                (0, 0.0)
+            } else if idle > self.ttl_ms {
+                (1, -(idle as f64))
             } else {
-                2
+                (2, found.slot.record.as_ref().map_or(f64::NEG_INFINITY, |r| r.keep_value(idle)))
             };
             let better = match &best {
                 None => true,
-                Some((_, _, b, brank)) => rank < *brank || (rank == *brank && slot.last_seen_ms < b.last_seen_ms),
+                Some((_, brank, bvalue)) => rank < *brank || (rank == *brank && value < *bvalue),
             };
             if better {
-                best = Some((index, cas, slot, rank));
+                best = Some((found, rank, value));
             }
         }
-        match best {
-            Some((index, cas, slot, rank)) => Ok((index, cas, Some(slot), rank == 2)),
-            None => Err(StoreError::Host(0)),
-        }
+        best.map(|(found, _, _)| found).ok_or(StoreError::Host(0))
+    }
+
+    /// One slot as stored; an undecodable value reads as a free slot.
+    fn read_slot<R: Record>(&self, index: u32) -> Result<Option<Located<R>>, StoreError> {
+        Ok(self.store.get(&self.key(index))?.map(|(bytes, cas)| Located {
+            index,
+            cas,
+            slot: Slot::<R>::decode(&bytes).unwrap_or_else(Slot::free),
+            stored_len: bytes.len(),
+        }))
     }
 }
 
@@ -245,7 +363,7 @@ mod tests {
     #[test]
     fn counts_per_owner_and_reads_back() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 64, Metric::RateSlotsUsed, 60_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 64, Table::Rate, 60_000);
         assert_eq!(table.initialize::<Count>().unwrap(), 64);
         assert_eq!(table.initialize::<Count>().unwrap(), 0, "second start-up creates nothing");
         for _ in 0..5 {
@@ -255,7 +373,7 @@ mod tests {
         assert_eq!(table.read::<Count>(11).unwrap(), Some(Count(5)));
         assert_eq!(table.read::<Count>(13).unwrap(), Some(Count(1)));
         assert_eq!(table.read::<Count>(15).unwrap(), None);
-        assert_eq!(metrics.get(Metric::RateSlotsUsed), 2);
+        assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Rate)), 2);
         // The gauge tracks what the store really holds.
         assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64);
     }
@@ -263,29 +381,29 @@ mod tests {
     #[test]
     fn cas_conflicts_are_retried_and_counted_without_losing_counts() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 60_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 60_000);
         table.initialize::<Count>().unwrap();
         table.update(7, 0, bump).unwrap();
         store.inject_conflicts.set(3);
         let r = table.update(7, 0, bump).unwrap();
         assert_eq!(r.record, Count(2));
-        assert_eq!(metrics.get(Metric::StoreCasConflicts), 3);
+        assert_eq!(metrics.get(Metric::StoreCasConflicts(Table::Rate)), 3);
     }
 
     #[test]
     fn endless_conflicts_give_up_with_an_error() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 60_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 60_000);
         table.initialize::<Count>().unwrap();
         store.inject_conflicts.set(1000);
         assert_eq!(table.update(7, 0, bump), Err(StoreError::Contended));
-        assert_eq!(metrics.get(Metric::StoreCasConflicts), u64::from(MAX_ATTEMPTS));
+        assert_eq!(metrics.get(Metric::StoreCasConflicts(Table::Rate)), u64::from(MAX_ATTEMPTS));
     }
 
     #[test]
     fn a_flood_of_identities_never_grows_the_store() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 256, Metric::RateSlotsUsed, 60_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 256, Table::Rate, 60_000);
         table.initialize::<Count>().unwrap();
         let keys_before = store.len();
         let bytes_before = store.bytes();
@@ -295,8 +413,8 @@ mod tests {
         assert_eq!(store.len(), keys_before);
         // Only records are added, never keys: at most the record size per slot.
         assert!(store.bytes() <= bytes_before + 256 * 4);
-        assert!(metrics.get(Metric::StoreEvictions) > 90_000);
-        assert!(metrics.get(Metric::RateSlotsUsed) <= 256);
+        assert!(metrics.get(Metric::StoreEvictions(Table::Rate)) > 90_000);
+        assert!(metrics.get(Metric::StoreSlotsUsed(Table::Rate)) <= 256);
         // The most recent identity is still tracked.
         assert_eq!(table.read::<Count>(100_000 * 2 + 1).unwrap(), Some(Count(1)));
     }
@@ -304,20 +422,20 @@ mod tests {
     #[test]
     fn expired_slots_are_reused_without_counting_an_eviction() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 1_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 1_000);
         table.initialize::<Count>().unwrap();
         for id in 0..64u64 {
             table.update(id * 2 + 1, 0, bump).unwrap();
         }
-        let evictions = metrics.get(Metric::StoreEvictions);
+        let evictions = metrics.get(Metric::StoreEvictions(Table::Rate));
         table.update(999, 10_000, bump).unwrap();
-        assert_eq!(metrics.get(Metric::StoreEvictions), evictions);
+        assert_eq!(metrics.get(Metric::StoreEvictions(Table::Rate)), evictions);
     }
 
     #[test]
     fn corrupt_or_foreign_bytes_do_not_panic() {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
-        let table = SlotTable::new(&store, &metrics, "t/", 16, Metric::RateSlotsUsed, 1_000);
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 1_000);
         table.initialize::<Count>().unwrap();
         for i in 0..16 {
             store.set(&format!("t/{i}"), &[9, 9, 9], 0).unwrap();

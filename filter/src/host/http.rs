@@ -70,7 +70,7 @@ impl HttpContext for VigilHttp {
         }
         annotate(&req.0, &verdict, &self.shared);
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
-        if self.shared.engine.wants_response_features() {
+        if self.shared.engine.wants_response_features() && !verdict.enforced {
             self.features = Some(verdict.features);
         }
 
@@ -95,6 +95,13 @@ impl HttpContext for VigilHttp {
             self.shared.engine.on_response(features, status, now_ms);
         }
         Action::Continue
+    }
+
+    fn on_log(&mut self) {
+        // Every stream ends here, answered or reset: detectors learn the outcome.
+        if let Some(features) = self.features.take() {
+            self.shared.engine.on_complete(&features);
+        }
     }
 }
 

@@ -20,6 +20,8 @@ pub struct Shared {
     pub metrics: HostMetrics,
     /// Requests this VM has seen (drives sampling).
     pub requests_seen: Cell<u64>,
+    /// Tells this VM apart from the other workers' (for leases in shared data).
+    pub instance: u64,
 }
 
 #[derive(Default)]
@@ -56,7 +58,7 @@ impl RootContext for VigilRoot {
         let engine = Engine::new(config);
         match engine.start(&HostStore, &metrics) {
             Ok(created) if created > 0 => {
-                abi::log(abi::LOG_INFO, &format!("created {created} rate-limit slots in shared data"))
+                abi::log(abi::LOG_INFO, &format!("created {created} slots in shared data"))
             }
             Ok(_) => {}
             // Not fatal: requests fail open on the rate signal and count it.
@@ -71,12 +73,17 @@ impl RootContext for VigilRoot {
         abi::log(abi::LOG_INFO, &format!("configured, mode {:?}", engine.config.mode).to_lowercase());
         metrics.flush();
         let _ = abi::set_tick_period_ms(METRICS_FLUSH_MS);
-        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0) }));
+        // Each worker configures its own VM on its own thread: the clock in
+        // nanoseconds tells them apart.
+        let instance = abi::now_nanos().unwrap_or(0) | 1;
+        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0), instance }));
         true
     }
 
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
+            let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+            shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics);
             shared.metrics.flush();
         }
     }

@@ -2,7 +2,7 @@
 
 use super::abi;
 use std::cell::Cell;
-use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError};
+use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 
 /// Envoy's shared data (one map per `vm_id`, shared by every worker).
 pub struct HostStore;
@@ -23,19 +23,32 @@ impl SharedStore for HostStore {
 
 /// Every metric Vigil defines, with its Envoy name and kind. Envoy's stats are
 /// process-wide, so the same name defined by each worker's VM is one stat.
-const COUNTERS: [(Metric, &str); 9] = [
+/// A `.decision.X` or `.table.X` suffix becomes a label through the
+/// `stats_tags` rules in envoy.yaml.
+const COUNTERS: [(Metric, &str); 17] = [
     (Metric::Requests, "vigil_requests_total"),
     (Metric::DecisionAllow, "vigil_decisions_total.decision.allow"),
     (Metric::DecisionFlag, "vigil_decisions_total.decision.flag"),
     (Metric::DecisionThrottle, "vigil_decisions_total.decision.throttle"),
     (Metric::DecisionBlock, "vigil_decisions_total.decision.block"),
     (Metric::Enforced, "vigil_enforced_total"),
-    (Metric::StoreCasConflicts, "vigil_store_cas_conflicts_total"),
-    (Metric::StoreEvictions, "vigil_store_evictions_total"),
     (Metric::StoreErrors, "vigil_store_errors_total"),
+    (Metric::StoreCasConflicts(Table::Rate), "vigil_store_cas_conflicts_total.table.rate"),
+    (Metric::StoreCasConflicts(Table::Profile), "vigil_store_cas_conflicts_total.table.profile"),
+    (Metric::StoreEvictions(Table::Rate), "vigil_store_evictions_total.table.rate"),
+    (Metric::StoreEvictions(Table::Profile), "vigil_store_evictions_total.table.profile"),
+    (Metric::StoreExpired(Table::Profile), "vigil_store_expired_total.table.profile"),
+    (Metric::StoreNotAdmitted(Table::Profile), "vigil_store_not_admitted_total.table.profile"),
+    (Metric::ProfileCacheHits, "vigil_profile_cache_hits_total"),
+    (Metric::ProfileCacheMisses, "vigil_profile_cache_misses_total"),
+    (Metric::ProfileCold, "vigil_profile_cold_total"),
+    (Metric::ProfileDeviations, "vigil_profile_deviations_total"),
 ];
-const GAUGES: [(Metric, &str); 2] = [
-    (Metric::RateSlotsUsed, "vigil_rate_slots_used"),
+const GAUGES: [(Metric, &str); 5] = [
+    (Metric::StoreSlotsUsed(Table::Rate), "vigil_store_slots_used.table.rate"),
+    (Metric::StoreSlotsUsed(Table::Profile), "vigil_store_slots_used.table.profile"),
+    (Metric::StoreBytes(Table::Rate), "vigil_store_bytes.table.rate"),
+    (Metric::StoreBytes(Table::Profile), "vigil_store_bytes.table.profile"),
     (Metric::SharedDataBytes, "vigil_shared_data_bytes"),
 ];
 const PROCESSING_TIME: &str = "vigil_processing_time_us";
@@ -46,7 +59,8 @@ const PROCESSING_TIME: &str = "vigil_processing_time_us";
 /// tick of lag in `/stats`.
 pub struct HostMetrics {
     ids: Vec<(Metric, u32)>,
-    pending: Vec<Cell<u64>>,
+    /// Signed: gauges go down too (counters only ever add).
+    pending: Vec<Cell<i64>>,
     processing_time: u32,
 }
 
@@ -72,7 +86,7 @@ impl HostMetrics {
     pub fn flush(&self) {
         for ((_, id), pending) in self.ids.iter().zip(&self.pending) {
             let n = pending.take();
-            if n > 0 && abi::increment_metric(*id, i64::try_from(n).unwrap_or(i64::MAX)).is_err() {
+            if n != 0 && abi::increment_metric(*id, n).is_err() {
                 // Keep it for the next flush rather than lose it.
                 pending.set(n);
             }
@@ -80,12 +94,21 @@ impl HostMetrics {
     }
 }
 
-impl MetricsSink for HostMetrics {
-    fn add(&self, metric: Metric, n: u64) {
+impl HostMetrics {
+    fn change(&self, metric: Metric, delta: i64) {
         if let Some(i) = self.ids.iter().position(|(m, _)| *m == metric) {
             if let Some(pending) = self.pending.get(i) {
-                pending.set(pending.get().saturating_add(n));
+                pending.set(pending.get().saturating_add(delta));
             }
         }
+    }
+}
+
+impl MetricsSink for HostMetrics {
+    fn add(&self, metric: Metric, n: u64) {
+        self.change(metric, i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    fn sub(&self, metric: Metric, n: u64) {
+        self.change(metric, -i64::try_from(n).unwrap_or(i64::MAX));
     }
 }

@@ -1,0 +1,202 @@
+//! This worker's cache of profiles, written back to shared data once a tick.
+//!
+//! Reading and writing a profile in shared data on every request would cost
+//! several host calls per request. Instead a worker keeps the profiles it is
+//! using, learns into them locally, and remembers what it learned since the
+//! last sync (`pending`). Once a tick each changed profile is merged into
+//! shared data: read the shared copy, replay the pending events onto it (so
+//! other workers' learning is kept), write it back with compare-and-swap. A
+//! profile not synced for a tick is re-read before use, so every worker sees
+//! every worker's traffic within about a second.
+//!
+//! The cache is bounded (`cache_entries`); a full cache replaces entries with
+//! the CLOCK policy (a second chance for recently used ones).
+
+use super::model::{Observation, Profile};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Events kept per entry between syncs; a busier identity syncs early.
+pub const MAX_PENDING: usize = 32;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Request(Observation),
+    Status(u16),
+}
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub owner: u64,
+    /// The shared copy as last synced, plus this worker's pending events.
+    pub profile: Profile,
+    pub pending: Vec<Event>,
+    /// Where the profile was last found in the shared table.
+    pub slot: Option<u32>,
+    pub synced_ms: u64,
+    referenced: bool,
+}
+
+impl Entry {
+    pub fn new(owner: u64, profile: Profile, slot: Option<u32>, now_ms: u64) -> Self {
+        Entry { owner, profile, pending: Vec::new(), slot, synced_ms: now_ms, referenced: true }
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// Records an event; the oldest is dropped past `MAX_PENDING` (only when
+    /// the shared table would not take the profile: the local copy keeps it).
+    pub fn push(&mut self, event: Event) {
+        if self.pending.len() >= MAX_PENDING {
+            self.pending.remove(0);
+        }
+        self.pending.push(event);
+    }
+}
+
+/// Identity hashes are already keyed SipHash outputs: hashing them again
+/// would only cost time.
+#[derive(Default)]
+pub struct IdentityHasher(u64);
+
+impl Hasher for IdentityHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+pub struct Cache {
+    entries: Vec<Entry>,
+    index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
+    hand: usize,
+    capacity: usize,
+}
+
+impl Cache {
+    pub fn new(capacity: usize) -> Self {
+        let capacity = capacity.max(1);
+        Cache { entries: Vec::with_capacity(capacity), index: HashMap::default(), hand: 0, capacity }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn get_mut(&mut self, owner: u64) -> Option<&mut Entry> {
+        let i = *self.index.get(&owner)?;
+        let e = self.entries.get_mut(i)?;
+        e.referenced = true;
+        Some(e)
+    }
+
+    /// Like `get_mut`, without counting as a use (for the sync).
+    pub fn peek_mut(&mut self, owner: u64) -> Option<&mut Entry> {
+        let i = *self.index.get(&owner)?;
+        self.entries.get_mut(i)
+    }
+
+    /// Makes room for one more entry if the cache is full: returns the entry
+    /// taken out (the caller syncs it first if it is dirty).
+    pub fn make_room(&mut self) -> Option<Entry> {
+        if self.entries.len() < self.capacity {
+            return None;
+        }
+        // CLOCK: clear reference bits until an unreferenced entry comes round.
+        for _ in 0..=2 * self.entries.len() {
+            self.hand %= self.entries.len().max(1);
+            let e = self.entries.get_mut(self.hand)?;
+            if e.referenced {
+                e.referenced = false;
+                self.hand += 1;
+            } else {
+                break;
+            }
+        }
+        let victim = self.entries.swap_remove(self.hand % self.entries.len().max(1));
+        self.index.remove(&victim.owner);
+        if let Some(moved) = self.entries.get(self.hand) {
+            self.index.insert(moved.owner, self.hand);
+        }
+        Some(victim)
+    }
+
+    /// Adds (or replaces) an entry; call `make_room` first when the cache may be full.
+    pub fn insert(&mut self, entry: Entry) -> Option<&mut Entry> {
+        let owner = entry.owner;
+        let i = match self.index.get(&owner) {
+            Some(&i) => {
+                if let Some(e) = self.entries.get_mut(i) {
+                    *e = entry;
+                }
+                i
+            }
+            None => {
+                self.entries.push(entry);
+                self.index.insert(owner, self.entries.len() - 1);
+                self.entries.len() - 1
+            }
+        };
+        self.entries.get_mut(i)
+    }
+
+    /// Owners of the entries with pending events.
+    pub fn dirty(&self) -> Vec<u64> {
+        self.entries.iter().filter(|e| e.is_dirty()).map(|e| e.owner).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(owner: u64) -> Entry {
+        Entry::new(owner, Profile::default(), None, 0)
+    }
+
+    #[test]
+    fn bounded_and_keeps_the_recently_used() {
+        let mut c = Cache::new(4);
+        for owner in 1..=4 {
+            assert!(c.make_room().is_none());
+            c.insert(entry(owner));
+        }
+        // A full sweep clears every bit; then 2 is used again.
+        let first = c.make_room().unwrap();
+        c.insert(entry(first.owner + 100));
+        c.get_mut(2).unwrap();
+        for owner in 10..20 {
+            let _ = c.make_room();
+            c.insert(entry(owner));
+            c.get_mut(2).unwrap();
+            assert!(c.len() <= 4);
+        }
+        assert!(c.get_mut(2).is_some(), "a hot entry survives a stream of newcomers");
+        for e in &c.entries {
+            assert_eq!(c.index.get(&e.owner).map(|&i| c.entries[i].owner), Some(e.owner));
+        }
+    }
+
+    #[test]
+    fn pending_is_bounded() {
+        let mut e = entry(1);
+        for s in 0..100 {
+            e.push(Event::Status(s));
+        }
+        assert_eq!(e.pending.len(), MAX_PENDING);
+        assert_eq!(e.pending.last(), Some(&Event::Status(99)));
+    }
+}

@@ -1,0 +1,246 @@
+//! Behavioural profiling: each identity's normal, learned from its own
+//! traffic, and how far one request departs from it.
+//!
+//! - `stats`: decaying moments, smoothed distributions, surprise.
+//! - `model`: what a profile holds, how a request teaches it, its encoding.
+//! - `score`: the deviation components and the combined `behavioral_score`.
+//! - `cache`: this worker's profiles, synced to shared data once a tick.
+//!
+//! Profiles live in a bounded slot table in shared data (`max_profiles`
+//! slots, created at start-up), so every worker sees the same profile and an
+//! attacker inventing identities cannot grow memory: a newcomer only replaces
+//! a profile worth less than itself. A cleanup elected by lease reclaims
+//! profiles idle past their TTL.
+
+pub mod cache;
+pub mod model;
+pub mod score;
+pub mod stats;
+
+use super::config::BehavioralProfiling;
+use super::features::Features;
+use super::hash::HashKey;
+use super::lease::Lease;
+use super::ports::{Metric, MetricsSink, SharedStore, StoreError, Table};
+use super::slots::{Admission, Record, SlotTable};
+use cache::{Cache, Entry, Event, MAX_PENDING};
+use model::{Learning, Observation, Profile};
+pub use score::{Assessment, Component, Deviation, Scoring};
+use std::cell::RefCell;
+
+/// The signal's name in headers and logs.
+pub const SIGNAL: &str = "behavior";
+/// A cached profile unused for this long is re-read before it is used, so
+/// other workers' learning shows (one tick).
+pub const SYNC_MS: u64 = 1_000;
+/// Slots the cleanup looks at per tick (in the one VM holding the lease).
+pub const SWEEP_PER_TICK: u32 = 256;
+const LEASE_MS: u64 = 5_000;
+/// Eviction ranks profiles by weight halved every day idle.
+const KEEP_HALF_LIFE_MS: f64 = 24.0 * 3_600_000.0;
+
+impl Record for Profile {
+    fn encode(&self, out: &mut Vec<u8>) {
+        Profile::encode(self, out);
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        Profile::decode(bytes)
+    }
+    /// A profile is worth the evidence in it: its decayed request count,
+    /// halved per day idle. A one-request identity is worth about 1.
+    fn keep_value(&self, idle_ms: u64) -> f64 {
+        f64::from(self.weight) * (-(idle_ms as f64) / KEEP_HALF_LIFE_MS).exp2()
+    }
+}
+
+/// What one tick's sync did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncReport {
+    pub written: u32,
+    pub not_admitted: u32,
+    pub failed: u32,
+    /// Expired profiles reclaimed (only in the VM holding the cleanup lease).
+    pub reclaimed: u32,
+}
+
+pub struct Profiler {
+    learning: Learning,
+    scoring: Scoring,
+    prefix: String,
+    lease_key: String,
+    slots: u32,
+    ttl_ms: u64,
+    cache: RefCell<Cache>,
+}
+
+impl Profiler {
+    pub fn new(cfg: &BehavioralProfiling) -> Self {
+        let prefix = format!("vigil/profile/{}/", cfg.max_profiles);
+        Profiler {
+            learning: Learning {
+                window_ms: f64::from(cfg.profile_window_hours) * 3_600_000.0,
+                session_gap_ms: u64::from(cfg.session.inactivity_minutes) * 60_000,
+            },
+            scoring: Scoring {
+                min_observations: cfg.min_observations,
+                travel_ms: u64::from(cfg.geo.impossible_travel_minutes) * 60_000,
+            },
+            lease_key: format!("{prefix}cleanup"),
+            prefix,
+            slots: cfg.max_profiles,
+            ttl_ms: u64::from(cfg.ttl_hours()) * 3_600_000,
+            cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
+        }
+    }
+
+    fn table<'a>(&'a self, store: &'a dyn SharedStore, metrics: &'a dyn MetricsSink) -> SlotTable<'a> {
+        SlotTable::new(store, metrics, &self.prefix, self.slots, Table::Profile, self.ttl_ms)
+            .with_admission(Admission::WorthAtLeast)
+    }
+
+    /// Creates the profile slots (start-up, idempotent across workers).
+    pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<u32, StoreError> {
+        self.table(store, metrics).initialize::<Profile>()
+    }
+
+    pub fn observation(features: &Features, key: &HashKey) -> Observation {
+        Observation {
+            time_ms: features.time_ms,
+            route: key.hash(&[features.route.as_bytes()]) as u32,
+            method: features.method,
+            request_bytes: features.request_bytes,
+            session: features.session,
+            country: features.country,
+            asn: features.asn,
+        }
+    }
+
+    /// Scores the request against its identity's profile and learns from it.
+    pub fn observe(
+        &self,
+        features: &Features,
+        key: &HashKey,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+    ) -> Result<Assessment, StoreError> {
+        let owner = features.identity.hash;
+        let now = features.time_ms;
+        let table = self.table(store, metrics);
+        let mut cache = self.cache.borrow_mut();
+        match cache.get_mut(owner) {
+            Some(entry) => {
+                metrics.add(Metric::ProfileCacheHits, 1);
+                if !entry.is_dirty() && now.saturating_sub(entry.synced_ms) > SYNC_MS {
+                    refresh(&table, entry, now)?;
+                }
+            }
+            None => {
+                metrics.add(Metric::ProfileCacheMisses, 1);
+                let (profile, slot) = match table.read_at::<Profile>(owner, None)? {
+                    Some((p, slot)) => (p, Some(slot)),
+                    None => (Profile::default(), None),
+                };
+                if let Some(mut victim) = cache.make_room() {
+                    if victim.is_dirty() {
+                        // Its learning goes to shared data before it leaves; if the
+                        // table will not take it, it is lost like any evicted profile.
+                        let _ = self.sync_entry(&table, &mut victim, now);
+                    }
+                }
+                cache.insert(Entry::new(owner, profile, slot, now));
+            }
+        }
+        let entry = cache.get_mut(owner).ok_or(StoreError::Host(0))?;
+        let obs = Self::observation(features, key);
+        let assessment = score::assess_and_learn(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
+        entry.push(Event::Request(obs));
+        if entry.pending.len() >= MAX_PENDING {
+            match self.sync_entry(&table, entry, now) {
+                Ok(()) | Err(StoreError::NotAdmitted) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(assessment)
+    }
+
+    /// Learns the status the identity's request got.
+    pub fn observe_status(&self, owner: u64, status: u16) {
+        if let Some(entry) = self.cache.borrow_mut().get_mut(owner) {
+            entry.profile.learn_status(status);
+            entry.push(Event::Status(status));
+        }
+    }
+
+    /// Once a tick: write back what this worker learned, and, in the one VM
+    /// holding the cleanup lease, reclaim a batch of expired profiles.
+    pub fn on_tick(&self, now: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> SyncReport {
+        let table = self.table(store, metrics);
+        let mut report = SyncReport::default();
+        let mut cache = self.cache.borrow_mut();
+        for owner in cache.dirty() {
+            if let Some(entry) = cache.peek_mut(owner) {
+                match self.sync_entry(&table, entry, now) {
+                    Ok(()) => report.written += 1,
+                    Err(StoreError::NotAdmitted) => report.not_admitted += 1,
+                    Err(_) => {
+                        report.failed += 1;
+                        metrics.add(Metric::StoreErrors, 1);
+                    }
+                }
+            }
+        }
+        let lease = Lease { key: &self.lease_key, holder: instance.max(1), duration_ms: LEASE_MS };
+        if let Ok(Some(cursor)) = lease.acquire(store, now) {
+            if let Ok(swept) = table.sweep::<Profile>(cursor, SWEEP_PER_TICK, now) {
+                report.reclaimed = swept.freed;
+                let _ = lease.save_cursor(store, swept.next);
+            }
+        }
+        report
+    }
+
+    /// The shared copy of an identity's profile (for tests and the admin API).
+    pub fn read(&self, owner: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<Option<Profile>, StoreError> {
+        self.table(store, metrics).read::<Profile>(owner)
+    }
+
+    /// Merges an entry's pending events into the shared copy.
+    fn sync_entry(&self, table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreError> {
+        let (local, pending) = (&entry.profile, &entry.pending);
+        let learning = &self.learning;
+        let updated = table.update_at(entry.owner, entry.slot, now, |shared: Option<&Profile>| match shared {
+            Some(p) => {
+                let mut p = p.clone();
+                for event in pending {
+                    match event {
+                        Event::Request(obs) => p.learn(obs, learning),
+                        Event::Status(s) => p.learn_status(*s),
+                    }
+                }
+                p
+            }
+            // Not in shared data (new, evicted or reclaimed): this worker's copy is all there is.
+            None => local.clone(),
+        });
+        match updated {
+            Ok(u) => {
+                entry.profile = u.record;
+                entry.slot = Some(u.index);
+                entry.pending.clear();
+                entry.synced_ms = now;
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Re-reads a clean entry's shared copy (other workers may have taught it).
+fn refresh(table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreError> {
+    if let Some((profile, slot)) = table.read_at::<Profile>(entry.owner, entry.slot)? {
+        entry.profile = profile;
+        entry.slot = Some(slot);
+    }
+    entry.synced_ms = now;
+    Ok(())
+}

@@ -1,0 +1,451 @@
+//! What a profile learns about one identity, how one request teaches it, and
+//! its compact binary form in shared data (at most `MAX_ENCODED` bytes).
+//!
+//! Long-run weights fade with time (`exp(-dt / window)`), so a profile always
+//! represents about `profile_window_hours` of history and old behaviour fades
+//! smoothly. "Recent" weights fade per request instead (the last ~10), which
+//! is what the recent mix is compared against.
+
+use super::stats::Moments;
+use crate::engine::features::Method;
+
+/// Endpoints (route templates) tracked by name; the rest share "other".
+pub const TOP_ROUTES: usize = 12;
+pub const TOP_COUNTRIES: usize = 4;
+pub const TOP_ASNS: usize = 4;
+pub const METHODS: usize = 8;
+pub const HOURS: usize = 24;
+/// 1xx/2xx, 3xx, 401/403, 404, other 4xx, 5xx.
+pub const STATUS_CLASSES: usize = 6;
+/// Per-request fading of the recent mix: about the last 10 requests.
+pub const RECENT_KEEP: f32 = 0.9;
+/// Per-request smoothing of the recent request gap and failure rate.
+pub const RECENT_GAP_ALPHA: f64 = 0.3;
+pub const RECENT_FAIL_ALPHA: f64 = 0.2;
+/// A tracked entry fainter than this may be replaced by a newcomer.
+const REPLACEABLE_WEIGHT: f32 = 2.0;
+
+/// The largest encoding (all lists full), checked by a test.
+pub const MAX_ENCODED: usize = 1
+    + 4 + 8 + 4
+    + 1 + TOP_ROUTES * 12 + 8
+    + METHODS * 4
+    + HOURS * 4
+    + 12 + 4
+    + 12
+    + STATUS_CLASSES * 4 + 4
+    + 4 + 8 + 4 + 12 * 3
+    + 1 + TOP_COUNTRIES * 6 + 2 + 8
+    + 1 + TOP_ASNS * 8;
+
+const VERSION: u8 = 1;
+
+/// What one request contributes to its identity's profile.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Observation {
+    pub time_ms: u64,
+    /// Hash of the route template (names are not stored, only compared).
+    pub route: u32,
+    pub method: Method,
+    pub request_bytes: u64,
+    /// Hash of the session cookie or header, when one is configured and sent.
+    pub session: Option<u32>,
+    /// ISO 3166 alpha-2 country, packed in two bytes.
+    pub country: Option<u16>,
+    pub asn: Option<u32>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Weighted<K> {
+    pub key: K,
+    pub long: f32,
+    pub recent: f32,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Session {
+    /// Hash of the session token; 0 when sessions are inferred from gaps.
+    pub id: u32,
+    pub start_ms: u64,
+    pub requests: u32,
+}
+
+/// How time and sessions are read; from the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Learning {
+    /// The decay time constant: `profile_window_hours` in ms.
+    pub window_ms: f64,
+    /// An inferred session ends after this long without a request.
+    pub session_gap_ms: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    /// Requests observed, ever (cold start is judged on this).
+    pub observations: u32,
+    pub last_ms: u64,
+    /// Decayed number of requests: what the profile is worth keeping.
+    pub weight: f32,
+    pub routes: Vec<Weighted<u32>>,
+    pub other_route: Weighted<()>,
+    pub methods: [f32; METHODS],
+    pub hours: [f32; HOURS],
+    /// ln(ms between requests + 1).
+    pub gap: Moments,
+    pub recent_gap: f32,
+    /// ln(request bytes + 1).
+    pub size: Moments,
+    pub status: [f32; STATUS_CLASSES],
+    /// Recent share of 401/403/404 answers.
+    pub recent_fail: f32,
+    pub session: Session,
+    /// Per finished session: ln(requests), ln(minutes + 1), ln(requests per minute).
+    pub session_requests: Moments,
+    pub session_minutes: Moments,
+    pub session_rate: Moments,
+    pub countries: Vec<Weighted<u16>>,
+    pub last_country: u16,
+    pub last_country_ms: u64,
+    pub asns: Vec<Weighted<u32>>,
+}
+
+pub fn method_index(m: Method) -> usize {
+    match m {
+        Method::Get => 0,
+        Method::Head => 1,
+        Method::Post => 2,
+        Method::Put => 3,
+        Method::Patch => 4,
+        Method::Delete => 5,
+        Method::Options => 6,
+        Method::Other => 7,
+    }
+}
+
+pub fn status_class(status: u16) -> usize {
+    match status {
+        401 | 403 => 2,
+        404 => 3,
+        300..=399 => 1,
+        400..=499 => 4,
+        500..=599 => 5,
+        _ => 0,
+    }
+}
+
+pub fn hour_of_day(time_ms: u64) -> usize {
+    ((time_ms / 3_600_000) % 24) as usize
+}
+
+/// Packs an ISO country code ("DE") into two bytes; anything else is `None`.
+pub fn country_code(raw: &[u8]) -> Option<u16> {
+    match raw {
+        [a, b] if a.is_ascii_alphabetic() && b.is_ascii_alphabetic() => {
+            Some(u16::from_be_bytes([a.to_ascii_uppercase(), b.to_ascii_uppercase()]))
+        }
+        _ => None,
+    }
+}
+
+pub fn country_name(code: u16) -> String {
+    String::from_utf8_lossy(&code.to_be_bytes()).into_owned()
+}
+
+pub fn ln1p_ms(ms: u64) -> f64 {
+    (ms as f64).ln_1p()
+}
+
+impl Profile {
+    /// The fading factor for the time since the last request.
+    pub fn decay_at(&self, time_ms: u64, l: &Learning) -> f64 {
+        if self.observations == 0 || time_ms <= self.last_ms {
+            return 1.0;
+        }
+        (-((time_ms - self.last_ms) as f64) / l.window_ms.max(1.0)).exp()
+    }
+
+    /// Weight of the profile `idle_ms` after its last request.
+    pub fn weight_after(&self, idle_ms: u64, l: &Learning) -> f64 {
+        f64::from(self.weight) * (-(idle_ms as f64) / l.window_ms.max(1.0)).exp()
+    }
+
+    pub fn route_weight(&self, route: u32) -> Option<&Weighted<u32>> {
+        self.routes.iter().find(|r| r.key == route)
+    }
+
+    /// Whether `obs` starts a new session (a new token, or after an inactivity gap).
+    pub fn session_ends(&self, obs: &Observation, l: &Learning) -> bool {
+        self.observations > 0
+            && match obs.session {
+                Some(id) => id != self.session.id,
+                None => obs.time_ms.saturating_sub(self.last_ms) > l.session_gap_ms,
+            }
+    }
+
+    /// Learns one request. Events older than the profile (another worker's,
+    /// merged late) still count, but teach no timing.
+    pub fn learn(&mut self, obs: &Observation, l: &Learning) {
+        let d = self.decay_at(obs.time_ms, l);
+        let fresh = self.observations == 0;
+        let in_order = fresh || obs.time_ms >= self.last_ms;
+        let df = d as f32;
+        self.weight = self.weight * df + 1.0;
+        for r in &mut self.routes {
+            r.long *= df;
+            r.recent *= RECENT_KEEP;
+        }
+        self.other_route.long *= df;
+        self.other_route.recent *= RECENT_KEEP;
+        for w in self.methods.iter_mut().chain(self.hours.iter_mut()).chain(self.status.iter_mut()) {
+            *w *= df;
+        }
+        for c in &mut self.countries {
+            c.long *= df;
+        }
+        for a in &mut self.asns {
+            a.long *= df;
+        }
+
+        bump(&mut self.routes, &mut self.other_route, obs.route, TOP_ROUTES);
+        if let Some(m) = self.methods.get_mut(method_index(obs.method)) {
+            *m += 1.0;
+        }
+        if let Some(h) = self.hours.get_mut(hour_of_day(obs.time_ms)) {
+            *h += 1.0;
+        }
+        self.size.push(ln1p_ms(obs.request_bytes), d);
+
+        if in_order && !fresh {
+            let gap = ln1p_ms(obs.time_ms - self.last_ms);
+            self.gap.push(gap, d);
+            self.recent_gap = if self.gap.w <= 1.0 {
+                gap as f32
+            } else {
+                (f64::from(self.recent_gap) * (1.0 - RECENT_GAP_ALPHA) + gap * RECENT_GAP_ALPHA) as f32
+            };
+        }
+
+        if in_order {
+            let ends = self.session_ends(obs, l);
+            if ends {
+                self.close_session(d);
+            }
+            if fresh || ends || self.session.requests == 0 {
+                self.session = Session { id: obs.session.unwrap_or(0), start_ms: obs.time_ms, requests: 0 };
+            }
+            self.session.requests = self.session.requests.saturating_add(1);
+        }
+
+        if let Some(country) = obs.country {
+            let mut sink = Weighted::default();
+            bump(&mut self.countries, &mut sink, country, TOP_COUNTRIES);
+            if in_order {
+                self.last_country = country;
+                self.last_country_ms = obs.time_ms;
+            }
+        }
+        if let Some(asn) = obs.asn {
+            let mut sink = Weighted::default();
+            bump(&mut self.asns, &mut sink, asn, TOP_ASNS);
+        }
+
+        self.observations = self.observations.saturating_add(1);
+        if in_order {
+            self.last_ms = obs.time_ms;
+        }
+    }
+
+    /// Learns the status of an answered request.
+    pub fn learn_status(&mut self, status: u16) {
+        let class = status_class(status);
+        if let Some(s) = self.status.get_mut(class) {
+            *s += 1.0;
+        }
+        let failed = if matches!(class, 2 | 3) { 1.0 } else { 0.0 };
+        self.recent_fail =
+            (f64::from(self.recent_fail) * (1.0 - RECENT_FAIL_ALPHA) + failed * RECENT_FAIL_ALPHA) as f32;
+    }
+
+    fn close_session(&mut self, decay: f64) {
+        let s = self.session;
+        if s.requests == 0 {
+            return;
+        }
+        let minutes = self.last_ms.saturating_sub(s.start_ms) as f64 / 60_000.0;
+        let requests = f64::from(s.requests);
+        self.session_requests.push(requests.ln(), decay);
+        self.session_minutes.push(minutes.ln_1p(), decay);
+        self.session_rate.push((requests / (minutes + 1.0)).ln(), decay);
+    }
+
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        let mut w = Writer(out);
+        w.u8(VERSION);
+        w.u32(self.observations);
+        w.u64(self.last_ms);
+        w.f32(self.weight);
+        w.u8(self.routes.len().min(TOP_ROUTES) as u8);
+        for r in self.routes.iter().take(TOP_ROUTES) {
+            w.u32(r.key);
+            w.f32(r.long);
+            w.f32(r.recent);
+        }
+        w.f32(self.other_route.long);
+        w.f32(self.other_route.recent);
+        self.methods.iter().chain(&self.hours).for_each(|x| w.f32(*x));
+        w.moments(&self.gap);
+        w.f32(self.recent_gap);
+        w.moments(&self.size);
+        self.status.iter().for_each(|x| w.f32(*x));
+        w.f32(self.recent_fail);
+        w.u32(self.session.id);
+        w.u64(self.session.start_ms);
+        w.u32(self.session.requests);
+        w.moments(&self.session_requests);
+        w.moments(&self.session_minutes);
+        w.moments(&self.session_rate);
+        w.u8(self.countries.len().min(TOP_COUNTRIES) as u8);
+        for c in self.countries.iter().take(TOP_COUNTRIES) {
+            w.u16(c.key);
+            w.f32(c.long);
+        }
+        w.u16(self.last_country);
+        w.u64(self.last_country_ms);
+        w.u8(self.asns.len().min(TOP_ASNS) as u8);
+        for a in self.asns.iter().take(TOP_ASNS) {
+            w.u32(a.key);
+            w.f32(a.long);
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Option<Profile> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let mut p = Profile { observations: r.u32()?, last_ms: r.u64()?, weight: r.f32()?, ..Profile::default() };
+        let n = usize::from(r.u8()?);
+        if n > TOP_ROUTES {
+            return None;
+        }
+        for _ in 0..n {
+            p.routes.push(Weighted { key: r.u32()?, long: r.f32()?, recent: r.f32()? });
+        }
+        p.other_route = Weighted { key: (), long: r.f32()?, recent: r.f32()? };
+        for x in p.methods.iter_mut().chain(p.hours.iter_mut()) {
+            *x = r.f32()?;
+        }
+        p.gap = r.moments()?;
+        p.recent_gap = r.f32()?;
+        p.size = r.moments()?;
+        for x in p.status.iter_mut() {
+            *x = r.f32()?;
+        }
+        p.recent_fail = r.f32()?;
+        p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()? };
+        p.session_requests = r.moments()?;
+        p.session_minutes = r.moments()?;
+        p.session_rate = r.moments()?;
+        let n = usize::from(r.u8()?);
+        if n > TOP_COUNTRIES {
+            return None;
+        }
+        for _ in 0..n {
+            p.countries.push(Weighted { key: r.u16()?, long: r.f32()?, recent: 0.0 });
+        }
+        p.last_country = r.u16()?;
+        p.last_country_ms = r.u64()?;
+        let n = usize::from(r.u8()?);
+        if n > TOP_ASNS {
+            return None;
+        }
+        for _ in 0..n {
+            p.asns.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
+        }
+        let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
+            && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
+            && p.weight.is_finite();
+        (finite && r.0.is_empty()).then_some(p)
+    }
+}
+
+/// Adds one to `key` in a bounded list: a tracked key gains weight; a new one
+/// takes a free place, else replaces the faintest entry if that one has faded
+/// below `REPLACEABLE_WEIGHT` (its weight moves to `other`), else counts in `other`.
+fn bump<K: Copy + PartialEq + Default>(list: &mut Vec<Weighted<K>>, other: &mut Weighted<()>, key: K, cap: usize) {
+    if let Some(e) = list.iter_mut().find(|e| e.key == key) {
+        e.long += 1.0;
+        e.recent += 1.0;
+        return;
+    }
+    let fresh = Weighted { key, long: 1.0, recent: 1.0 };
+    if list.len() < cap {
+        list.push(fresh);
+        return;
+    }
+    let faintest = list.iter_mut().min_by(|a, b| a.long.total_cmp(&b.long));
+    match faintest {
+        Some(e) if e.long < REPLACEABLE_WEIGHT => {
+            other.long += e.long;
+            other.recent += e.recent;
+            *e = fresh;
+        }
+        _ => {
+            other.long += 1.0;
+            other.recent += 1.0;
+        }
+    }
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn f32(&mut self, v: f32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn moments(&mut self, m: &Moments) {
+        self.f32(m.w);
+        self.f32(m.mean);
+        self.f32(m.var);
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
+        let (head, rest) = self.0.split_first_chunk::<N>()?;
+        self.0 = rest;
+        Some(*head)
+    }
+    fn u8(&mut self) -> Option<u8> {
+        Some(self.take::<1>()?[0])
+    }
+    fn u16(&mut self) -> Option<u16> {
+        Some(u16::from_le_bytes(self.take()?))
+    }
+    fn u32(&mut self) -> Option<u32> {
+        Some(u32::from_le_bytes(self.take()?))
+    }
+    fn u64(&mut self) -> Option<u64> {
+        Some(u64::from_le_bytes(self.take()?))
+    }
+    fn f32(&mut self) -> Option<f32> {
+        Some(f32::from_le_bytes(self.take()?))
+    }
+    fn moments(&mut self) -> Option<Moments> {
+        Some(Moments { w: self.f32()?, mean: self.f32()?, var: self.f32()? })
+    }
+}

@@ -1,0 +1,278 @@
+//! Deviation: how unlike its own history one request (and the recent window
+//! it ends) is. Each component measures one thing and maps it to [0, 1] with a
+//! logistic curve, calibrated so that ordinary behaviour sits near 0.01 and a
+//! clear departure near 1; components combine as a noisy-OR of their weighted
+//! scores, so one weak oddity stays low and several together add up.
+//! docs/profiling.md gives the maths and how to tune it.
+
+use super::model::{self, Learning, Observation, Profile};
+use super::stats::{excess_surprise, hellinger, logistic};
+
+/// One aspect of behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Component {
+    /// A route template this identity rarely or never calls.
+    Endpoint,
+    Method,
+    /// The recent (last ~10 requests) endpoint mix against the long-run mix.
+    Mix,
+    /// The recent request rate against the usual gaps between requests.
+    Rate,
+    /// Request body size against the usual.
+    Size,
+    /// Time of day.
+    Hour,
+    /// A burst of 401/403/404 answers.
+    Failures,
+    Country,
+    /// A change of country sooner than travel allows.
+    Travel,
+    Asn,
+    /// The current session's length and pace against past sessions.
+    Session,
+}
+
+impl Component {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Component::Endpoint => "endpoint",
+            Component::Method => "method",
+            Component::Mix => "mix",
+            Component::Rate => "rate",
+            Component::Size => "size",
+            Component::Hour => "hour",
+            Component::Failures => "failures",
+            Component::Country => "country",
+            Component::Travel => "travel",
+            Component::Asn => "asn",
+            Component::Session => "session",
+        }
+    }
+
+    /// The most this component alone adds to the score.
+    pub fn weight(self) -> f64 {
+        match self {
+            Component::Endpoint => 0.5,
+            Component::Method => 0.3,
+            Component::Mix => 0.6,
+            Component::Rate => 0.6,
+            Component::Size => 0.3,
+            Component::Hour => 0.25,
+            Component::Failures => 0.6,
+            Component::Country => 0.6,
+            Component::Travel => 0.8,
+            Component::Asn => 0.25,
+            Component::Session => 0.35,
+        }
+    }
+}
+
+/// A component's score at or above this is named in `threat_details`.
+pub const REASON_AT: f64 = 0.5;
+/// Evidence a moment statistic needs before it scores.
+const MIN_MOMENT_WEIGHT: f32 = 5.0;
+/// Surprise curve: 0.5 at 3 excess bits (8x less likely than typical).
+const SURPRISE_MID: f64 = 3.0;
+const SURPRISE_SLOPE: f64 = 1.5;
+/// z-score curve: 0.5 at z = 3.5.
+const Z_MID: f64 = 3.5;
+const Z_SLOPE: f64 = 2.0;
+
+/// How scoring reads the configuration.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scoring {
+    pub min_observations: u32,
+    /// A country change sooner than this after the last request from the
+    /// previous country is "impossible travel".
+    pub travel_ms: u64,
+}
+
+/// What the profile says about one request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Assessment {
+    /// Too little history to judge: reported as such, never as an anomaly.
+    Cold { observations: u32 },
+    Scored(Deviation),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Deviation {
+    /// `behavioral_score`, in [0, 1].
+    pub score: f64,
+    pub observations: u32,
+    /// Every component that had evidence to score, with its score.
+    pub parts: Vec<(Component, f64)>,
+    /// Why, for the components at or above `REASON_AT`, strongest first.
+    pub reasons: Vec<String>,
+}
+
+/// Scores `obs` against `profile`, then teaches the profile. Surprise is
+/// judged against the history before this request; the recent window (mix,
+/// rate, session) includes it.
+pub fn assess_and_learn(
+    profile: &mut Profile,
+    obs: &Observation,
+    route_name: &str,
+    learning: &Learning,
+    scoring: &Scoring,
+) -> Assessment {
+    if profile.observations < scoring.min_observations {
+        profile.learn(obs, learning);
+        return Assessment::Cold { observations: profile.observations };
+    }
+    let mut parts: Vec<(Component, f64, Reason)> = Vec::with_capacity(11);
+    before(profile, obs, route_name, scoring, &mut parts);
+    profile.learn(obs, learning);
+    after(profile, &mut parts);
+
+    let score = 1.0 - parts.iter().map(|(c, s, _)| 1.0 - c.weight() * s.clamp(0.0, 1.0)).product::<f64>();
+    let mut strong: Vec<&(Component, f64, Reason)> = parts.iter().filter(|(_, s, _)| *s >= REASON_AT).collect();
+    strong.sort_by(|a, b| (b.1 * b.0.weight()).total_cmp(&(a.1 * a.0.weight())));
+    let reasons = strong.iter().map(|(c, s, r)| format!("{} {:.2}: {}", c.as_str(), s, r.text())).collect();
+    Assessment::Scored(Deviation {
+        score: score.clamp(0.0, 1.0),
+        observations: profile.observations,
+        parts: parts.iter().map(|(c, s, _)| (*c, *s)).collect(),
+        reasons,
+    })
+}
+
+/// The evidence behind a component, formatted only when it is reported.
+enum Reason {
+    Endpoint { route: String, share: f64 },
+    Method { method: &'static str, share: f64 },
+    Hour { hour: usize },
+    Size { bytes: u64, z: f64 },
+    Failures { recent: f64, usual: f64 },
+    Country { country: u16, share: f64 },
+    Travel { from: u16, to: u16, minutes: f64 },
+    Asn { asn: u32 },
+    Mix { distance: f64 },
+    Rate { factor: f64 },
+    Session { requests: u32, z: f64 },
+}
+
+impl Reason {
+    fn text(&self) -> String {
+        match self {
+            Reason::Endpoint { route, share } if *share == 0.0 => format!("new endpoint {route}"),
+            Reason::Endpoint { route, share } => format!("rare endpoint {route} ({:.1}% of history)", share * 100.0),
+            Reason::Method { method, share } => format!("method {method} in {:.1}% of history", share * 100.0),
+            Reason::Hour { hour } => format!("active at {hour:02}:00 UTC, unusual for this identity"),
+            Reason::Size { bytes, z } => format!("body of {bytes} bytes, z={z:.1} against the usual size"),
+            Reason::Failures { recent, usual } => {
+                format!("{:.0}% of recent answers 401/403/404 (usual {:.0}%)", recent * 100.0, usual * 100.0)
+            }
+            Reason::Country { country, share } if *share == 0.0 => {
+                format!("new country {}", model::country_name(*country))
+            }
+            Reason::Country { country, share } => {
+                format!("rare country {} ({:.1}% of history)", model::country_name(*country), share * 100.0)
+            }
+            Reason::Travel { from, to, minutes } => format!(
+                "country {} -> {} within {minutes:.0} min",
+                model::country_name(*from),
+                model::country_name(*to)
+            ),
+            Reason::Asn { asn } => format!("new network AS{asn}"),
+            Reason::Mix { distance } => format!("recent endpoint mix unlike the usual (Hellinger {distance:.2})"),
+            Reason::Rate { factor } => format!("requests {factor:.0}x faster than usual"),
+            Reason::Session { requests, z } => format!("session of {requests} requests, z={z:.1} against past sessions"),
+        }
+    }
+}
+
+fn surprise_score(w: f64, weights: impl Iterator<Item = f64> + Clone) -> f64 {
+    logistic(excess_surprise(w, weights), SURPRISE_MID, SURPRISE_SLOPE)
+}
+
+fn share(w: f64, total: f64) -> f64 {
+    if total > 0.0 { w / total } else { 0.0 }
+}
+
+fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &mut Vec<(Component, f64, Reason)>) {
+    // Endpoint: surprise of this route under the long-run mix.
+    let longs = p.routes.iter().map(|r| f64::from(r.long)).chain(std::iter::once(f64::from(p.other_route.long)));
+    let w = p.route_weight(obs.route).map_or(0.0, |r| f64::from(r.long));
+    let total: f64 = longs.clone().sum();
+    let reason = Reason::Endpoint { route: route_name.to_string(), share: share(w, total) };
+    out.push((Component::Endpoint, surprise_score(w, longs), reason));
+
+    let methods = p.methods.iter().map(|m| f64::from(*m));
+    let mi = model::method_index(obs.method);
+    let w = p.methods.get(mi).map_or(0.0, |m| f64::from(*m));
+    let reason = Reason::Method { method: obs.method.as_str(), share: share(w, methods.clone().sum()) };
+    out.push((Component::Method, surprise_score(w, methods), reason));
+
+    // Hour of day, smoothed over the neighbouring hours (a habit at 09:00 makes 10:00 unremarkable).
+    let smoothed: Vec<f64> = (0..model::HOURS)
+        .map(|h| {
+            let at = |i: usize| p.hours.get(i % model::HOURS).map_or(0.0, |x| f64::from(*x));
+            at(h) + 0.5 * (at(h + model::HOURS - 1) + at(h + 1))
+        })
+        .collect();
+    let hour = model::hour_of_day(obs.time_ms);
+    let w = smoothed.get(hour).copied().unwrap_or(0.0);
+    out.push((Component::Hour, surprise_score(w, smoothed.iter().copied()), Reason::Hour { hour }));
+
+    if p.size.w >= MIN_MOMENT_WEIGHT {
+        let z = p.size.z(model::ln1p_ms(obs.request_bytes), 0.5).abs();
+        out.push((Component::Size, logistic(z, Z_MID, Z_SLOPE), Reason::Size { bytes: obs.request_bytes, z }));
+    }
+
+    let answered: f64 = p.status.iter().map(|x| f64::from(*x)).sum();
+    if answered >= f64::from(MIN_MOMENT_WEIGHT) {
+        let failed = p.status.get(2..4).map_or(0.0, |f| f.iter().map(|x| f64::from(*x)).sum::<f64>());
+        let usual = (failed + 0.5) / (answered + 1.0);
+        let recent = f64::from(p.recent_fail);
+        out.push((Component::Failures, logistic(recent - usual, 0.4, 10.0), Reason::Failures { recent, usual }));
+    }
+
+    if let Some(country) = obs.country {
+        let known = p.countries.iter().map(|c| f64::from(c.long));
+        let seen: f64 = known.clone().sum();
+        let w = p.countries.iter().find(|c| c.key == country).map_or(0.0, |c| f64::from(c.long));
+        if seen >= f64::from(MIN_MOMENT_WEIGHT) {
+            let reason = Reason::Country { country, share: share(w, seen) };
+            out.push((Component::Country, surprise_score(w, known), reason));
+        }
+        let since = obs.time_ms.saturating_sub(p.last_country_ms);
+        let moved = p.last_country != 0 && p.last_country != country && since < s.travel_ms;
+        if seen > 0.0 {
+            let c = if moved && share(w, seen) < 0.1 { 1.0 } else { 0.0 };
+            let reason = Reason::Travel { from: p.last_country, to: country, minutes: since as f64 / 60_000.0 };
+            out.push((Component::Travel, c, reason));
+        }
+    }
+
+    if let Some(asn) = obs.asn {
+        let known = p.asns.iter().map(|a| f64::from(a.long));
+        if known.clone().sum::<f64>() >= f64::from(MIN_MOMENT_WEIGHT) {
+            let w = p.asns.iter().find(|a| a.key == asn).map_or(0.0, |a| f64::from(a.long));
+            out.push((Component::Asn, surprise_score(w, known), Reason::Asn { asn }));
+        }
+    }
+}
+
+fn after(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
+    let recent = p.routes.iter().map(|r| f64::from(r.recent)).chain(std::iter::once(f64::from(p.other_route.recent)));
+    let long = p.routes.iter().map(|r| f64::from(r.long)).chain(std::iter::once(f64::from(p.other_route.long)));
+    let distance = hellinger(recent, long);
+    out.push((Component::Mix, logistic(distance, 0.55, 12.0), Reason::Mix { distance }));
+
+    if p.gap.w >= MIN_MOMENT_WEIGHT {
+        // One-sided: faster than usual is the concern, a pause is not.
+        let z = -p.gap.z(f64::from(p.recent_gap), 0.3);
+        let factor = (f64::from(p.gap.mean) - f64::from(p.recent_gap)).exp();
+        out.push((Component::Rate, logistic(z, Z_MID, Z_SLOPE), Reason::Rate { factor }));
+    }
+
+    if p.session_requests.w >= 3.0 {
+        let requests = p.session.requests.max(1);
+        let minutes = p.last_ms.saturating_sub(p.session.start_ms) as f64 / 60_000.0;
+        let z_count = p.session_requests.z(f64::from(requests).ln(), 0.3);
+        let z_pace = p.session_rate.z((f64::from(requests) / (minutes + 1.0)).ln(), 0.3);
+        let z = z_count.max(z_pace);
+        out.push((Component::Session, logistic(z, Z_MID, Z_SLOPE), Reason::Session { requests, z }));
+    }
+}
