@@ -38,6 +38,17 @@ pub struct Lease<'a> {
 }
 
 impl Lease<'_> {
+    /// Creates the lease key, held by nobody, if it does not exist yet (at
+    /// start-up, so the key count is fixed). Returns the bytes it added.
+    pub fn create(key: &str, store: &dyn SharedStore) -> Result<u64, StoreError> {
+        if store.get(key)?.is_some() {
+            return Ok(0);
+        }
+        let free = State { holder: 0, until_ms: 0, cursor: 0 }.encode();
+        store.set(key, &free, 0)?;
+        Ok((key.len() + free.len()) as u64)
+    }
+
     /// Takes or renews the lease. Returns the stored cursor when this VM holds
     /// it now, `None` when another VM does.
     pub fn acquire(&self, store: &dyn SharedStore, now_ms: u64) -> Result<Option<u32>, StoreError> {

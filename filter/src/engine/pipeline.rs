@@ -6,7 +6,7 @@ use super::config::{Config, Mode};
 use super::decision::{self, Decision};
 use super::features::{Combine, Features, Method, Signal, ThreatDetail};
 use super::hash::HashKey;
-use super::identity;
+use super::identity::{self, IdentityKind};
 use super::ports::{Metric, MetricsSink, SharedStore, StoreError};
 use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
@@ -196,6 +196,10 @@ impl Engine {
         let Some(profiler) = &self.profiler else {
             return Outcome::Done;
         };
+        if v.features.identity.kind == IdentityKind::Anonymous {
+            // Everyone without an identity would share one meaningless profile.
+            return Outcome::Done;
+        }
         match profiler.observe(&v.features, &self.hash_key, store, metrics) {
             Ok(Assessment::Cold { observations }) => {
                 metrics.add(Metric::ProfileCold, 1);
@@ -350,6 +354,48 @@ mod tests {
         assert_eq!((v.features.status, v.features.latency_ms), (Some(503), Some(42)));
         let (e, _, _) = engine(r#"{"time_series_analysis": {"enable_traffic_analysis": true}}"#);
         assert!(e.wants_response_features());
+    }
+
+    #[test]
+    fn a_deviation_raises_the_risk_and_says_why() {
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "rate_limit": {"enabled": false},
+                "behavioral_profiling": {"enable_user_profiling": true, "min_observations": 20,
+                  "geo": {"country_header": "x-geo-country"}}}"#,
+        );
+        let req = |path: &str, country: &str| {
+            HeaderList::from_pairs(&[(":method", "GET"), (":path", path), ("x-user-id", "mallory"), ("x-geo-country", country)])
+        };
+        let mut t = 1_000_000;
+        for i in 0..200u64 {
+            t += 1_500 + (i * 7919) % 1_000;
+            let v = e.on_request(&req(["/orders", "/cart", "/orders/12"][(i % 3) as usize], "DE"), t, &store, &metrics);
+            if i < 20 {
+                assert_eq!(v.profile, Some(ProfileState::Cold { observations: i as u32 + 1 }));
+                assert!(report::signals(&v).contains("profile=cold:"));
+            } else {
+                assert!(v.features.behavioral_score.unwrap() < 0.7, "routine request {i}");
+                assert_eq!(v.decision, Decision::Allow);
+            }
+        }
+        let mut verdicts = Vec::new();
+        for _ in 0..5 {
+            t += 10;
+            verdicts.push(e.on_request(&req("/admin/export", "KP"), t, &store, &metrics));
+        }
+        for v in &verdicts {
+            let score = v.features.behavioral_score.unwrap();
+            assert!(score > 0.85, "{score}");
+            assert!((v.risk - score).abs() < 1e-9, "alone, the behavioural detector's score is the risk");
+            assert!(v.decision >= Decision::Throttle && v.enforced);
+        }
+        let v = &verdicts[0];
+        assert!(v.features.behavioral_score.unwrap() > 0.95);
+        assert!(v.threat_details.iter().any(|d| d.signal == "behavior" && d.reason.contains("new country KP")));
+        assert!(report::signals(v).starts_with("behavior=0.9"));
+        assert!(report::log_record(v).contains("\"behavioral_score\":0.9"));
+        assert_eq!(metrics.get(Metric::ProfileDeviations), 5);
+        assert_eq!(metrics.get(Metric::ProfileCold), 20);
     }
 
     #[test]

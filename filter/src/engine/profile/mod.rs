@@ -100,7 +100,13 @@ impl Profiler {
 
     /// Creates the profile slots (start-up, idempotent across workers).
     pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<u32, StoreError> {
-        self.table(store, metrics).initialize::<Profile>()
+        let created = self.table(store, metrics).initialize::<Profile>()?;
+        if created > 0 {
+            let bytes = Lease::create(&self.lease_key, store)?;
+            metrics.add(Metric::StoreBytes(Table::Profile), bytes);
+            metrics.add(Metric::SharedDataBytes, bytes);
+        }
+        Ok(created)
     }
 
     pub fn observation(features: &Features, key: &HashKey) -> Observation {
@@ -243,4 +249,173 @@ fn refresh(table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreEr
     }
     entry.synced_ms = now;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::config::BehavioralProfiling;
+    use crate::engine::features::Method;
+    use crate::engine::identity::{Identity, IdentityKind};
+    use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+
+    const HOUR: u64 = 3_600_000;
+
+    fn cfg(max_profiles: u32, cache_entries: u32) -> BehavioralProfiling {
+        BehavioralProfiling { enable_user_profiling: true, max_profiles, cache_entries, ..Default::default() }
+    }
+
+    fn features(owner: u64, t: u64, route: &str) -> Features {
+        Features {
+            request_id: "r".into(),
+            identity: Identity { kind: IdentityKind::User, hash: owner },
+            method: Method::Get,
+            route: route.into(),
+            request_bytes: 0,
+            time_ms: t,
+            session: None,
+            country: None,
+            asn: None,
+            status: None,
+            latency_ms: None,
+            behavioral_score: None,
+        }
+    }
+
+    fn key() -> HashKey {
+        HashKey::from_secret(b"test")
+    }
+
+    fn observations(p: &Profiler, owner: u64, store: &MemoryStore) -> u32 {
+        p.read(owner, store, &MemoryMetrics::default()).unwrap().map_or(0, |p| p.observations)
+    }
+
+    #[test]
+    fn two_workers_share_one_profile_and_lose_no_observation() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let (a, b) = (Profiler::new(&cfg(64, 64)), Profiler::new(&cfg(64, 64)));
+        a.start(&store, &metrics).unwrap();
+        assert_eq!(b.start(&store, &metrics).unwrap(), 0, "the table is created once");
+        let mut t = 0;
+        for round in 0..20 {
+            for _ in 0..7 {
+                t += 100;
+                a.observe(&features(42, t, "/a"), &key(), &store, &metrics).unwrap();
+            }
+            for _ in 0..5 {
+                t += 100;
+                b.observe(&features(42, t, "/b"), &key(), &store, &metrics).unwrap();
+            }
+            if round % 2 == 0 {
+                a.on_tick(t, 1, &store, &metrics);
+                b.on_tick(t, 2, &store, &metrics);
+            } else {
+                b.on_tick(t, 2, &store, &metrics);
+                a.on_tick(t, 1, &store, &metrics);
+            }
+        }
+        assert_eq!(observations(&a, 42, &store), 20 * 12);
+        // A worker that has not seen the identity for a tick reads what both taught.
+        let d = match b.observe(&features(42, t + 5_000, "/a"), &key(), &store, &metrics).unwrap() {
+            Assessment::Scored(d) => d,
+            cold => unreachable!("{cold:?}"),
+        };
+        assert_eq!(d.observations, 20 * 12 + 1);
+        assert!(metrics.get(Metric::ProfileCacheHits) > 200);
+        assert_eq!(metrics.get(Metric::ProfileCacheMisses), 2, "one per worker");
+        assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 1);
+        assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64, "the byte gauge is exact");
+    }
+
+    #[test]
+    fn sync_conflicts_are_retried_counted_and_lose_nothing() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let p = Profiler::new(&cfg(64, 64));
+        p.start(&store, &metrics).unwrap();
+        for t in 0..10 {
+            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+        }
+        p.on_tick(10, 1, &store, &metrics);
+        for t in 10..20 {
+            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+        }
+        store.inject_conflicts.set(3);
+        let report = p.on_tick(20, 1, &store, &metrics);
+        assert_eq!(report.written, 1);
+        assert_eq!(metrics.get(Metric::StoreCasConflicts(Table::Profile)), 3);
+        assert_eq!(observations(&p, 7, &store), 20);
+    }
+
+    #[test]
+    fn a_flood_of_new_identities_keeps_the_bound_and_the_established_profiles() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let p = Profiler::new(&cfg(64, 16));
+        p.start(&store, &metrics).unwrap();
+        let mut t = 0;
+        for round in 0..50 {
+            for user in 1..=16u64 {
+                t += 10;
+                p.observe(&features(user, t, "/home"), &key(), &store, &metrics).unwrap();
+            }
+            if round % 5 == 0 {
+                p.on_tick(t, 1, &store, &metrics);
+            }
+        }
+        p.on_tick(t, 1, &store, &metrics);
+        let established: Vec<u32> = (1..=16).map(|u| observations(&p, u, &store)).collect();
+        assert!(established.iter().filter(|&&n| n == 50).count() >= 14, "{established:?}");
+        let (keys, bytes) = (store.len(), store.bytes());
+        for i in 0..40_000u64 {
+            t += 1;
+            let _ = p.observe(&features(1_000 + i * 7, t, "/x"), &key(), &store, &metrics);
+            if i % 100 == 0 {
+                p.on_tick(t, 1, &store, &metrics);
+            }
+        }
+        p.on_tick(t, 1, &store, &metrics);
+        assert_eq!(store.len(), keys, "no key is ever added");
+        assert!(store.bytes() <= bytes + 64 * (model::MAX_ENCODED + 17));
+        assert!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)) <= 64);
+        let after: Vec<u32> = (1..=16).map(|u| observations(&p, u, &store)).collect();
+        assert_eq!(after, established, "established profiles survive the flood untouched");
+        assert!(metrics.get(Metric::StoreNotAdmitted(Table::Profile)) > 0);
+        assert!(metrics.get(Metric::StoreEvictions(Table::Profile)) > 10_000, "newcomers recycle newcomers");
+        assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64);
+    }
+
+    #[test]
+    fn expired_profiles_are_reclaimed_by_one_worker() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let mut c = cfg(64, 64);
+        c.profile_ttl_hours = Some(1);
+        let (a, b) = (Profiler::new(&c), Profiler::new(&c));
+        a.start(&store, &metrics).unwrap();
+        for user in 1..=10u64 {
+            a.observe(&features(user, 0, "/a"), &key(), &store, &metrics).unwrap();
+        }
+        a.on_tick(0, 1, &store, &metrics);
+        assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 10);
+        let later = 2 * HOUR;
+        // Both workers tick; the lease lets one of them sweep.
+        let (ra, rb) = (a.on_tick(later, 1, &store, &metrics), b.on_tick(later, 2, &store, &metrics));
+        assert_eq!((ra.reclaimed, rb.reclaimed), (10, 0));
+        assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 0);
+        assert_eq!(metrics.get(Metric::StoreExpired(Table::Profile)), 10);
+        assert_eq!(observations(&a, 3, &store), 0);
+        assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64);
+    }
+
+    #[test]
+    fn statuses_reach_the_shared_profile() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let p = Profiler::new(&cfg(64, 64));
+        p.start(&store, &metrics).unwrap();
+        for t in 0..5 {
+            p.observe(&features(9, t, "/a"), &key(), &store, &metrics).unwrap();
+            p.observe_status(9, 401);
+        }
+        p.on_tick(10, 1, &store, &metrics);
+        let shared = p.read(9, &store, &metrics).unwrap().unwrap();
+        assert_eq!(shared.status[model::status_class(401)], 5.0);
+    }
 }

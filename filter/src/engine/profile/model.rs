@@ -38,6 +38,9 @@ pub const MAX_ENCODED: usize = 1
     + 1 + TOP_COUNTRIES * 6 + 2 + 8
     + 1 + TOP_ASNS * 8;
 
+// A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
+const _: () = assert!(MAX_ENCODED + 17 <= 1024);
+
 const VERSION: u8 = 1;
 
 /// What one request contributes to its identity's profile.
@@ -206,7 +209,7 @@ impl Profile {
             a.long *= df;
         }
 
-        bump(&mut self.routes, &mut self.other_route, obs.route, TOP_ROUTES);
+        bump(&mut self.routes, &mut self.other_route, obs.route, TOP_ROUTES, 1.0);
         if let Some(m) = self.methods.get_mut(method_index(obs.method)) {
             *m += 1.0;
         }
@@ -238,7 +241,7 @@ impl Profile {
 
         if let Some(country) = obs.country {
             let mut sink = Weighted::default();
-            bump(&mut self.countries, &mut sink, country, TOP_COUNTRIES);
+            bump(&mut self.countries, &mut sink, country, TOP_COUNTRIES, 0.0);
             if in_order {
                 self.last_country = country;
                 self.last_country_ms = obs.time_ms;
@@ -246,7 +249,7 @@ impl Profile {
         }
         if let Some(asn) = obs.asn {
             let mut sink = Weighted::default();
-            bump(&mut self.asns, &mut sink, asn, TOP_ASNS);
+            bump(&mut self.asns, &mut sink, asn, TOP_ASNS, 0.0);
         }
 
         self.observations = self.observations.saturating_add(1);
@@ -372,13 +375,20 @@ impl Profile {
 /// Adds one to `key` in a bounded list: a tracked key gains weight; a new one
 /// takes a free place, else replaces the faintest entry if that one has faded
 /// below `REPLACEABLE_WEIGHT` (its weight moves to `other`), else counts in `other`.
-fn bump<K: Copy + PartialEq + Default>(list: &mut Vec<Weighted<K>>, other: &mut Weighted<()>, key: K, cap: usize) {
+/// `recent` is what the recent weight gains (0 for lists without one).
+fn bump<K: Copy + PartialEq + Default>(
+    list: &mut Vec<Weighted<K>>,
+    other: &mut Weighted<()>,
+    key: K,
+    cap: usize,
+    recent: f32,
+) {
     if let Some(e) = list.iter_mut().find(|e| e.key == key) {
         e.long += 1.0;
-        e.recent += 1.0;
+        e.recent += recent;
         return;
     }
-    let fresh = Weighted { key, long: 1.0, recent: 1.0 };
+    let fresh = Weighted { key, long: 1.0, recent };
     if list.len() < cap {
         list.push(fresh);
         return;
@@ -392,7 +402,7 @@ fn bump<K: Copy + PartialEq + Default>(list: &mut Vec<Weighted<K>>, other: &mut 
         }
         _ => {
             other.long += 1.0;
-            other.recent += 1.0;
+            other.recent += recent;
         }
     }
 }
@@ -447,5 +457,151 @@ impl Reader<'_> {
     }
     fn moments(&mut self) -> Option<Moments> {
         Some(Moments { w: self.f32()?, mean: self.f32()?, var: self.f32()? })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const HOUR: u64 = 3_600_000;
+
+    fn learning() -> Learning {
+        Learning { window_ms: 24.0 * HOUR as f64, session_gap_ms: 30 * 60_000 }
+    }
+
+    fn obs(t: u64, route: u32) -> Observation {
+        Observation {
+            time_ms: t,
+            route,
+            method: Method::Get,
+            request_bytes: 0,
+            session: None,
+            country: country_code(b"de"),
+            asn: Some(3320),
+        }
+    }
+
+    #[test]
+    fn a_full_profile_fits_in_its_bound_and_round_trips() {
+        let mut p = Profile::default();
+        let l = learning();
+        for i in 0..500u64 {
+            let mut o = obs(1_000 + i * 1_000, (i % 40) as u32);
+            o.country = Some(i as u16 % 9 + 1);
+            o.asn = Some(i as u32 % 11 + 1);
+            o.method = [Method::Get, Method::Post, Method::Delete][i as usize % 3];
+            o.request_bytes = i * 10;
+            p.learn(&o, &l);
+            p.learn_status([200, 404, 500, 401][i as usize % 4]);
+        }
+        assert_eq!(p.routes.len(), TOP_ROUTES);
+        let mut bytes = Vec::new();
+        p.encode(&mut bytes);
+        assert_eq!(bytes.len(), MAX_ENCODED, "all lists full");
+        assert_eq!(Profile::decode(&bytes), Some(p));
+    }
+
+    #[test]
+    fn hostile_bytes_do_not_decode() {
+        let mut bytes = Vec::new();
+        Profile::default().encode(&mut bytes);
+        for cut in 0..bytes.len() {
+            assert_eq!(Profile::decode(&bytes[..cut]), None);
+        }
+        let mut long = bytes.clone();
+        long.push(0);
+        assert_eq!(Profile::decode(&long), None, "trailing bytes");
+        let mut lying = bytes.clone();
+        lying[1 + 4 + 8 + 4] = 200; // a route count past the bound
+        assert_eq!(Profile::decode(&lying), None);
+        let mut nan = bytes;
+        nan[13..17].copy_from_slice(&f32::NAN.to_le_bytes()); // the weight
+        assert_eq!(Profile::decode(&nan), None);
+    }
+
+    #[test]
+    fn history_fades_with_the_window_not_at_a_cut_off() {
+        let l = learning();
+        let mut p = Profile::default();
+        for i in 0..100 {
+            p.learn(&obs(i, 1), &l);
+        }
+        let w0 = p.weight_after(0, &l);
+        assert!((w0 - 100.0).abs() < 0.01);
+        // One window later the weight is 1/e of what it was; three windows, 1/e^3.
+        assert!((p.weight_after(24 * HOUR, &l) / w0 - (-1f64).exp()).abs() < 1e-6);
+        assert!((p.weight_after(72 * HOUR, &l) / w0 - (-3f64).exp()).abs() < 1e-6);
+        // New behaviour a window later outweighs the faded old one soon after.
+        for i in 0..50 {
+            p.learn(&obs(48 * HOUR + i, 2), &l);
+        }
+        let old = p.route_weight(1).map_or(0.0, |r| r.long);
+        let new = p.route_weight(2).map_or(0.0, |r| r.long);
+        assert!(new > 3.0 * old, "old {old} new {new}");
+        assert!((old - 100.0 * (-2f32).exp()).abs() < 0.5);
+    }
+
+    #[test]
+    fn sessions_are_inferred_from_gaps_or_read_from_a_token() {
+        let l = learning();
+        let mut p = Profile::default();
+        // Three sessions of 10 requests a minute apart, two hours between them.
+        for s in 0..3u64 {
+            for i in 0..10u64 {
+                p.learn(&obs(s * 2 * HOUR + i * 60_000, 1), &l);
+            }
+        }
+        assert_eq!(p.session_requests.w.round(), 2.0, "two finished, one open");
+        assert!((f64::from(p.session_requests.mean) - 10f64.ln()).abs() < 0.01);
+        assert!((f64::from(p.session_minutes.mean) - 10f64.ln()).abs() < 0.05, "9 minutes long");
+        assert_eq!(p.session.requests, 10);
+        // A token change starts a session even without a gap.
+        let mut o = obs(6 * HOUR + 10 * 60_000, 1);
+        o.session = Some(77);
+        p.learn(&o, &l);
+        assert_eq!((p.session.id, p.session.requests), (77, 1));
+    }
+
+    #[test]
+    fn faint_endpoints_make_room_and_strong_ones_stay() {
+        let l = learning();
+        let mut p = Profile::default();
+        for i in 0..200u64 {
+            p.learn(&obs(i, (i % 4) as u32), &l);
+        }
+        // Walk 100 new endpoints once each.
+        for i in 0..100u64 {
+            p.learn(&obs(200 + i, 1_000 + i as u32), &l);
+        }
+        assert_eq!(p.routes.len(), TOP_ROUTES);
+        for r in 0..4 {
+            assert!(p.route_weight(r).is_some_and(|e| e.long > 40.0), "usual endpoint {r} kept");
+        }
+        assert!(p.other_route.long > 80.0);
+    }
+
+    #[test]
+    fn late_events_from_another_worker_count_but_teach_no_timing() {
+        let l = learning();
+        let mut p = Profile::default();
+        for i in 0..10 {
+            p.learn(&obs(10_000 + i * 1_000, 1), &l);
+        }
+        let gap = p.gap;
+        p.learn(&obs(5_000, 2), &l);
+        assert_eq!(p.gap, gap);
+        assert_eq!(p.last_ms, 19_000);
+        assert_eq!(p.observations, 11);
+    }
+
+    #[test]
+    fn codes_and_classes() {
+        assert_eq!(country_code(b"de"), country_code(b"DE"));
+        assert_eq!(country_code(b"D1"), None);
+        assert_eq!(country_code(b"DEU"), None);
+        assert_eq!(country_name(country_code(b"nz").unwrap()), "NZ");
+        assert_eq!([200, 302, 401, 403, 404, 429, 503, 99].map(status_class), [0, 1, 2, 2, 3, 4, 5, 0]);
+        assert_eq!(hour_of_day(25 * HOUR + 5), 1);
     }
 }

@@ -276,3 +276,217 @@ fn after(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
         out.push((Component::Session, logistic(z, Z_MID, Z_SLOPE), Reason::Session { requests, z }));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::features::Method;
+    use crate::engine::profile::model::country_code;
+
+    const MIN: u64 = 60_000;
+
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> f64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    fn learning() -> Learning {
+        Learning { window_ms: 24.0 * 60.0 * MIN as f64, session_gap_ms: 30 * MIN }
+    }
+
+    fn scoring() -> Scoring {
+        Scoring { min_observations: 20, travel_ms: 120 * MIN }
+    }
+
+    /// A routine: 3 endpoints at 50/30/20 %, GET 80 %, small bodies, a
+    /// request every ~2 s, from Germany, 5 % 404s.
+    fn usual(rng: &mut Rng, t: u64) -> (Observation, u16) {
+        let r = rng.next();
+        let route = if r < 0.5 { 1 } else if r < 0.8 { 2 } else { 3 };
+        let method = if rng.next() < 0.8 { Method::Get } else { Method::Post };
+        let bytes = if method == Method::Post { 200 + (rng.next() * 100.0) as u64 } else { 0 };
+        let status = if rng.next() < 0.05 { 404 } else { 200 };
+        let obs = Observation {
+            time_ms: t,
+            route,
+            method,
+            request_bytes: bytes,
+            session: None,
+            country: country_code(b"DE"),
+            asn: Some(3320),
+        };
+        (obs, status)
+    }
+
+    fn gap(rng: &mut Rng) -> u64 {
+        (2_000.0 * (0.6 + 0.8 * rng.next())) as u64
+    }
+
+    /// A profile that learned 400 routine requests; returns it and the clock.
+    fn trained(rng: &mut Rng) -> (Profile, u64) {
+        let mut p = Profile::default();
+        let mut t = 10 * 60 * MIN;
+        for _ in 0..400 {
+            t += gap(rng);
+            let (o, status) = usual(rng, t);
+            assess_and_learn(&mut p, &o, "/x", &learning(), &scoring());
+            p.learn_status(status);
+        }
+        (p, t)
+    }
+
+    fn scored(a: Assessment) -> Deviation {
+        match a {
+            Assessment::Scored(d) => d,
+            Assessment::Cold { observations } => unreachable!("cold at {observations}"),
+        }
+    }
+
+    fn part(d: &Deviation, c: Component) -> f64 {
+        d.parts.iter().find(|(k, _)| *k == c).map_or(0.0, |(_, s)| *s)
+    }
+
+    #[test]
+    fn requests_from_the_learned_mix_score_low() {
+        let mut rng = Rng(7);
+        let (mut p, mut t) = trained(&mut rng);
+        let mut scores = Vec::new();
+        for _ in 0..200 {
+            t += gap(&mut rng);
+            let (o, status) = usual(&mut rng, t);
+            scores.push(scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring())).score);
+            p.learn_status(status);
+        }
+        let mean = scores.iter().sum::<f64>() / scores.len() as f64;
+        let max = scores.iter().copied().fold(0.0, f64::max);
+        assert!(mean < 0.12, "mean {mean}");
+        assert!(max < 0.7, "no routine request is a deviation: max {max}");
+    }
+
+    #[test]
+    fn one_new_endpoint_alone_is_noted_but_is_not_a_deviation() {
+        let mut rng = Rng(11);
+        let (mut p, t) = trained(&mut rng);
+        let (mut o, _) = usual(&mut rng, t + 2_000);
+        o.route = 99;
+        o.method = Method::Get;
+        o.request_bytes = 0;
+        let d = scored(assess_and_learn(&mut p, &o, "/admin/users", &learning(), &scoring()));
+        assert!(part(&d, Component::Endpoint) > 0.95, "{:?}", d.parts);
+        assert!(d.score > 0.4 && d.score < 0.7, "{}", d.score);
+        assert!(d.reasons.iter().any(|r| r.contains("new endpoint /admin/users")), "{:?}", d.reasons);
+    }
+
+    #[test]
+    fn new_endpoints_at_a_new_rate_from_a_new_country_is_a_deviation() {
+        let mut rng = Rng(13);
+        let (mut p, mut t) = trained(&mut rng);
+        let mut last = None;
+        let mut reasons = Vec::new();
+        for i in 0..10u32 {
+            t += 15;
+            let o = Observation {
+                time_ms: t,
+                route: 100 + i,
+                method: Method::Get,
+                request_bytes: 0,
+                session: None,
+                country: country_code(b"KP"),
+                asn: Some(64_512),
+            };
+            let d = scored(assess_and_learn(&mut p, &o, "/admin/export", &learning(), &scoring()));
+            assert!(d.score > 0.9, "request {i}: {} {:?}", d.score, d.parts);
+            reasons.extend(d.reasons.iter().cloned());
+            last = Some(d);
+        }
+        let d = last.unwrap();
+        assert!(part(&d, Component::Rate) > 0.9, "{:?}", d.parts);
+        assert!(part(&d, Component::Mix) > 0.5, "{:?}", d.parts);
+        let why = reasons.join(" | ");
+        for expected in ["new endpoint /admin/export", "new country KP", "faster than usual", "DE -> KP"] {
+            assert!(why.contains(expected), "{expected:?} missing from {why}");
+        }
+    }
+
+    #[test]
+    fn timing_z_scores_flag_a_faster_pace_not_a_pause() {
+        let mut rng = Rng(17);
+        let (p0, t0) = trained(&mut rng);
+        // Ten requests 20 ms apart: about 100x the usual pace.
+        let (mut p, mut t) = (p0.clone(), t0);
+        let mut rate = 0.0;
+        for _ in 0..10 {
+            t += 20;
+            let (o, _) = usual(&mut rng, t);
+            rate = part(&scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring())), Component::Rate);
+        }
+        assert!(rate > 0.95, "{rate}");
+        // A user back after lunch is not suspicious.
+        let (mut p, t) = (p0, t0 + 60 * MIN);
+        let (o, _) = usual(&mut rng, t);
+        let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));
+        assert!(part(&d, Component::Rate) < 0.05, "{:?}", d.parts);
+    }
+
+    #[test]
+    fn unusual_methods_sizes_and_failure_bursts_score() {
+        let mut rng = Rng(19);
+        let (p0, t) = trained(&mut rng);
+        let (mut o, _) = usual(&mut rng, t + 2_000);
+        o.method = Method::Delete;
+        let d = scored(assess_and_learn(&mut p0.clone(), &o, "/x", &learning(), &scoring()));
+        assert!(part(&d, Component::Method) > 0.9, "{:?}", d.parts);
+
+        let (mut o, _) = usual(&mut rng, t + 2_000);
+        o.request_bytes = 5_000_000;
+        let d = scored(assess_and_learn(&mut p0.clone(), &o, "/x", &learning(), &scoring()));
+        assert!(part(&d, Component::Size) > 0.9, "{:?}", d.parts);
+
+        let mut p = p0;
+        for _ in 0..8 {
+            p.learn_status(401);
+        }
+        let (o, _) = usual(&mut rng, t + 2_000);
+        let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));
+        assert!(part(&d, Component::Failures) > 0.9, "{:?}", d.parts);
+        assert!(d.reasons.iter().any(|r| r.contains("401/403/404")));
+    }
+
+    #[test]
+    fn a_cold_profile_is_reported_cold_never_anomalous() {
+        let mut p = Profile::default();
+        for i in 0..20u64 {
+            let o = Observation {
+                time_ms: i,
+                route: i as u32,
+                method: Method::Other,
+                request_bytes: i * 1_000_000,
+                session: None,
+                country: Some(i as u16 + 1),
+                asn: None,
+            };
+            assert_eq!(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()), Assessment::Cold {
+                observations: i as u32 + 1
+            });
+        }
+    }
+
+    #[test]
+    fn a_country_change_is_impossible_travel_only_when_fast() {
+        let mut rng = Rng(23);
+        let (p0, t) = trained(&mut rng);
+        let (mut o, _) = usual(&mut rng, t + 5 * MIN);
+        o.country = country_code(b"BR");
+        let d = scored(assess_and_learn(&mut p0.clone(), &o, "/x", &learning(), &scoring()));
+        assert_eq!(part(&d, Component::Travel), 1.0);
+        o.time_ms = t + 10 * 60 * MIN;
+        let d = scored(assess_and_learn(&mut p0.clone(), &o, "/x", &learning(), &scoring()));
+        assert_eq!(part(&d, Component::Travel), 0.0);
+        assert!(part(&d, Component::Country) > 0.9, "still a new country");
+    }
+}
