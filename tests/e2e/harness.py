@@ -175,6 +175,11 @@ class Stack:
         wasm["vm_config"]["code"]["local"]["filename"] = str(wasm_path())
         if self.filter_config is not None:
             wasm["configuration"]["value"] = json.dumps(self.filter_config)
+        # Floods go to /direct/: answered by Envoy itself, through Vigil, so they
+        # run at Envoy's pace rather than the Python upstream's.
+        routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
+        routes.insert(0, {"match": {"prefix": "/direct/"},
+                          "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
         ports = {"demo_upstream": self.upstream_port, "vigil_ml": self.ml_port}
         for cluster in doc["static_resources"]["clusters"]:
             for group in cluster["load_assignment"]["endpoints"]:
@@ -242,3 +247,30 @@ class Stack:
 
     def envoy_log_text(self) -> str:
         return self.envoy_log.read_text(errors="replace") if self.envoy_log.exists() else ""
+
+
+# --- helpers the tests share ----------------------------------------------
+def config(**overrides) -> dict:
+    """The harness's own filter configuration with some keys replaced."""
+    c = harness_filter_config()
+    c.update(overrides)
+    return c
+
+
+def echoed(body: bytes) -> dict:
+    """Headers the demo upstream received."""
+    return json.loads(body)["headers"]
+
+
+def signals(header_value: str) -> dict[str, str]:
+    return dict(part.split("=", 1) for part in header_value.split(";") if "=" in part)
+
+
+def wait_for(predicate, timeout: float = 12, what: str = "condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")

@@ -9,33 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import harness_filter_config
-
-
-def config(**overrides) -> dict:
-    """The harness's own filter configuration with some keys replaced."""
-    c = harness_filter_config()
-    c.update(overrides)
-    return c
-
-
-def echoed(body: bytes) -> dict:
-    """Headers the demo upstream received."""
-    return json.loads(body)["headers"]
-
-
-def signals(header_value: str) -> dict[str, str]:
-    return dict(part.split("=", 1) for part in header_value.split(";") if "=" in part)
-
-
-def wait_for(predicate, timeout: float = 12, what: str = "condition"):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+from harness import config, echoed, signals, wait_for
 
 
 def test_benign_request_reaches_upstream_with_vigil_headers(stack_factory):
@@ -184,8 +158,8 @@ def test_identity_flood_stays_within_the_slot_bound(stack_factory):
         statuses = list(pool.map(one, range(2000)))
     assert statuses.count(200) == 2000
     stack.settle()
-    used = stack.counter("wasmcustom.vigil_rate_slots_used")
-    evictions = stack.counter("wasmcustom.vigil_store_evictions_total")
+    used = stack.counter("wasmcustom.vigil_store_slots_used.table.rate")
+    evictions = stack.counter("wasmcustom.vigil_store_evictions_total.table.rate")
     mem_after = json.loads(stack.admin("GET", "/memory")[1])["allocated"]
     print(f"\nslots used {used}/{slots}, evictions {evictions}, "
           f"Envoy allocated {int(mem_before)/1e6:.1f} MB -> {int(mem_after)/1e6:.1f} MB")

@@ -19,8 +19,8 @@ pub const HOURS: usize = 24;
 pub const STATUS_CLASSES: usize = 6;
 /// Per-request fading of the recent mix: about the last 10 requests.
 pub const RECENT_KEEP: f32 = 0.9;
-/// Per-request smoothing of the recent request gap and failure rate.
-pub const RECENT_GAP_ALPHA: f64 = 0.3;
+/// Per-request smoothing of the recent request gap (about the last 4) and failure rate.
+pub const RECENT_GAP_ALPHA: f64 = 0.4;
 pub const RECENT_FAIL_ALPHA: f64 = 0.2;
 /// A tracked entry fainter than this may be replaced by a newcomer.
 const REPLACEABLE_WEIGHT: f32 = 2.0;
@@ -221,10 +221,14 @@ impl Profile {
         if in_order && !fresh {
             let gap = ln1p_ms(obs.time_ms - self.last_ms);
             self.gap.push(gap, d);
+            // The recent pace watches for "faster": a pause says only "not
+            // faster", so it counts as the usual gap, and a burst right after
+            // a break shows at once.
+            let paced = gap.min(f64::from(self.gap.mean));
             self.recent_gap = if self.gap.w <= 1.0 {
                 gap as f32
             } else {
-                (f64::from(self.recent_gap) * (1.0 - RECENT_GAP_ALPHA) + gap * RECENT_GAP_ALPHA) as f32
+                (f64::from(self.recent_gap) * (1.0 - RECENT_GAP_ALPHA) + paced * RECENT_GAP_ALPHA) as f32
             };
         }
 
