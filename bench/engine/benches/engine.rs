@@ -19,7 +19,10 @@ use vigil::engine::ports::NoMetrics;
 use vigil::engine::rate;
 use vigil::engine::report;
 use vigil::engine::request::HeaderList;
+use vigil::engine::profile::model::{Learning, Observation, Profile};
+use vigil::engine::profile::score::{self, Scoring};
 use vigil::engine::route;
+use vigil::engine::features::Method;
 
 /// Distinct identities cycled through by the "many identities" benchmarks.
 const IDENTITIES: usize = 10_000;
@@ -51,10 +54,21 @@ fn harness_config() -> Config {
 }
 
 /// The harness config with the default rate table (16384 slots, 600/60 s), so
-/// 10,000 identities fit without evictions.
+/// 10,000 identities fit without evictions, and profiling off (its own
+/// benchmarks below add it).
 fn bench_config() -> Config {
     let mut c = harness_config();
     c.rate_limit = RateLimitConfig { max_identities: SLOTS, ..RateLimitConfig::default() };
+    c.behavioral_profiling.enable_user_profiling = false;
+    c
+}
+
+/// `bench_config` with profiling on, 16384 profiles.
+fn profiling_config(cache_entries: u32) -> Config {
+    let mut c = bench_config();
+    c.behavioral_profiling.enable_user_profiling = true;
+    c.behavioral_profiling.max_profiles = SLOTS;
+    c.behavioral_profiling.cache_entries = cache_entries;
     c
 }
 
@@ -181,9 +195,54 @@ fn pipeline_full(c: &mut Criterion) {
         });
     };
     run("10k_identities_16384_slots", bench_config());
+    // Profiling on: with a cache that holds every identity (hits), and with
+    // the default 1024-entry cache against 10,000 identities (mostly misses,
+    // each a read of shared data; the write-back happens in ticks, not here).
+    run("10k_identities_profiling_cache_16384", profiling_config(16_384));
+    run("10k_identities_profiling_cache_1024", profiling_config(1_024));
     // The harness table (4096 slots, 20 per 10 s): 10,000 identities do not
     // fit, so most requests evict a slot.
     run("10k_identities_harness_4096_slots", harness_config());
+    g.finish();
+}
+
+fn profile_update(c: &mut Criterion) {
+    let learning = Learning { window_ms: 24.0 * 3_600_000.0, session_gap_ms: 30 * 60_000 };
+    let scoring = Scoring { min_observations: 20, travel_ms: 2 * 3_600_000 };
+    let obs = |i: u64| Observation {
+        time_ms: START_MS + i * 1_500,
+        route: (i % 7) as u32,
+        method: Method::Get,
+        request_bytes: 0,
+        session: None,
+        country: Some(0x4445),
+        asn: Some(3320),
+    };
+    let mut trained = Profile::default();
+    for i in 0..500 {
+        score::assess_and_learn(&mut trained, &obs(i), "/api/orders", &learning, &scoring);
+        trained.learn_status(200);
+    }
+    let mut bytes = Vec::new();
+    trained.encode(&mut bytes);
+
+    let mut g = c.benchmark_group("profile_update");
+    let mut p = trained.clone();
+    let mut i = 500;
+    g.bench_function("score_and_learn_warm", |b| {
+        b.iter(|| {
+            i += 1;
+            score::assess_and_learn(black_box(&mut p), &obs(i), "/api/orders", &learning, &scoring)
+        })
+    });
+    g.bench_function("encode", |b| {
+        b.iter(|| {
+            let mut out = Vec::with_capacity(512);
+            black_box(&trained).encode(&mut out);
+            out
+        })
+    });
+    g.bench_function("decode", |b| b.iter(|| Profile::decode(black_box(&bytes))));
     g.finish();
 }
 
@@ -221,6 +280,6 @@ fn criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = feature_extraction, rate_observe, pipeline_full, report_encoding, config_parse
+    targets = feature_extraction, rate_observe, profile_update, pipeline_full, report_encoding, config_parse
 }
 criterion_main!(benches);
