@@ -9,7 +9,7 @@ use vigil::engine::config::{self, RateLimitConfig};
 use vigil::engine::decision::{decide, Decision};
 use vigil::engine::hash::HashKey;
 use vigil::engine::ports::memory::{MemoryMetrics, MemoryStore};
-use vigil::engine::ports::Metric;
+use vigil::engine::ports::{Metric, Table};
 use vigil::engine::rate::{self, RateRecord};
 use vigil::engine::route;
 use wasm_bindgen_test::wasm_bindgen_test;
@@ -59,10 +59,55 @@ fn exact_counts_and_bounded_slots_in_wasm() {
         rate::observe(&cfg, &store, &metrics, &prefix, (id << 1) | 1, 3_000).unwrap();
     }
     assert_eq!(store.len(), keys);
-    assert!(metrics.get(Metric::RateSlotsUsed) <= 64);
+    assert!(metrics.get(Metric::StoreSlotsUsed(Table::Rate)) <= 64);
 }
 
 #[wasm_bindgen_test]
 fn route_templates_in_wasm() {
     assert_eq!(route::template(b"/users/123/orders/0b6e2a8c-3f0e-4b8e-9a7e-2d9c1f4e5a6b"), "/users/{id}/orders/{uuid}");
+}
+
+#[wasm_bindgen_test]
+fn profile_statistics_in_wasm() {
+    use vigil::engine::profile::stats::{excess_surprise, hellinger, logistic, Moments};
+    let mut m = Moments::default();
+    for x in [2.0, 4.0, 4.0, 4.0, 5.0, 5.0, 7.0, 9.0] {
+        m.push(x, 1.0);
+    }
+    assert!((m.mean - 5.0).abs() < 1e-6 && (m.var - 4.0).abs() < 1e-5);
+    assert!(excess_surprise(0.0, [300.0].into_iter()) > 8.0);
+    assert!(hellinger([1.0, 0.0].into_iter(), [0.0, 1.0].into_iter()) > 0.999);
+    assert!((logistic(3.0, 3.0, 1.5) - 0.5).abs() < 1e-12);
+    // exp/ln come from the wasm build of libm: the decay must match the native value.
+    let decay = (-1.0f64).exp();
+    assert!((decay - 0.36787944117144233).abs() < 1e-15);
+}
+
+#[wasm_bindgen_test]
+fn profile_learns_scores_and_round_trips_in_wasm() {
+    use vigil::engine::features::Method;
+    use vigil::engine::profile::model::{Learning, Observation, Profile};
+    use vigil::engine::profile::score::{assess_and_learn, Assessment, Scoring};
+    let learning = Learning { window_ms: 86_400_000.0, session_gap_ms: 1_800_000 };
+    let scoring = Scoring { min_observations: 20, travel_ms: 7_200_000 };
+    let obs = |t: u64, route: u32, country: u16| Observation {
+        time_ms: t,
+        route,
+        method: Method::Get,
+        request_bytes: 0,
+        session: None,
+        country: Some(country),
+        asn: None,
+    };
+    let mut p = Profile::default();
+    for i in 0..300u64 {
+        assess_and_learn(&mut p, &obs(1_000_000 + i * 2_000 + (i * 7919) % 900, (i % 3) as u32, 0x4445), "/a", &learning, &scoring);
+    }
+    let mut bytes = Vec::new();
+    p.encode(&mut bytes);
+    assert_eq!(Profile::decode(&bytes).as_ref(), Some(&p));
+    match assess_and_learn(&mut p, &obs(1_700_000, 99, 0x4b50), "/admin", &learning, &scoring) {
+        Assessment::Scored(d) => assert!(d.score > 0.9, "{}", d.score),
+        Assessment::Cold { .. } => unreachable!(),
+    }
 }
