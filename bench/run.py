@@ -40,8 +40,8 @@ SECRET = {"identity": {"hash_secret": "bench"}}
 VIGIL_CONFIGS = {
     # What an operator gets from an empty configuration (monitor mode, rate signal on).
     "vigil_default": {**SECRET},
-    # Enforce mode with the detectors switched on (profiling and traffic analysis
-    # take effect once those detectors exist; until then this equals the default).
+    # Enforce mode with the detectors switched on (profiling; traffic analysis
+    # takes effect once that detector exists).
     "vigil_profiling_traffic": {
         **SECRET,
         "mode": "enforce",
@@ -53,6 +53,8 @@ VIGIL_CONFIGS = {
     "vigil_no_rate": {**SECRET, "rate_limit": {"enabled": False}},
     "vigil_no_headers": {**SECRET, "upstream_headers": False},
 }
+# The memory measurement runs with every table in use.
+MEMORY_CONFIG = VIGIL_CONFIGS["vigil_profiling_traffic"]
 
 
 def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: int | None,
@@ -161,7 +163,7 @@ def measure_memory(workdir: Path, concurrency: int, identities: list[int], secon
     results = []
     for n in identities:
         port, admin = free_port(), free_port()
-        doc = envoy_config(f"mem{n}", port, admin, "direct", None, VIGIL_WASM, VIGIL_CONFIGS["vigil_default"])
+        doc = envoy_config(f"mem{n}", port, admin, "direct", None, VIGIL_WASM, MEMORY_CONFIG)
         envoy = Envoy(f"mem{n}", doc, workdir, concurrency)
         try:
             envoy.wait_ready()
@@ -171,7 +173,8 @@ def measure_memory(workdir: Path, concurrency: int, identities: list[int], secon
             while int(envoy.stats().get("wasmcustom.vigil_requests_total", "0")) < n and time.time() < deadline:
                 wrk(port, seconds, 32, 1, {"VIGIL_BENCH_IDENTITIES": str(n), "VIGIL_BENCH_UNIQUE": "1"})
             s = envoy.stats()
-            used = int(s.get("wasmcustom.vigil_rate_slots_used", "0"))
+            profiles = int(s.get("wasmcustom.vigil_store_slots_used.table.profile", "0"))
+            profile_bytes = int(s.get("wasmcustom.vigil_store_bytes.table.profile", "0"))
             shared = int(s.get("wasmcustom.vigil_shared_data_bytes", "0"))
             results.append({
                 "identities": n,
@@ -179,9 +182,13 @@ def measure_memory(workdir: Path, concurrency: int, identities: list[int], secon
                 "rss_before_mb": round(rss_before / 2**20, 1),
                 "rss_after_mb": round(envoy.rss_bytes() / 2**20, 1),
                 "shared_data_bytes": shared,
-                "slots_used": used,
-                "evictions": int(s.get("wasmcustom.vigil_store_evictions_total", "0")),
-                "bytes_per_slot": round(shared / max(1, 16384), 1),
+                "rate_slots_used": int(s.get("wasmcustom.vigil_store_slots_used.table.rate", "0")),
+                "profiles": profiles,
+                "profile_bytes": profile_bytes,
+                # The profile table's keys and values over the profiles in it (free slots' keys included).
+                "bytes_per_profile": round(profile_bytes / max(1, profiles), 1),
+                "evictions": int(s.get("wasmcustom.vigil_store_evictions_total.table.rate", "0"))
+                + int(s.get("wasmcustom.vigil_store_evictions_total.table.profile", "0")),
             })
         finally:
             envoy.stop()
@@ -197,6 +204,7 @@ def main() -> int:
     ap.add_argument("--concurrency", type=int, default=1, help="Envoy workers, the same for every Envoy")
     ap.add_argument("--routes", default="direct,upstream")
     ap.add_argument("--identities", type=int, default=10000)
+    ap.add_argument("--configs", default="", help="Vigil configurations to run, comma-separated (default: all)")
     ap.add_argument("--memory", default="10000,100000", help="identity counts for the memory measurement ('' to skip)")
     args = ap.parse_args()
 
@@ -220,7 +228,11 @@ def main() -> int:
             upstream = Envoy("upstream", upstream_config(up_port, up_admin), workdir, 1)
             upstream.wait_ready()
         variants = {"no_filter": (None, None), "empty_wasm": (EMPTY_WASM, None)}
-        variants.update({k: (VIGIL_WASM, v) for k, v in VIGIL_CONFIGS.items()})
+        chosen = args.configs.split(",") if args.configs else list(VIGIL_CONFIGS)
+        unknown = [c for c in chosen if c not in VIGIL_CONFIGS]
+        if unknown:
+            raise SystemExit(f"unknown --configs {unknown}; known: {', '.join(VIGIL_CONFIGS)}")
+        variants.update({k: (VIGIL_WASM, VIGIL_CONFIGS[k]) for k in chosen})
         for route in routes:
             for name, (wasm, cfg) in variants.items():
                 doc = envoy_config(f"{name}_{route}", free_port(), free_port(), route,
@@ -308,10 +320,12 @@ def print_table(summary: dict) -> None:
         print("%-10s %-26s %12.3f %12.3f %12.3f %12.3f" % (v["route"], v["config"], v["throughput_vs_no_filter"],
               v["throughput_vs_empty_wasm"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"]))
     if summary.get("memory"):
-        print("\n%-12s %10s %10s %10s %14s %10s %10s" % ("identities", "requests", "RSS MB", "RSS after", "shared bytes", "slots", "evictions"))
+        print("\nmemory (vigil_profiling_traffic, 16384 rate slots and 16384 profiles):")
+        print("%-12s %10s %10s %10s %14s %10s %10s %10s" % ("identities", "requests", "RSS MB", "RSS after", "shared bytes",
+                                                        "profiles", "B/profile", "evictions"))
         for m in summary["memory"]:
-            print("%-12d %10d %10.1f %10.1f %14d %10d %10d" % (m["identities"], m["requests"], m["rss_before_mb"],
-                  m["rss_after_mb"], m["shared_data_bytes"], m["slots_used"], m["evictions"]))
+            print("%-12d %10d %10.1f %10.1f %14d %10d %10.1f %10d" % (m["identities"], m["requests"], m["rss_before_mb"],
+                  m["rss_after_mb"], m["shared_data_bytes"], m["profiles"], m["bytes_per_profile"], m["evictions"]))
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def test_an_established_user_who_suddenly_deviates_scores_high_and_others_stay_l
     print(f"\nalice under attack: behavioral_score min {min(scores):.3f} median {statistics.median(scores):.3f}; "
           + "; ".join(f"{u}: median {statistics.median(s):.3f} max {max(s):.3f}" for u, s in others.items()))
     assert min(scores) >= 0.7, scores
-    assert statistics.median(scores) >= 0.9, scores
+    assert statistics.median(scores) >= 0.85, scores
     for user, s in others.items():
         assert statistics.median(s) < 0.2, (user, s)
         assert max(s) < 0.7, (user, s)

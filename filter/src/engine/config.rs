@@ -146,7 +146,7 @@ impl Default for BehavioralProfiling {
             min_observations: 20,
             max_profiles: 16384,
             profile_ttl_hours: None,
-            cache_entries: 1024,
+            cache_entries: 4096,
             session: SessionConfig::default(),
             geo: GeoConfig::default(),
         }

@@ -11,8 +11,11 @@ use proxy_wasm::types::ContextType;
 use std::cell::Cell;
 use std::rc::Rc;
 
-/// How often each VM hands its batched counters to Envoy.
-const METRICS_FLUSH_MS: u32 = 1000;
+/// The tick: periodic work comes in small slices so no tick stalls the
+/// worker's requests for long.
+const TICK_MS: u32 = 100;
+/// How often each VM hands its batched counters to Envoy, in ticks.
+const METRICS_FLUSH_TICKS: u32 = 10;
 
 /// What every HTTP context of this VM shares.
 pub struct Shared {
@@ -27,6 +30,7 @@ pub struct Shared {
 #[derive(Default)]
 pub struct VigilRoot {
     shared: Option<Rc<Shared>>,
+    ticks: u32,
 }
 
 impl Context for VigilRoot {}
@@ -72,7 +76,7 @@ impl RootContext for VigilRoot {
         }
         abi::log(abi::LOG_INFO, &format!("configured, mode {:?}", engine.config.mode).to_lowercase());
         metrics.flush();
-        let _ = abi::set_tick_period_ms(METRICS_FLUSH_MS);
+        let _ = abi::set_tick_period_ms(TICK_MS);
         // Each worker configures its own VM on its own thread: the clock in
         // nanoseconds tells them apart.
         let instance = abi::now_nanos().unwrap_or(0) | 1;
@@ -84,7 +88,10 @@ impl RootContext for VigilRoot {
         if let Some(shared) = &self.shared {
             let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
             shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics);
-            shared.metrics.flush();
+            self.ticks = self.ticks.wrapping_add(1);
+            if self.ticks % METRICS_FLUSH_TICKS == 0 {
+                shared.metrics.flush();
+            }
         }
     }
 

@@ -77,6 +77,8 @@ impl Hasher for IdentityHasher {
 
 pub struct Cache {
     entries: Vec<Entry>,
+    /// Dirty entries pushed out of the cache, waiting for the tick's sync.
+    evicted: Vec<Entry>,
     index: HashMap<u64, usize, BuildHasherDefault<IdentityHasher>>,
     hand: usize,
     capacity: usize,
@@ -85,7 +87,7 @@ pub struct Cache {
 impl Cache {
     pub fn new(capacity: usize) -> Self {
         let capacity = capacity.max(1);
-        Cache { entries: Vec::with_capacity(capacity), index: HashMap::default(), hand: 0, capacity }
+        Cache { entries: Vec::with_capacity(capacity), evicted: Vec::new(), index: HashMap::default(), hand: 0, capacity }
     }
 
     pub fn len(&self) -> usize {
@@ -126,7 +128,10 @@ impl Cache {
                 break;
             }
         }
-        let victim = self.entries.swap_remove(self.hand % self.entries.len().max(1));
+        if self.entries.is_empty() {
+            return None;
+        }
+        let victim = self.entries.swap_remove(self.hand % self.entries.len());
         self.index.remove(&victim.owner);
         if let Some(moved) = self.entries.get(self.hand) {
             self.index.insert(moved.owner, self.hand);
@@ -153,9 +158,31 @@ impl Cache {
         self.entries.get_mut(i)
     }
 
-    /// Owners of the entries with pending events.
-    pub fn dirty(&self) -> Vec<u64> {
-        self.entries.iter().filter(|e| e.is_dirty()).map(|e| e.owner).collect()
+    /// Keeps a dirty entry pushed out of the cache for the next tick's sync, so
+    /// the request that pushed it out does not pay for its write. Gives it back
+    /// when a quarter of the cache is already waiting (the caller syncs it now).
+    pub fn defer(&mut self, entry: Entry) -> Option<Entry> {
+        if self.evicted.len() > self.capacity / 4 {
+            return Some(entry);
+        }
+        self.evicted.push(entry);
+        None
+    }
+
+    /// Up to `n` of the entries `defer` kept, to sync.
+    pub fn take_deferred(&mut self, n: usize) -> Vec<Entry> {
+        let keep = self.evicted.len().saturating_sub(n);
+        self.evicted.split_off(keep)
+    }
+
+    /// Owners of up to `n` entries with pending events last synced at or
+    /// before `synced_by`.
+    pub fn due(&self, synced_by: u64, n: usize) -> Vec<u64> {
+        self.entries.iter().filter(|e| e.is_dirty() && e.synced_ms <= synced_by).take(n).map(|e| e.owner).collect()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 }
 

@@ -30,11 +30,17 @@ use std::cell::RefCell;
 
 /// The signal's name in headers and logs.
 pub const SIGNAL: &str = "behavior";
-/// A cached profile unused for this long is re-read before it is used, so
-/// other workers' learning shows (one tick).
+/// A changed profile is written back this long after its last sync, and a
+/// clean one not synced for this long is re-read before use, so every worker
+/// sees every worker's learning within about this long.
 pub const SYNC_MS: u64 = 1_000;
-/// Slots the cleanup looks at per tick (in the one VM holding the lease).
-pub const SWEEP_PER_TICK: u32 = 256;
+/// Slots the cleanup looks at per tick (in the one VM holding the lease):
+/// with a 100 ms tick, 320 a second.
+pub const SWEEP_PER_TICK: u32 = 32;
+/// The share of the cache one tick may write back at most (1/8): with a
+/// 100 ms tick, a full cache of changed profiles is written within a second
+/// in slices, never in one stall.
+const SYNC_SLICE: usize = 8;
 const LEASE_MS: u64 = 5_000;
 /// Eviction ranks profiles by weight halved every day idle.
 const KEEP_HALF_LIFE_MS: f64 = 24.0 * 3_600_000.0;
@@ -146,10 +152,11 @@ impl Profiler {
                     Some((p, slot)) => (p, Some(slot)),
                     None => (Profile::default(), None),
                 };
-                if let Some(mut victim) = cache.make_room() {
-                    if victim.is_dirty() {
-                        // Its learning goes to shared data before it leaves; if the
-                        // table will not take it, it is lost like any evicted profile.
+                if let Some(victim) = cache.make_room().filter(Entry::is_dirty) {
+                    // Its learning goes to shared data at the next tick (or now, if
+                    // too many wait); if the table will not take it, it is lost like
+                    // any evicted profile.
+                    if let Some(mut victim) = cache.defer(victim) {
                         let _ = self.sync_entry(&table, &mut victim, now);
                     }
                 }
@@ -177,21 +184,34 @@ impl Profiler {
         }
     }
 
-    /// Once a tick: write back what this worker learned, and, in the one VM
-    /// holding the cleanup lease, reclaim a batch of expired profiles.
+    /// Every tick (100 ms): write back the profiles changed and not synced for
+    /// `SYNC_MS`, at most 1/`SYNC_SLICE` of the cache per tick so the work
+    /// comes in slices; and, in the one VM holding the cleanup lease, reclaim
+    /// a batch of expired profiles.
     pub fn on_tick(&self, now: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> SyncReport {
         let table = self.table(store, metrics);
         let mut report = SyncReport::default();
         let mut cache = self.cache.borrow_mut();
-        for owner in cache.dirty() {
+        let mut budget = (cache.capacity() / SYNC_SLICE).max(16);
+        let mut outcomes = Vec::new();
+        for mut entry in cache.take_deferred(budget) {
+            outcomes.push(self.sync_entry(&table, &mut entry, now));
+        }
+        budget = budget.saturating_sub(outcomes.len());
+        let synced_by = now.checked_sub(SYNC_MS);
+        for owner in synced_by.map(|by| cache.due(by, budget)).unwrap_or_default() {
             if let Some(entry) = cache.peek_mut(owner) {
-                match self.sync_entry(&table, entry, now) {
-                    Ok(()) => report.written += 1,
-                    Err(StoreError::NotAdmitted) => report.not_admitted += 1,
-                    Err(_) => {
-                        report.failed += 1;
-                        metrics.add(Metric::StoreErrors, 1);
-                    }
+                outcomes.push(self.sync_entry(&table, entry, now));
+            }
+        }
+        drop(cache);
+        for outcome in outcomes {
+            match outcome {
+                Ok(()) => report.written += 1,
+                Err(StoreError::NotAdmitted) => report.not_admitted += 1,
+                Err(_) => {
+                    report.failed += 1;
+                    metrics.add(Metric::StoreErrors, 1);
                 }
             }
         }
@@ -233,6 +253,9 @@ impl Profiler {
                 entry.profile = u.record;
                 entry.slot = Some(u.index);
                 entry.pending.clear();
+                // Most identities queue a few events a second: do not keep a
+                // burst's worth of memory for each of them.
+                entry.pending.shrink_to(4);
                 entry.synced_ms = now;
                 Ok(())
             }
@@ -335,12 +358,13 @@ mod tests {
         for t in 0..10 {
             p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
         }
-        p.on_tick(10, 1, &store, &metrics);
+        assert_eq!(p.on_tick(500, 1, &store, &metrics).written, 0, "not due before SYNC_MS");
+        p.on_tick(SYNC_MS, 1, &store, &metrics);
         for t in 10..20 {
-            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+            p.observe(&features(7, SYNC_MS + t, "/a"), &key(), &store, &metrics).unwrap();
         }
         store.inject_conflicts.set(3);
-        let report = p.on_tick(20, 1, &store, &metrics);
+        let report = p.on_tick(2 * SYNC_MS, 1, &store, &metrics);
         assert_eq!(report.written, 1);
         assert_eq!(metrics.get(Metric::StoreCasConflicts(Table::Profile)), 3);
         assert_eq!(observations(&p, 7, &store), 20);
@@ -393,12 +417,16 @@ mod tests {
         for user in 1..=10u64 {
             a.observe(&features(user, 0, "/a"), &key(), &store, &metrics).unwrap();
         }
-        a.on_tick(0, 1, &store, &metrics);
+        a.on_tick(SYNC_MS, 1, &store, &metrics);
         assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 10);
         let later = 2 * HOUR;
-        // Both workers tick; the lease lets one of them sweep.
-        let (ra, rb) = (a.on_tick(later, 1, &store, &metrics), b.on_tick(later, 2, &store, &metrics));
-        assert_eq!((ra.reclaimed, rb.reclaimed), (10, 0));
+        // Both workers tick; the lease lets one of them sweep, a slice per tick.
+        let (mut by_a, mut by_b) = (0, 0);
+        for tick in 0..(64 / SWEEP_PER_TICK as u64) {
+            by_a += a.on_tick(later + tick * 100, 1, &store, &metrics).reclaimed;
+            by_b += b.on_tick(later + tick * 100, 2, &store, &metrics).reclaimed;
+        }
+        assert_eq!((by_a, by_b), (10, 0));
         assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 0);
         assert_eq!(metrics.get(Metric::StoreExpired(Table::Profile)), 10);
         assert_eq!(observations(&a, 3, &store), 0);
@@ -414,7 +442,7 @@ mod tests {
             p.observe(&features(9, t, "/a"), &key(), &store, &metrics).unwrap();
             p.observe_status(9, 401);
         }
-        p.on_tick(10, 1, &store, &metrics);
+        p.on_tick(SYNC_MS, 1, &store, &metrics);
         let shared = p.read(9, &store, &metrics).unwrap().unwrap();
         assert_eq!(shared.status[model::status_class(401)], 5.0);
     }
