@@ -17,3 +17,4 @@ pub mod report;
 pub mod request;
 pub mod route;
 pub mod slots;
+pub mod traffic;
