@@ -180,8 +180,8 @@ impl<'a> SlotTable<'a> {
         let hinted = hint.filter(|&h| h < self.slots);
         for index in hinted.into_iter().chain(self.candidates(owner).filter(|&i| Some(i) != hinted)) {
             if let Some((bytes, _)) = self.store.get(&self.key(index))? {
-                let slot = Slot::<R>::decode(&bytes).ok_or(StoreError::Corrupt)?;
-                if slot.owner == owner {
+                // An unreadable slot is someone else's problem (or free): skip it.
+                if let Some(slot) = Slot::<R>::decode(&bytes).filter(|s| s.owner == owner) {
                     return Ok(slot.record.map(|r| (r, index)));
                 }
             }
@@ -251,14 +251,18 @@ impl<'a> SlotTable<'a> {
         let mut index = from % self.slots;
         for _ in 0..count.min(self.slots) {
             if let Some((bytes, cas)) = self.store.get(&self.key(index))? {
-                let expired = match Slot::<R>::decode(&bytes) {
-                    Some(slot) => slot.owner != 0 && now_ms.saturating_sub(slot.last_seen_ms) > self.ttl_ms,
-                    None => true, // unreadable: reclaim it
+                // (expired, counted as used): an unreadable value is reclaimed, but
+                // was never counted as a used slot.
+                let (expired, used) = match Slot::<R>::decode(&bytes) {
+                    Some(slot) => (slot.owner != 0 && now_ms.saturating_sub(slot.last_seen_ms) > self.ttl_ms, true),
+                    None => (bytes != free, false),
                 };
                 if expired && self.store.set(&self.key(index), &free, cas)? == SetOutcome::Written {
                     freed += 1;
                     self.metrics.add(Metric::StoreExpired(self.table), 1);
-                    self.metrics.sub(Metric::StoreSlotsUsed(self.table), 1);
+                    if used {
+                        self.metrics.sub(Metric::StoreSlotsUsed(self.table), 1);
+                    }
                     self.resize(bytes.len(), free.len());
                 }
             }

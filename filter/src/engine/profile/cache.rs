@@ -16,8 +16,12 @@ use super::model::{Observation, Profile};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
-/// Events kept per entry between syncs; a busier identity syncs early.
+/// Events per entry that trigger an early sync (a busy identity).
 pub const MAX_PENDING: usize = 32;
+/// Events kept at most: room for the statuses that arrive between a full
+/// list and the next request's sync. Past it (a profile the table keeps
+/// refusing) the oldest go: the local copy has learned them anyway.
+const PENDING_CAP: usize = 2 * MAX_PENDING;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
@@ -34,22 +38,23 @@ pub struct Entry {
     /// Where the profile was last found in the shared table.
     pub slot: Option<u32>,
     pub synced_ms: u64,
+    /// After a refused or failed sync, no early sync before this.
+    pub retry_at_ms: u64,
     referenced: bool,
 }
 
 impl Entry {
     pub fn new(owner: u64, profile: Profile, slot: Option<u32>, now_ms: u64) -> Self {
-        Entry { owner, profile, pending: Vec::new(), slot, synced_ms: now_ms, referenced: true }
+        Entry { owner, profile, pending: Vec::new(), slot, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
     }
 
     pub fn is_dirty(&self) -> bool {
         !self.pending.is_empty()
     }
 
-    /// Records an event; the oldest is dropped past `MAX_PENDING` (only when
-    /// the shared table would not take the profile: the local copy keeps it).
+    /// Records an event; the oldest is dropped past `PENDING_CAP`.
     pub fn push(&mut self, event: Event) {
-        if self.pending.len() >= MAX_PENDING {
+        if self.pending.len() >= PENDING_CAP {
             self.pending.remove(0);
         }
         self.pending.push(event);
@@ -169,16 +174,22 @@ impl Cache {
         None
     }
 
-    /// Up to `n` of the entries `defer` kept, to sync.
+    /// Up to `n` of the entries `defer` kept, oldest first, to sync.
     pub fn take_deferred(&mut self, n: usize) -> Vec<Entry> {
-        let keep = self.evicted.len().saturating_sub(n);
-        self.evicted.split_off(keep)
+        let n = n.min(self.evicted.len());
+        self.evicted.drain(..n).collect()
     }
 
     /// Owners of up to `n` entries with pending events last synced at or
-    /// before `synced_by`.
+    /// before `synced_by`, the longest waiting first.
     pub fn due(&self, synced_by: u64, n: usize) -> Vec<u64> {
-        self.entries.iter().filter(|e| e.is_dirty() && e.synced_ms <= synced_by).take(n).map(|e| e.owner).collect()
+        let mut due: Vec<(u64, u64)> =
+            self.entries.iter().filter(|e| e.is_dirty() && e.synced_ms <= synced_by).map(|e| (e.synced_ms, e.owner)).collect();
+        if due.len() > n {
+            due.select_nth_unstable(n);
+            due.truncate(n);
+        }
+        due.into_iter().map(|(_, owner)| owner).collect()
     }
 
     pub fn capacity(&self) -> usize {
@@ -223,7 +234,7 @@ mod tests {
         for s in 0..100 {
             e.push(Event::Status(s));
         }
-        assert_eq!(e.pending.len(), MAX_PENDING);
+        assert_eq!(e.pending.len(), PENDING_CAP);
         assert_eq!(e.pending.last(), Some(&Event::Status(99)));
     }
 }

@@ -157,7 +157,7 @@ impl Profiler {
                     // too many wait); if the table will not take it, it is lost like
                     // any evicted profile.
                     if let Some(mut victim) = cache.defer(victim) {
-                        let _ = self.sync_entry(&table, &mut victim, now);
+                        count_failure(self.sync_entry(&table, &mut victim, now), metrics);
                     }
                 }
                 cache.insert(Entry::new(owner, profile, slot, now));
@@ -167,11 +167,10 @@ impl Profiler {
         let obs = Self::observation(features, key);
         let assessment = score::assess_and_learn(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
         entry.push(Event::Request(obs));
-        if entry.pending.len() >= MAX_PENDING {
-            match self.sync_entry(&table, entry, now) {
-                Ok(()) | Err(StoreError::NotAdmitted) => {}
-                Err(e) => return Err(e),
-            }
+        // A busy identity syncs early, unless the table refused it within the last SYNC_MS.
+        if entry.pending.len() >= MAX_PENDING && now >= entry.retry_at_ms {
+            // A failure keeps the events for the tick; the request keeps its score.
+            count_failure(self.sync_entry(&table, entry, now), metrics);
         }
         Ok(assessment)
     }
@@ -194,7 +193,9 @@ impl Profiler {
         let mut cache = self.cache.borrow_mut();
         let mut budget = (cache.capacity() / SYNC_SLICE).max(16);
         let mut outcomes = Vec::new();
-        for mut entry in cache.take_deferred(budget) {
+        // Entries pushed out of the cache take at most half the slice, so the
+        // cached ones still sync under a flood of newcomers.
+        for mut entry in cache.take_deferred(budget / 2) {
             outcomes.push(self.sync_entry(&table, &mut entry, now));
         }
         budget = budget.saturating_sub(outcomes.len());
@@ -259,8 +260,21 @@ impl Profiler {
                 entry.synced_ms = now;
                 Ok(())
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                // Refused or failed: try again a sync interval later, not on
+                // every request or every tick.
+                entry.synced_ms = now;
+                entry.retry_at_ms = now + SYNC_MS;
+                Err(e)
+            }
         }
+    }
+}
+
+/// Counts a failed sync that nobody else will (a refusal is counted by the table).
+fn count_failure(outcome: Result<(), StoreError>, metrics: &dyn MetricsSink) {
+    if matches!(outcome, Err(e) if e != StoreError::NotAdmitted) {
+        metrics.add(Metric::StoreErrors, 1);
     }
 }
 
@@ -445,5 +459,39 @@ mod tests {
         p.on_tick(SYNC_MS, 1, &store, &metrics);
         let shared = p.read(9, &store, &metrics).unwrap().unwrap();
         assert_eq!(shared.status[model::status_class(401)], 5.0);
+    }
+
+    #[test]
+    fn a_busy_identity_with_statuses_loses_no_request() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let p = Profiler::new(&cfg(64, 64));
+        p.start(&store, &metrics).unwrap();
+        for t in 0..100 {
+            p.observe(&features(5, t, "/a"), &key(), &store, &metrics).unwrap();
+            p.observe_status(5, 200);
+        }
+        p.on_tick(SYNC_MS + 100, 1, &store, &metrics);
+        assert_eq!(observations(&p, 5, &store), 100);
+    }
+
+    #[test]
+    fn a_refused_profile_backs_off_instead_of_retrying_every_request() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let p = Profiler::new(&cfg(16, 64));
+        p.start(&store, &metrics).unwrap();
+        // Fill every slot with established profiles.
+        for round in 0..40u64 {
+            for user in 1..=64u64 {
+                p.observe(&features(user, round * 10, "/a"), &key(), &store, &metrics).unwrap();
+            }
+            p.on_tick(round * 10 + SYNC_MS * (round + 1), 1, &store, &metrics);
+        }
+        let refused_before = metrics.get(Metric::StoreNotAdmitted(Table::Profile));
+        // A newcomer busy enough to want early syncs.
+        for t in 0..200 {
+            p.observe(&features(999_999, 50_000 + t, "/x"), &key(), &store, &metrics).unwrap();
+        }
+        let refusals = metrics.get(Metric::StoreNotAdmitted(Table::Profile)) - refused_before;
+        assert!(refusals <= 2, "{refusals} refusals for 200 requests");
     }
 }

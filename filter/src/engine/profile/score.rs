@@ -155,7 +155,7 @@ enum Reason {
 impl Reason {
     fn text(&self) -> String {
         match self {
-            Reason::Endpoint { route, share } if *share == 0.0 => format!("new endpoint {route}"),
+            Reason::Endpoint { route, share } if *share < 0.001 => format!("new endpoint {route}"),
             Reason::Endpoint { route, share } => format!("rare endpoint {route} ({:.1}% of history)", share * 100.0),
             Reason::Method { method, share } => format!("method {method} in {:.1}% of history", share * 100.0),
             Reason::Hour { hour } => format!("active at {hour:02}:00 UTC, unusual for this identity"),
@@ -193,7 +193,13 @@ fn share(w: f64, total: f64) -> f64 {
 fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &mut Vec<(Component, f64, Reason)>) {
     // Endpoint: surprise of this route under the long-run mix.
     let longs = p.routes.iter().map(|r| f64::from(r.long)).chain(std::iter::once(f64::from(p.other_route.long)));
-    let w = p.route_weight(obs.route).map_or(0.0, |r| f64::from(r.long));
+    // An untracked route weighs at most the faintest tracked one once the
+    // list is full (Space-Saving's bound): a broad user is not told every
+    // untracked endpoint is new, a creature of habit is.
+    let faintest = p.routes.iter().map(|r| f64::from(r.long)).fold(f64::INFINITY, f64::min);
+    let untracked = if p.routes.len() >= model::TOP_ROUTES { faintest } else { 0.0 }
+        .max(f64::from(p.other_route.long) / model::TOP_ROUTES as f64);
+    let w = p.route_weight(obs.route).map_or(untracked, |r| f64::from(r.long));
     let total: f64 = longs.clone().sum();
     let reason = Reason::Endpoint { route: route_name.to_string(), share: share(w, total) };
     out.push((Component::Endpoint, surprise_score(w, longs), reason));
@@ -271,7 +277,12 @@ fn after(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
         let requests = p.session.requests.max(1);
         let minutes = p.last_ms.saturating_sub(p.session.start_ms) as f64 / 60_000.0;
         let z_count = p.session_requests.z(f64::from(requests).ln(), 0.3);
-        let z_pace = p.session_rate.z((f64::from(requests) / (minutes + 1.0)).ln(), 0.3);
+        // The pace of a session only means something once it has lasted a while.
+        let z_pace = if minutes >= 5.0 {
+            p.session_rate.z((f64::from(requests) / (minutes + 1.0)).ln(), 0.3)
+        } else {
+            f64::NEG_INFINITY
+        };
         let z = z_count.max(z_pace);
         out.push((Component::Session, logistic(z, Z_MID, Z_SLOPE), Reason::Session { requests, z }));
     }
@@ -488,5 +499,35 @@ mod tests {
         let d = scored(assess_and_learn(&mut p0.clone(), &o, "/x", &learning(), &scoring()));
         assert_eq!(part(&d, Component::Travel), 0.0);
         assert!(part(&d, Component::Country) > 0.9, "still a new country");
+    }
+
+    #[test]
+    fn a_broad_user_is_not_told_every_untracked_endpoint_is_new() {
+        let mut p = Profile::default();
+        // 20 endpoints used evenly: 12 tracked, 8 in "other".
+        for i in 0..400u64 {
+            let o = Observation {
+                time_ms: i * 2_000,
+                route: (i % 20) as u32,
+                method: Method::Get,
+                request_bytes: 0,
+                session: None,
+                country: None,
+                asn: None,
+            };
+            assess_and_learn(&mut p, &o, "/x", &learning(), &scoring());
+        }
+        let untracked = (0..20u32).find(|r| p.route_weight(*r).is_none()).unwrap();
+        let o = Observation {
+            time_ms: 400 * 2_000,
+            route: untracked,
+            method: Method::Get,
+            request_bytes: 0,
+            session: None,
+            country: None,
+            asn: None,
+        };
+        let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));
+        assert!(part(&d, Component::Endpoint) < 0.2, "{:?}", d.parts);
     }
 }
