@@ -137,9 +137,15 @@ impl Engine {
 
     /// Whether any detector reads response features (status, latency). Reading
     /// them costs host calls on every response, so the host asks only then.
-    /// Their consumers, profiling and traffic analysis, arrive with their issues.
     pub fn wants_response_features(&self) -> bool {
         self.config.behavioral_profiling.enable_user_profiling || self.config.time_series_analysis.enable_traffic_analysis
+    }
+
+    /// Whether the host should keep this request's features for its response.
+    /// Not for a request Vigil refused itself: its own 429/403 must not teach a
+    /// profile that the identity collects failures.
+    pub fn follows_response(&self, v: &Verdict) -> bool {
+        self.wants_response_features() && !v.enforced
     }
 
     /// Completes the features with what the response tells.
@@ -163,11 +169,10 @@ impl Engine {
         let (mut session, mut country, mut asn) = (None, None, None);
         if self.profiler.is_some() {
             let p = &self.config.behavioral_profiling;
-            let token = match (&p.session.header, &p.session.cookie) {
-                (Some(h), _) if req.header(h).is_some() => req.header(h),
-                (_, Some(c)) => req.header("cookie").and_then(|v| cookie_value(v, c.as_bytes())),
-                _ => None,
-            };
+            let token = p.session.header.as_deref().and_then(|h| req.header(h)).or_else(|| {
+                let c = p.session.cookie.as_deref()?;
+                req.header("cookie").and_then(|v| cookie_value(v, c.as_bytes()))
+            });
             session = token.filter(|t| !t.is_empty()).map(|t| self.hash_key.hash(&[b"session", t]) as u32);
             country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
@@ -388,6 +393,7 @@ mod tests {
             assert!(score > 0.85, "{score}");
             assert!((v.risk - score).abs() < 1e-9, "alone, the behavioural detector's score is the risk");
             assert!(v.decision >= Decision::Throttle && v.enforced);
+            assert!(!e.follows_response(v), "Vigil's own refusal teaches no status");
         }
         let v = &verdicts[0];
         assert!(v.features.behavioral_score.unwrap() > 0.95);

@@ -10,8 +10,6 @@ pub enum StoreError {
     Contended,
     /// The table is full of records worth more than the newcomer; it was not stored.
     NotAdmitted,
-    /// A stored value did not decode.
-    Corrupt,
 }
 
 /// Outcome of a conditional write.

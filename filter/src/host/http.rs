@@ -70,7 +70,7 @@ impl HttpContext for VigilHttp {
         }
         annotate(&req.0, &verdict, &self.shared);
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
-        if self.shared.engine.wants_response_features() && !verdict.enforced {
+        if self.shared.engine.follows_response(&verdict) {
             self.features = Some(verdict.features);
         }
 

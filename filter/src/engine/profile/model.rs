@@ -165,11 +165,6 @@ impl Profile {
         (-((time_ms - self.last_ms) as f64) / l.window_ms.max(1.0)).exp()
     }
 
-    /// Weight of the profile `idle_ms` after its last request.
-    pub fn weight_after(&self, idle_ms: u64, l: &Learning) -> f64 {
-        f64::from(self.weight) * (-(idle_ms as f64) / l.window_ms.max(1.0)).exp()
-    }
-
     pub fn route_weight(&self, route: u32) -> Option<&Weighted<u32>> {
         self.routes.iter().find(|r| r.key == route)
     }
@@ -524,11 +519,12 @@ mod tests {
         for i in 0..100 {
             p.learn(&obs(i, 1), &l);
         }
-        let w0 = p.weight_after(0, &l);
+        let weight_after = |idle: u64| f64::from(p.weight) * p.decay_at(p.last_ms + idle, &l);
+        let w0 = weight_after(0);
         assert!((w0 - 100.0).abs() < 0.01);
         // One window later the weight is 1/e of what it was; three windows, 1/e^3.
-        assert!((p.weight_after(24 * HOUR, &l) / w0 - (-1f64).exp()).abs() < 1e-6);
-        assert!((p.weight_after(72 * HOUR, &l) / w0 - (-3f64).exp()).abs() < 1e-6);
+        assert!((weight_after(24 * HOUR) / w0 - (-1f64).exp()).abs() < 1e-6);
+        assert!((weight_after(72 * HOUR) / w0 - (-3f64).exp()).abs() < 1e-6);
         // New behaviour a window later outweighs the faded old one soon after.
         for i in 0..50 {
             p.learn(&obs(48 * HOUR + i, 2), &l);

@@ -211,12 +211,9 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
     out.push((Component::Method, surprise_score(w, methods), reason));
 
     // Hour of day, smoothed over the neighbouring hours (a habit at 09:00 makes 10:00 unremarkable).
-    let smoothed: Vec<f64> = (0..model::HOURS)
-        .map(|h| {
-            let at = |i: usize| p.hours.get(i % model::HOURS).map_or(0.0, |x| f64::from(*x));
-            at(h) + 0.5 * (at(h + model::HOURS - 1) + at(h + 1))
-        })
-        .collect();
+    let at = |i: usize| p.hours.get(i % model::HOURS).map_or(0.0, |x| f64::from(*x));
+    let smoothed: [f64; model::HOURS] =
+        std::array::from_fn(|h| at(h) + 0.5 * (at(h + model::HOURS - 1) + at(h + 1)));
     let hour = model::hour_of_day(obs.time_ms);
     let w = smoothed.get(hour).copied().unwrap_or(0.0);
     out.push((Component::Hour, surprise_score(w, smoothed.iter().copied()), Reason::Hour { hour }));
