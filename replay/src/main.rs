@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use vigil::engine::traffic::detector::{Detector, Params};
+use vigil::engine::traffic::detector::{Alarms, Detector, Params};
 
 const USAGE: &str = "usage:
   vigil-replay timeseries --input FILE.csv --output OUT.csv
@@ -64,7 +64,8 @@ fn read_series(path: &Path) -> Result<Vec<(String, f64)>, String> {
 
 fn detect(values: impl Iterator<Item = f64>, params: Params) -> Vec<f64> {
     let mut d = Detector::new(params);
-    values.map(|v| d.update(v)).collect()
+    let mut alarms = Alarms::new(&params);
+    values.map(|v| alarms.filter(d.update(v))).collect()
 }
 
 /// `--param name=value` (repeatable) overrides a detector parameter, for tuning.

@@ -29,8 +29,8 @@ pub struct Params {
     pub warmup: u64,
     /// A raw anomaly is clipped here, so one absurd sample cannot dominate.
     pub raw_cap: f64,
-    /// After a score, later scores must beat it (decaying by this factor per
-    /// sample) to be reported: one alarm per event, not one per sample.
+    /// After an alarm, later scores must beat it (decaying by this factor per
+    /// sample) to raise another: one alarm per event, not one per sample.
     pub refractory_decay: f64,
 }
 
@@ -57,16 +57,23 @@ pub struct Detector {
     short: f64,
     long_mean: f64,
     long_var: f64,
-    /// The last reported score, decaying: what a new score must beat.
-    reported: f64,
 }
+
+/// Bytes of a detector's encoded state.
+pub const ENCODED_LEN: usize = 8 * 6;
 
 impl Detector {
     pub fn new(params: Params) -> Self {
-        Detector { params, n: 0, level: 0.0, spread: 0.0, short: 0.0, long_mean: 0.0, long_var: 0.0, reported: 0.0 }
+        Detector { params, n: 0, level: 0.0, spread: 0.0, short: 0.0, long_mean: 0.0, long_var: 0.0 }
     }
 
-    /// Takes one sample and returns the anomaly score of the series now.
+    /// Samples seen so far.
+    pub fn samples(&self) -> u64 {
+        self.n
+    }
+
+    /// Takes one sample and returns the anomaly score of the series now: high
+    /// while the recent samples are unlikely, fading as they become normal.
     pub fn update(&mut self, x: f64) -> f64 {
         if !x.is_finite() {
             return 0.0;
@@ -98,8 +105,52 @@ impl Detector {
         let sd = (self.long_var.max(1e-12) / p.short_samples.max(1.0)).sqrt();
         let z = (self.short - self.long_mean) / sd;
         let q = 0.5 * erfc(z / std::f64::consts::SQRT_2);
-        let score = ((q + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0);
-        self.reported *= p.refractory_decay;
+        ((q + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+    }
+
+    /// The learned state (not the parameters), so the detector can live in
+    /// shared data and move between the VMs that take turns running it.
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.n.to_le_bytes());
+        for v in [self.level, self.spread, self.short, self.long_mean, self.long_var] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    /// The inverse of `encode`; `None` for bytes it did not write. Returns the
+    /// detector and the bytes it used.
+    pub fn decode(params: Params, bytes: &[u8]) -> Option<(Self, usize)> {
+        let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i * 8..i * 8 + 8)?.try_into().ok() };
+        let n = u64::from_le_bytes(word(0)?);
+        let mut f = [0.0; 5];
+        for (i, v) in f.iter_mut().enumerate() {
+            *v = f64::from_le_bytes(word(i + 1)?);
+            if !v.is_finite() {
+                return None;
+            }
+        }
+        let [level, spread, short, long_mean, long_var] = f;
+        Some((Detector { params, n, level, spread, short, long_mean, long_var }, ENCODED_LEN))
+    }
+}
+
+/// Turns a stream of scores into alarms: a score is reported only when it
+/// beats the last reported one, which decays each sample. One alarm per
+/// event, not one per sample of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Alarms {
+    decay: f64,
+    reported: f64,
+}
+
+impl Alarms {
+    pub fn new(params: &Params) -> Self {
+        Alarms { decay: params.refractory_decay, reported: 0.0 }
+    }
+
+    /// The score if it is news, else 0.
+    pub fn filter(&mut self, score: f64) -> f64 {
+        self.reported *= self.decay;
         if score > self.reported {
             self.reported = score;
             score
@@ -139,9 +190,11 @@ mod tests {
         (h as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     }
 
+    /// Alarms, as NAB sees them.
     fn run(series: impl Iterator<Item = f64>) -> Vec<f64> {
         let mut d = Detector::new(Params::default());
-        series.map(|x| d.update(x)).collect()
+        let mut a = Alarms::new(&Params::default());
+        series.map(|x| a.filter(d.update(x))).collect()
     }
 
     #[test]
@@ -171,6 +224,22 @@ mod tests {
         let s = run((0..4_000).map(|i| if i >= 2_000 { 160.0 } else { 100.0 } + 5.0 * noise(i)));
         assert!(s.get(2_000..2_010).is_some_and(|w| w.iter().any(|&x| x >= 0.5)));
         assert!(s.get(3_500..4_000).is_some_and(|w| w.iter().all(|&x| x < 0.5)));
+    }
+
+    #[test]
+    fn state_survives_encoding() {
+        let mut d = Detector::new(Params::default());
+        for i in 0..500 {
+            d.update(100.0 + 5.0 * noise(i));
+        }
+        let mut bytes = Vec::new();
+        d.encode(&mut bytes);
+        assert_eq!(bytes.len(), ENCODED_LEN);
+        let (mut e, used) = Detector::decode(Params::default(), &bytes).unwrap();
+        assert_eq!(used, ENCODED_LEN);
+        assert_eq!(e, d);
+        assert_eq!(e.update(300.0), d.update(300.0));
+        assert!(Detector::decode(Params::default(), &bytes[..20]).is_none());
     }
 
     #[test]
