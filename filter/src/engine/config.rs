@@ -199,11 +199,13 @@ pub struct TimeSeriesAnalysis {
     pub enable_traffic_analysis: bool,
     pub analysis_window_minutes: u32,
     pub anomaly_sensitivity: f64,
+    /// Route templates analysed on their own; the rest count as "other".
+    pub max_routes: u32,
 }
 
 impl Default for TimeSeriesAnalysis {
     fn default() -> Self {
-        Self { enable_traffic_analysis: false, analysis_window_minutes: 60, anomaly_sensitivity: 0.8 }
+        Self { enable_traffic_analysis: false, analysis_window_minutes: 60, anomaly_sensitivity: 0.8, max_routes: 16 }
     }
 }
 
@@ -405,6 +407,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     let t = &c.time_series_analysis;
     in_range("time_series_analysis.analysis_window_minutes", t.analysis_window_minutes, 1, 24 * 60)?;
     unit_interval("time_series_analysis.anomaly_sensitivity", t.anomaly_sensitivity)?;
+    in_range("time_series_analysis.max_routes", t.max_routes, 1, 64)?;
 
     let w = &c.ml_scoring_weights;
     unit_interval("ml_scoring_weights.behavioral_deviation", w.behavioral_deviation)?;

@@ -35,8 +35,9 @@ impl Decision {
 }
 
 /// The risk score: the strongest local signal, or the weighted mean of the
-/// detectors that have an opinion (a detector below its gate adds 0 but its
-/// weight still counts), whichever is higher. With one detector alone its
+/// detectors that have an opinion (a per-identity detector below its gate
+/// adds 0 but its weight still counts; a context signal below its gate is
+/// left out), whichever is higher. With one detector alone its
 /// score is the risk. (Confidence weighting comes with the ensemble issue.)
 pub fn risk(signals: &[Signal]) -> f64 {
     let finite = |s: &&Signal| s.score.is_finite();
@@ -48,15 +49,31 @@ pub fn risk(signals: &[Signal]) -> f64 {
         .fold(0.0, f64::max);
     let (mut sum, mut weights) = (0.0, 0.0);
     for s in signals.iter().filter(finite) {
-        if let Combine::Weighted { weight, gate } = s.combine {
-            weights += weight;
-            if s.score >= gate {
+        match s.combine {
+            Combine::Weighted { weight, gate } => {
+                weights += weight;
+                if s.score >= gate {
+                    sum += weight * s.score.clamp(0.0, 1.0);
+                }
+            }
+            // Context weighs in only when it has something to say: quiet
+            // traffic must not dilute what the identity's detectors found.
+            Combine::Context { weight, gate } if s.score >= gate => {
+                weights += weight;
                 sum += weight * s.score.clamp(0.0, 1.0);
             }
+            Combine::Context { .. } | Combine::Strongest => {}
         }
     }
     let ensemble = if weights > 0.0 { sum / weights } else { 0.0 };
     strongest.max(ensemble).clamp(0.0, 1.0)
+}
+
+/// The risk from what is known about the requester alone, leaving out
+/// context signals (the traffic of its route).
+pub fn risk_without_context(signals: &[Signal]) -> f64 {
+    let own: Vec<Signal> = signals.iter().filter(|s| !matches!(s.combine, Combine::Context { .. })).copied().collect();
+    risk(&own)
 }
 
 pub fn decide(risk: f64, t: &DecisionThresholds) -> Decision {

@@ -61,10 +61,17 @@ pub struct Features {
     pub country: Option<u16>,
     pub asn: Option<u32>,
     pub status: Option<u16>,
-    pub latency_ms: Option<u64>,
+    /// From the request headers to the response headers.
+    pub latency_us: Option<u64>,
+    /// Vigil answered this request itself (enforced throttle or block).
+    pub refused: bool,
     /// How unlike its identity's history this request is, in [0, 1]; `None`
     /// when profiling is off or the profile is still cold.
     pub behavioral_score: Option<f64>,
+    /// How anomalous the traffic of this request's route (or the whole
+    /// listener, whichever is worse) is right now, in [0, 1]; `None` when
+    /// traffic analysis is off or has no analysis yet.
+    pub traffic_anomaly_score: Option<f64>,
 }
 
 /// One detector's opinion: a score in [0, 1].
@@ -83,6 +90,10 @@ pub enum Combine {
     /// A detector in the weighted ensemble (`ml_scoring_weights`); it counts
     /// only from `gate` up (e.g. `deviation_threshold`).
     Weighted { weight: f64, gate: f64 },
+    /// Like `Weighted`, but about the request's surroundings (the traffic of
+    /// its route), not about its identity: on its own it can flag a request,
+    /// never refuse it.
+    Context { weight: f64, gate: f64 },
 }
 
 impl Signal {

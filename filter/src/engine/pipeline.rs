@@ -12,6 +12,7 @@ use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
 use super::request::RequestView;
 use super::route;
+use super::traffic::{self, Traffic};
 
 /// The engine, built once per configuration and shared by every request.
 pub struct Engine {
@@ -19,6 +20,7 @@ pub struct Engine {
     hash_key: HashKey,
     rate_prefix: String,
     profiler: Option<Profiler>,
+    traffic: Option<Traffic>,
 }
 
 /// Where the identity's profile stands, for headers and logs.
@@ -58,7 +60,8 @@ impl Engine {
         let hash_key = HashKey::from_secret(config.identity.hash_secret.as_bytes());
         let rate_prefix = rate::key_prefix(&config.rate_limit);
         let profiler = config.behavioral_profiling.enable_user_profiling.then(|| Profiler::new(&config.behavioral_profiling));
-        Self { config, hash_key, rate_prefix, profiler }
+        let traffic = config.time_series_analysis.enable_traffic_analysis.then(|| Traffic::new(&config.time_series_analysis));
+        Self { config, hash_key, rate_prefix, profiler, traffic }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -71,6 +74,10 @@ impl Engine {
         if let Some(p) = &self.profiler {
             created += p.start(store, metrics)?;
         }
+        if let Some(t) = &self.traffic {
+            let bytes = t.start(store)?;
+            metrics.add(Metric::SharedDataBytes, bytes);
+        }
         Ok(created)
     }
 
@@ -78,11 +85,16 @@ impl Engine {
         self.profiler.as_ref()
     }
 
-    /// Periodic work (every worker, once a tick): sync profiles, and the
-    /// elected cleanup. `instance` tells this VM apart from the others.
-    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) {
+    /// Periodic work (every worker, once a tick): sync profiles, hand in
+    /// traffic counts, and the elected cleanup and traffic analysis. `instance`
+    /// tells this VM apart from the others. Returns lines worth logging.
+    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
         if let Some(p) = &self.profiler {
             p.on_tick(now_ms, instance, store, metrics);
+        }
+        match &self.traffic {
+            Some(t) => t.on_tick(now_ms, instance, store, metrics),
+            None => Vec::new(),
         }
     }
 
@@ -108,6 +120,7 @@ impl Engine {
             profile: None,
         };
 
+        self.traffic_step(&mut v, now_ms);
         for outcome in [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)] {
             if let Outcome::Failed { step, error } = outcome {
                 // Fail open: a store problem must not take the API down with it.
@@ -119,7 +132,15 @@ impl Engine {
 
         v.risk = decision::risk(&v.signals);
         v.decision = decision::decide(v.risk, &self.config.decision_thresholds);
+        if v.decision > Decision::Flag {
+            // Refusing everyone on a route because the route is anomalous would
+            // turn a surge into an outage: context can flag, but a refusal
+            // needs the requester's own risk to reach it.
+            let own = decision::decide(decision::risk_without_context(&v.signals), &self.config.decision_thresholds);
+            v.decision = own.max(Decision::Flag);
+        }
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
+        v.features.refused = v.enforced;
         metrics.add(
             match v.decision {
                 Decision::Allow => Metric::DecisionAllow,
@@ -142,23 +163,30 @@ impl Engine {
     }
 
     /// Whether the host should keep this request's features for its response.
-    /// Not for a request Vigil refused itself: its own 429/403 must not teach a
-    /// profile that the identity collects failures.
-    pub fn follows_response(&self, v: &Verdict) -> bool {
-        self.wants_response_features() && !v.enforced
+    pub fn follows_response(&self, _v: &Verdict) -> bool {
+        self.wants_response_features()
     }
 
     /// Completes the features with what the response tells.
-    pub fn on_response(&self, features: &mut Features, status: Option<u16>, now_ms: u64) {
+    pub fn on_response(&self, features: &mut Features, status: Option<u16>, latency_us: u64) {
         features.status = status;
-        features.latency_ms = Some(now_ms.saturating_sub(features.time_ms));
+        features.latency_us = Some(latency_us);
     }
 
-    /// The stream is over: detectors learn what the response told.
-    pub fn on_complete(&self, features: &Features) {
-        if let (Some(p), Some(status)) = (&self.profiler, features.status) {
+    /// The stream is over (answered, refused or reset): detectors learn what
+    /// the response told.
+    pub fn on_complete(&self, features: &Features, now_ms: u64) {
+        if let Some(t) = &self.traffic {
+            t.record(&features.route, features.status, features.latency_us, now_ms);
+        }
+        // Vigil's own 429/403 must not teach a profile that the identity collects failures.
+        if let (Some(p), Some(status), false) = (&self.profiler, features.status, features.refused) {
             p.observe_status(features.identity.hash, status);
         }
+    }
+
+    pub fn traffic(&self) -> Option<&Traffic> {
+        self.traffic.as_ref()
     }
 
     fn extract(&self, req: &dyn RequestView, now_ms: u64) -> Features {
@@ -192,8 +220,25 @@ impl Engine {
             country,
             asn,
             status: None,
-            latency_ms: None,
+            latency_us: None,
+            refused: false,
             behavioral_score: None,
+            traffic_anomaly_score: None,
+        }
+    }
+
+    /// Reads the route's traffic score from this worker's snapshot (no host call).
+    fn traffic_step(&self, v: &mut Verdict, now_ms: u64) {
+        let Some(t) = &self.traffic else { return };
+        let Some(a) = t.read(&v.features.route, now_ms) else { return };
+        v.features.traffic_anomaly_score = Some(a.score);
+        v.signals.push(Signal {
+            name: traffic::SIGNAL,
+            score: a.score,
+            combine: Combine::Context { weight: self.config.ml_scoring_weights.traffic_anomaly, gate: t.threshold() },
+        });
+        if let Some(reason) = a.detail {
+            v.threat_details.push(ThreatDetail { signal: traffic::SIGNAL, reason });
         }
     }
 
@@ -355,8 +400,8 @@ mod tests {
         let (e, store, metrics) = engine("{}");
         assert!(!e.wants_response_features());
         let mut v = e.on_request(&get("r"), 10_000, &store, &metrics);
-        e.on_response(&mut v.features, Some(503), 10_042);
-        assert_eq!((v.features.status, v.features.latency_ms), (Some(503), Some(42)));
+        e.on_response(&mut v.features, Some(503), 42_000);
+        assert_eq!((v.features.status, v.features.latency_us), (Some(503), Some(42_000)));
         let (e, _, _) = engine(r#"{"time_series_analysis": {"enable_traffic_analysis": true}}"#);
         assert!(e.wants_response_features());
     }
@@ -393,7 +438,7 @@ mod tests {
             assert!(score > 0.85, "{score}");
             assert!((v.risk - score).abs() < 1e-9, "alone, the behavioural detector's score is the risk");
             assert!(v.decision >= Decision::Throttle && v.enforced);
-            assert!(!e.follows_response(v), "Vigil's own refusal teaches no status");
+            assert!(v.features.refused, "Vigil's own refusal teaches no status");
         }
         let v = &verdicts[0];
         assert!(v.features.behavioral_score.unwrap() > 0.95);

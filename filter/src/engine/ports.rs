@@ -34,6 +34,7 @@ pub trait SharedStore {
 pub enum Table {
     Rate,
     Profile,
+    Traffic,
 }
 
 /// Every number the engine reports. Kept as an enum so label cardinality is
@@ -69,6 +70,12 @@ pub enum Metric {
     ProfileCold,
     /// A behavioural score at or above `deviation_threshold`.
     ProfileDeviations,
+    /// Requests counted by the traffic analysis (once, whichever worker saw them).
+    TrafficRequests,
+    /// Seconds analysed (once each, by whichever VM holds the lease).
+    TrafficSeconds,
+    /// A traffic series became anomalous (an onset, not every second of it).
+    TrafficAnomalies(crate::engine::traffic::series::Metric),
 }
 
 pub trait MetricsSink {

@@ -62,6 +62,7 @@ pub fn log_record(v: &Verdict) -> String {
         "method": v.features.method.as_str(),
         "risk_score": (v.risk * 1000.0).round() / 1000.0,
         "behavioral_score": v.features.behavioral_score.map(|s| (s * 1000.0).round() / 1000.0),
+        "traffic_anomaly_score": v.features.traffic_anomaly_score.map(|s| (s * 1000.0).round() / 1000.0),
         "decision": v.decision.as_str(),
         "enforced": v.enforced,
         "signals": signals(v),

@@ -21,11 +21,13 @@ pub struct VigilHttp {
     shared: Rc<Shared>,
     /// The request's features, kept for the response when a detector wants them.
     features: Option<Features>,
+    /// When the request headers arrived (ns), for the response latency.
+    started_ns: u64,
 }
 
 impl VigilHttp {
     pub fn new(shared: Rc<Shared>) -> Self {
-        Self { shared, features: None }
+        Self { shared, features: None, started_ns: 0 }
     }
 }
 
@@ -72,6 +74,7 @@ impl HttpContext for VigilHttp {
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
         if self.shared.engine.follows_response(&verdict) {
             self.features = Some(verdict.features);
+            self.started_ns = started;
         }
 
         // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE is timed.
@@ -91,8 +94,8 @@ impl HttpContext for VigilHttp {
                 .ok()
                 .flatten()
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-            let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
-            self.shared.engine.on_response(features, status, now_ms);
+            let latency_us = abi::now_nanos().unwrap_or(0).saturating_sub(self.started_ns) / 1_000;
+            self.shared.engine.on_response(features, status, latency_us);
         }
         Action::Continue
     }
@@ -100,7 +103,8 @@ impl HttpContext for VigilHttp {
     fn on_log(&mut self) {
         // Every stream ends here, answered or reset: detectors learn the outcome.
         if let Some(features) = self.features.take() {
-            self.shared.engine.on_complete(&features);
+            let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+            self.shared.engine.on_complete(&features, now_ms);
         }
     }
 }

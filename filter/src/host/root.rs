@@ -87,7 +87,9 @@ impl RootContext for VigilRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
-            shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics);
+            for line in shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics) {
+                abi::log(abi::LOG_WARN, &line);
+            }
             self.ticks = self.ticks.wrapping_add(1);
             if self.ticks % METRICS_FLUSH_TICKS == 0 {
                 shared.metrics.flush();

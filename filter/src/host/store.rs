@@ -3,6 +3,7 @@
 use super::abi;
 use std::cell::Cell;
 use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
+use crate::engine::traffic::series::Metric as TrafficMetric;
 
 /// Envoy's shared data (one map per `vm_id`, shared by every worker).
 pub struct HostStore;
@@ -25,7 +26,7 @@ impl SharedStore for HostStore {
 /// process-wide, so the same name defined by each worker's VM is one stat.
 /// A `.decision.X` or `.table.X` suffix becomes a label through the
 /// `stats_tags` rules in envoy.yaml.
-const COUNTERS: [(Metric, &str); 17] = [
+const COUNTERS: [(Metric, &str); 26] = [
     (Metric::Requests, "vigil_requests_total"),
     (Metric::DecisionAllow, "vigil_decisions_total.decision.allow"),
     (Metric::DecisionFlag, "vigil_decisions_total.decision.flag"),
@@ -43,6 +44,15 @@ const COUNTERS: [(Metric, &str); 17] = [
     (Metric::ProfileCacheMisses, "vigil_profile_cache_misses_total"),
     (Metric::ProfileCold, "vigil_profile_cold_total"),
     (Metric::ProfileDeviations, "vigil_profile_deviations_total"),
+    (Metric::StoreCasConflicts(Table::Traffic), "vigil_store_cas_conflicts_total.table.traffic"),
+    (Metric::TrafficRequests, "vigil_traffic_requests_total"),
+    (Metric::TrafficSeconds, "vigil_traffic_analyzed_seconds_total"),
+    (Metric::TrafficAnomalies(TrafficMetric::Requests), "vigil_traffic_anomalies_total.metric.requests_per_s"),
+    (Metric::TrafficAnomalies(TrafficMetric::LatencyP50), "vigil_traffic_anomalies_total.metric.latency_p50_ms"),
+    (Metric::TrafficAnomalies(TrafficMetric::LatencyP95), "vigil_traffic_anomalies_total.metric.latency_p95_ms"),
+    (Metric::TrafficAnomalies(TrafficMetric::LatencyP99), "vigil_traffic_anomalies_total.metric.latency_p99_ms"),
+    (Metric::TrafficAnomalies(TrafficMetric::ClientErrorRate), "vigil_traffic_anomalies_total.metric.4xx_rate"),
+    (Metric::TrafficAnomalies(TrafficMetric::ServerErrorRate), "vigil_traffic_anomalies_total.metric.5xx_rate"),
 ];
 const GAUGES: [(Metric, &str); 5] = [
     (Metric::StoreSlotsUsed(Table::Rate), "vigil_store_slots_used.table.rate"),

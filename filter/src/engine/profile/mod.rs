@@ -314,7 +314,9 @@ mod tests {
             country: None,
             asn: None,
             status: None,
-            latency_ms: None,
+            latency_us: None,
+            refused: false,
+            traffic_anomaly_score: None,
             behavioral_score: None,
         }
     }

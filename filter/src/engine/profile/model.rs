@@ -8,6 +8,7 @@
 
 use super::stats::Moments;
 use crate::engine::features::Method;
+use crate::engine::codec::{Reader, Writer};
 
 /// Endpoints (route templates) tracked by name; the rest share "other".
 pub const TOP_ROUTES: usize = 12;
@@ -293,17 +294,17 @@ impl Profile {
         w.f32(self.other_route.long);
         w.f32(self.other_route.recent);
         self.methods.iter().chain(&self.hours).for_each(|x| w.f32(*x));
-        w.moments(&self.gap);
+        put_moments(&mut w, &self.gap);
         w.f32(self.recent_gap);
-        w.moments(&self.size);
+        put_moments(&mut w, &self.size);
         self.status.iter().for_each(|x| w.f32(*x));
         w.f32(self.recent_fail);
         w.u32(self.session.id);
         w.u64(self.session.start_ms);
         w.u32(self.session.requests);
-        w.moments(&self.session_requests);
-        w.moments(&self.session_minutes);
-        w.moments(&self.session_rate);
+        put_moments(&mut w, &self.session_requests);
+        put_moments(&mut w, &self.session_minutes);
+        put_moments(&mut w, &self.session_rate);
         w.u8(self.countries.len().min(TOP_COUNTRIES) as u8);
         for c in self.countries.iter().take(TOP_COUNTRIES) {
             w.u16(c.key);
@@ -335,17 +336,17 @@ impl Profile {
         for x in p.methods.iter_mut().chain(p.hours.iter_mut()) {
             *x = r.f32()?;
         }
-        p.gap = r.moments()?;
+        p.gap = get_moments(&mut r)?;
         p.recent_gap = r.f32()?;
-        p.size = r.moments()?;
+        p.size = get_moments(&mut r)?;
         for x in p.status.iter_mut() {
             *x = r.f32()?;
         }
         p.recent_fail = r.f32()?;
         p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()? };
-        p.session_requests = r.moments()?;
-        p.session_minutes = r.moments()?;
-        p.session_rate = r.moments()?;
+        p.session_requests = get_moments(&mut r)?;
+        p.session_minutes = get_moments(&mut r)?;
+        p.session_rate = get_moments(&mut r)?;
         let n = usize::from(r.u8()?);
         if n > TOP_COUNTRIES {
             return None;
@@ -365,7 +366,7 @@ impl Profile {
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
             && p.weight.is_finite();
-        (finite && r.0.is_empty()).then_some(p)
+        (finite && r.is_empty()).then_some(p)
     }
 }
 
@@ -399,57 +400,14 @@ fn bump<K: Copy + PartialEq + Default>(
     }
 }
 
-struct Writer<'a>(&'a mut Vec<u8>);
-
-impl Writer<'_> {
-    fn u8(&mut self, v: u8) {
-        self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u32(&mut self, v: u32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn u64(&mut self, v: u64) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn f32(&mut self, v: f32) {
-        self.0.extend_from_slice(&v.to_le_bytes());
-    }
-    fn moments(&mut self, m: &Moments) {
-        self.f32(m.w);
-        self.f32(m.mean);
-        self.f32(m.var);
-    }
+fn put_moments(w: &mut Writer, m: &Moments) {
+    w.f32(m.w);
+    w.f32(m.mean);
+    w.f32(m.var);
 }
 
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> Option<[u8; N]> {
-        let (head, rest) = self.0.split_first_chunk::<N>()?;
-        self.0 = rest;
-        Some(*head)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take::<1>()?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_le_bytes(self.take()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_le_bytes(self.take()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_le_bytes(self.take()?))
-    }
-    fn f32(&mut self) -> Option<f32> {
-        Some(f32::from_le_bytes(self.take()?))
-    }
-    fn moments(&mut self) -> Option<Moments> {
-        Some(Moments { w: self.f32()?, mean: self.f32()?, var: self.f32()? })
-    }
+fn get_moments(r: &mut Reader) -> Option<Moments> {
+    Some(Moments { w: r.f32()?, mean: r.f32()?, var: r.f32()? })
 }
 
 #[cfg(test)]

@@ -160,6 +160,13 @@ impl Alarms {
     }
 }
 
+/// The score threshold for an operator's `anomaly_sensitivity` in [0, 1]
+/// (higher flags smaller anomalies): `1 - sensitivity / 2`, so the default 0.8
+/// asks for 0.6.
+pub fn threshold(sensitivity: f64) -> f64 {
+    (1.0 - sensitivity.clamp(0.0, 1.0) / 2.0).clamp(0.05, 1.0)
+}
+
 /// The complementary error function, with a fractional error under 1.2e-7
 /// everywhere (a Chebyshev fit), enough for tail probabilities down to 1e-10.
 pub fn erfc(x: f64) -> f64 {
