@@ -75,6 +75,19 @@ impl RootContext for VigilRoot {
             );
         }
         abi::log(abi::LOG_INFO, &format!("configured, mode {:?}", engine.config.mode).to_lowercase());
+        if let Some(t) = engine.traffic() {
+            let ts = &engine.config.time_series_analysis;
+            abi::log(
+                abi::LOG_INFO,
+                &format!(
+                    "traffic analysis: anomaly threshold {:.3} (anomaly_sensitivity {}), baseline {} min, {} routes",
+                    t.threshold(),
+                    ts.anomaly_sensitivity,
+                    ts.analysis_window_minutes,
+                    ts.max_routes
+                ),
+            );
+        }
         metrics.flush();
         let _ = abi::set_tick_period_ms(TICK_MS);
         // Each worker configures its own VM on its own thread: the clock in

@@ -10,6 +10,10 @@
 //! - the streaming detector (`detector.rs`): how unlikely the recent samples
 //!   are given this series' own history, robust to outliers and daily cycles.
 //!
+//! The baseline learns every sample, but once warm clipped at 3 spreads, so an outage
+//! moves it slowly: a lasting change becomes the new normal over about one
+//! analysis window, and is flagged until then.
+//!
 //! A series scores the higher of the two, but only while the deviation is
 //! material (z of at least 3, in the right direction). The detector alone
 //! flags wiggles on quiet series that nobody would page on; the z-score
@@ -66,12 +70,16 @@ impl Metric {
 
     /// This second's value, or `None` when the second says nothing about it
     /// (no responses to time or to count errors in).
+    /// A quantile needs enough samples to be more than the slowest request:
+    /// p95 is scored from 20 timed responses in the second, p99 from 100.
     fn value(self, t: &Tally) -> Option<f64> {
+        let timed = t.latency.total();
         match self {
             Metric::Requests => Some(t.requests as f64),
-            Metric::LatencyP50 => t.latency.quantile_ms(0.50),
-            Metric::LatencyP95 => t.latency.quantile_ms(0.95),
-            Metric::LatencyP99 => t.latency.quantile_ms(0.99),
+            Metric::LatencyP50 if timed >= 5 => t.latency.quantile_ms(0.50),
+            Metric::LatencyP95 if timed >= 20 => t.latency.quantile_ms(0.95),
+            Metric::LatencyP99 if timed >= 100 => t.latency.quantile_ms(0.99),
+            Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99 => None,
             Metric::ClientErrorRate if t.requests > 0 => Some(t.client_errors as f64 / t.requests as f64),
             Metric::ServerErrorRate if t.requests > 0 => Some(t.server_errors as f64 / t.requests as f64),
             Metric::ClientErrorRate | Metric::ServerErrorRate => None,
@@ -141,7 +149,13 @@ impl Series {
         if first {
             self.mean = x;
         } else {
+            // Huber-style: once warm, a sample counts at most Z_MIN spreads
+            // away, so an outage becomes the new normal over about a window,
+            // not in seconds. During warm-up the baseline learns freely (and
+            // faster, as a plain mean), so it starts from the real level.
             let d = x - self.mean;
+            let d = if warm { d.clamp(-Z_MIN * spread, Z_MIN * spread) } else { d };
+            let alpha = if warm { alpha } else { alpha.max(1.0 / self.detector.samples() as f64) };
             self.mean += alpha * d;
             self.var = (1.0 - alpha) * (self.var + alpha * d * d);
         }
