@@ -17,8 +17,8 @@
 /// Tuning of the detector. The defaults are what `vigil-replay nab` reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Params {
-    /// Weight of a new sample in the level (the prediction).
-    pub level_alpha: f64,
+    /// Weight of a new sample in each predictor's level (1 = last value).
+    pub level_alphas: [f64; K],
     /// Weight of a new absolute residual in the spread.
     pub spread_alpha: f64,
     /// Samples averaged in the recent raw anomaly.
@@ -29,29 +29,90 @@ pub struct Params {
     pub warmup: u64,
     /// A raw anomaly is clipped here, so one absurd sample cannot dominate.
     pub raw_cap: f64,
-    /// After an alarm, later scores must beat it (decaying by this factor per
-    /// sample) to raise another: one alarm per event, not one per sample.
+    /// After an alarm, later scores must beat it to raise another: it is held
+    /// for `refractory_hold` samples, then decays by this factor per sample.
     pub refractory_decay: f64,
+    pub refractory_hold: f64,
+    pub tail_p: f64,
+    pub tail_lr: f64,
+    pub tail_alpha: f64,
+    /// Experimental knobs.
+    pub x1: f64,
+    pub x2: f64,
+    pub x3: f64,
 }
+
+/// Number of predictors.
+pub const K: usize = 3;
 
 impl Default for Params {
     fn default() -> Self {
         Params {
-            level_alpha: 1.0,
+            level_alphas: [1.0, 0.0, 0.0],
             spread_alpha: 0.02,
             short_samples: 5.0,
             long_samples: 300.0,
             warmup: 150,
             raw_cap: 20.0,
             refractory_decay: 0.995,
+            refractory_hold: 0.0,
+            tail_p: 0.02,
+            tail_lr: 0.05,
+            tail_alpha: 0.02,
+            x1: 0.0,
+            x2: 0.0,
+            x3: 0.0,
         }
     }
 }
 
-#[derive(Debug, Clone, PartialEq)]
-pub struct Detector {
-    params: Params,
-    n: u64,
+/// A streaming peaks-over-threshold tail model (method-of-moments GPD).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Tail {
+    u: f64,
+    m: f64,
+    e1: f64,
+    e2: f64,
+}
+
+impl Tail {
+    fn q(&self, r: f64, p0: f64) -> f64 {
+        if r <= self.u {
+            return 1.0;
+        }
+        let excess = r - self.u;
+        let e1 = self.e1.max(1e-9);
+        let v = (self.e2 - e1 * e1).max(1e-12);
+        let ratio = e1 * e1 / v;
+        let xi = (0.5 * (1.0 - ratio)).clamp(-0.5, 1.0);
+        let sigma = (0.5 * e1 * (ratio + 1.0)).max(1e-9);
+        if xi.abs() < 1e-6 {
+            return p0 * (-excess / sigma).exp();
+        }
+        let base = 1.0 + xi * excess / sigma;
+        if base <= 0.0 {
+            return 0.0;
+        }
+        p0 * base.powf(-1.0 / xi)
+    }
+
+    fn learn(&mut self, r: f64, p0: f64, lr: f64, alpha_m: f64, alpha_e: f64) {
+        self.m += alpha_m * (r - self.m);
+        if r > self.u {
+            let excess = r - self.u;
+            self.e1 += alpha_e * (excess - self.e1);
+            self.e2 += alpha_e * (excess * excess - self.e2);
+            self.u += lr * self.m.max(1e-9) * (1.0 - p0);
+        } else {
+            self.u -= lr * self.m.max(1e-9) * p0;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Predictor {
+    t0: Tail,
+    t1: Tail,
     level: f64,
     spread: f64,
     short: f64,
@@ -59,12 +120,31 @@ pub struct Detector {
     long_var: f64,
 }
 
+const WORDS: usize = 5;
+
+impl Predictor {
+    fn words(&self) -> [f64; WORDS] {
+        [self.level, self.spread, self.short, self.long_mean, self.long_var]
+    }
+    fn from_words(w: [f64; WORDS]) -> Self {
+        let [level, spread, short, long_mean, long_var] = w;
+        Predictor { level, spread, short, long_mean, long_var, ..Default::default() }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detector {
+    params: Params,
+    n: u64,
+    preds: [Predictor; K],
+}
+
 /// Bytes of a detector's encoded state.
-pub const ENCODED_LEN: usize = 8 * 6;
+pub const ENCODED_LEN: usize = 8 + 8 * WORDS * K;
 
 impl Detector {
     pub fn new(params: Params) -> Self {
-        Detector { params, n: 0, level: 0.0, spread: 0.0, short: 0.0, long_mean: 0.0, long_var: 0.0 }
+        Detector { params, n: 0, preds: [Predictor::default(); K] }
     }
 
     /// Samples seen so far.
@@ -81,39 +161,58 @@ impl Detector {
         let p = self.params;
         self.n += 1;
         if self.n == 1 {
-            self.level = x;
+            for pr in self.preds.iter_mut() {
+                pr.level = x;
+            }
             return 0.0;
         }
-        let residual = (x - self.level).abs();
-        // The spread never reaches zero: a flat series still has a scale.
-        let floor = 1e-3 * self.level.abs().max(1e-9);
-        let raw = (residual / self.spread.max(floor)).min(p.raw_cap);
-        self.level += p.level_alpha * (x - self.level);
-        self.spread += p.spread_alpha.max(1.0 / self.n as f64) * (residual - self.spread);
-
-        let short_alpha = 1.0 / p.short_samples.max(1.0);
-        self.short += short_alpha.max(1.0 / self.n as f64) * (raw - self.short);
-        let long_alpha = (1.0 / p.long_samples.max(1.0)).max(1.0 / self.n as f64);
-        let delta = raw - self.long_mean;
-        self.long_mean += long_alpha * delta;
-        self.long_var = (1.0 - long_alpha) * (self.long_var + long_alpha * delta * delta);
-
+        let inv_n = 1.0 / self.n as f64;
+        let short_alpha = (1.0 / p.short_samples.max(1.0)).max(inv_n);
+        let long_alpha = (1.0 / p.long_samples.max(1.0)).max(inv_n);
+        let spread_alpha = p.spread_alpha.max(inv_n);
+        let mut qmin = 1.0f64;
+        for (pr, &a) in self.preds.iter_mut().zip(p.level_alphas.iter()) {
+            if a <= 0.0 {
+                continue;
+            }
+            let residual = (x - pr.level).abs();
+            let floor = 1e-3 * pr.level.abs().max(1e-9);
+            let raw = (residual / pr.spread.max(floor)).min(p.raw_cap);
+            pr.level += a * (x - pr.level);
+            pr.spread += spread_alpha * (residual - pr.spread);
+            pr.short += short_alpha * (raw - pr.short);
+            let delta = raw - pr.long_mean;
+            pr.long_mean += long_alpha * delta;
+            pr.long_var = (1.0 - long_alpha) * (pr.long_var + long_alpha * delta * delta);
+            let q = if p.x1 == 0.0 {
+                let sd = (pr.long_var.max(1e-12) / p.short_samples.max(1.0)).sqrt();
+                let z = (pr.short - pr.long_mean) / sd;
+                0.5 * erfc(z / core::f64::consts::SQRT_2)
+            } else {
+                let p0 = p.tail_p;
+                let ae = p.tail_alpha.max(inv_n);
+                let q0 = pr.t0.q(raw, p0);
+                pr.t0.learn(raw, p0, p.tail_lr, long_alpha, ae);
+                let q1 = if p.x2 > 0.0 { pr.t1.q(pr.short, p0) } else { 1.0 };
+                pr.t1.learn(pr.short, p0, p.tail_lr, long_alpha, ae);
+                q0.min(q1)
+            };
+            qmin = qmin.min(q);
+        }
         if self.n <= p.warmup {
             return 0.0;
         }
-        // The recent average of ~k raw anomalies has a spread of about sd / sqrt(k).
-        let sd = (self.long_var.max(1e-12) / p.short_samples.max(1.0)).sqrt();
-        let z = (self.short - self.long_mean) / sd;
-        let q = 0.5 * erfc(z / std::f64::consts::SQRT_2);
-        ((q + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
+        ((qmin + 1e-10).ln() / 1e-10f64.ln()).clamp(0.0, 1.0)
     }
 
     /// The learned state (not the parameters), so the detector can live in
     /// shared data and move between the VMs that take turns running it.
     pub fn encode(&self, out: &mut Vec<u8>) {
         out.extend_from_slice(&self.n.to_le_bytes());
-        for v in [self.level, self.spread, self.short, self.long_mean, self.long_var] {
-            out.extend_from_slice(&v.to_le_bytes());
+        for pr in &self.preds {
+            for v in pr.words() {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
         }
     }
 
@@ -122,37 +221,47 @@ impl Detector {
     pub fn decode(params: Params, bytes: &[u8]) -> Option<(Self, usize)> {
         let word = |i: usize| -> Option<[u8; 8]> { bytes.get(i * 8..i * 8 + 8)?.try_into().ok() };
         let n = u64::from_le_bytes(word(0)?);
-        let mut f = [0.0; 5];
-        for (i, v) in f.iter_mut().enumerate() {
-            *v = f64::from_le_bytes(word(i + 1)?);
-            if !v.is_finite() {
-                return None;
+        let mut preds = [Predictor::default(); K];
+        for (k, pr) in preds.iter_mut().enumerate() {
+            let mut f = [0.0; WORDS];
+            for (i, v) in f.iter_mut().enumerate() {
+                *v = f64::from_le_bytes(word(1 + k * WORDS + i)?);
+                if !v.is_finite() {
+                    return None;
+                }
             }
+            *pr = Predictor::from_words(f);
         }
-        let [level, spread, short, long_mean, long_var] = f;
-        Some((Detector { params, n, level, spread, short, long_mean, long_var }, ENCODED_LEN))
+        Some((Detector { params, n, preds }, ENCODED_LEN))
     }
 }
 
 /// Turns a stream of scores into alarms: a score is reported only when it
-/// beats the last reported one, which decays each sample. One alarm per
-/// event, not one per sample of it.
+/// beats the last reported one, which is held a while and then decays each
+/// sample. One alarm per event, not one per sample of it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Alarms {
     decay: f64,
+    hold: f64,
+    held: f64,
     reported: f64,
 }
 
 impl Alarms {
     pub fn new(params: &Params) -> Self {
-        Alarms { decay: params.refractory_decay, reported: 0.0 }
+        Alarms { decay: params.refractory_decay, hold: params.refractory_hold, held: 0.0, reported: 0.0 }
     }
 
     /// The score if it is news, else 0.
     pub fn filter(&mut self, score: f64) -> f64 {
-        self.reported *= self.decay;
+        if self.held > 0.0 {
+            self.held -= 1.0;
+        } else {
+            self.reported *= self.decay;
+        }
         if score > self.reported {
             self.reported = score;
+            self.held = self.hold;
             score
         } else {
             0.0
