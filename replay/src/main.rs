@@ -11,16 +11,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use vigil::engine::traffic::detector::{Alarms, Detector, Params};
+use vigil::engine::traffic::detector::{threshold, Alarms, Detector, Params};
 
 const USAGE: &str = "usage:
   vigil-replay timeseries --input FILE.csv --output OUT.csv
   vigil-replay nab --data DIR --labels combined_windows.json [--threshold T]
   (both take --param name=value to override a detector parameter, for tuning)";
 
-/// The threshold the filter's default configuration derives (see
-/// docs/traffic-analysis.md): what a detection means in production.
-const DEFAULT_THRESHOLD: f64 = 0.5;
+/// The filter's default `anomaly_sensitivity`; `threshold(DEFAULT_SENSITIVITY)`
+/// is what a detection means in production, the fixed threshold reported.
+const DEFAULT_SENSITIVITY: f64 = 0.8;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,21 +79,17 @@ fn params(args: &[String]) -> Result<Params, String> {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("--param `{kv}`: expected name=value"))?;
         let v: f64 = v.parse().map_err(|_| format!("--param `{kv}`: not a number"))?;
         match k {
-            "a0" => p.level_alphas[0] = v,
-            "a1" => p.level_alphas[1] = v,
-            "a2" => p.level_alphas[2] = v,
-            "refractory_hold" => p.refractory_hold = v,
-            "x1" => p.x1 = v,
-            "tail_p" => p.tail_p = v,
-            "tail_lr" => p.tail_lr = v,
-            "tail_alpha" => p.tail_alpha = v,
-            "x2" => p.x2 = v,
-            "x3" => p.x3 = v,
             "spread_alpha" => p.spread_alpha = v,
-            "short_samples" => p.short_samples = v,
+            "tail_p" => p.tail_p = v,
+            "tail_rate" => p.tail_rate = v,
             "long_samples" => p.long_samples = v,
-            "warmup" => p.warmup = v as u64,
             "raw_cap" => p.raw_cap = v,
+            "range_tolerance" => p.range_tolerance = v,
+            "smooth_alpha" => p.smooth_alpha = v,
+            "range_samples" => p.range_samples = v,
+            "short_samples" => p.short_samples = v,
+            "warmup" => p.warmup = v as u64,
+            "refractory_hold" => p.refractory_hold = v,
             "refractory_decay" => p.refractory_decay = v,
             _ => return Err(format!("--param: unknown parameter `{k}`")),
         }
@@ -128,7 +124,7 @@ fn nab_command(args: &[String]) -> Result<(), String> {
     let labels = PathBuf::from(required(args, "--labels")?);
     let fixed = match flag(args, "--threshold") {
         Some(t) => t.parse::<f64>().map_err(|_| format!("--threshold `{t}` is not a number"))?,
-        None => DEFAULT_THRESHOLD,
+        None => threshold(DEFAULT_SENSITIVITY),
     };
     let text = fs::read_to_string(&labels).map_err(|e| format!("{}: {e}", labels.display()))?;
     let spans_of: BTreeMap<String, Vec<(String, String)>> =
@@ -161,9 +157,10 @@ fn nab_command(args: &[String]) -> Result<(), String> {
         return Err(format!("no labelled CSV found under {}", data.display()));
     }
     let windows = nab::window_count(&files);
+    println!("fixed threshold {fixed:.4} (threshold({DEFAULT_SENSITIVITY}) unless --threshold)");
     println!("NAB corpus: {} files, {} labelled windows, {} rows", files.len(), windows,
              files.iter().map(|f| f.scores.len()).sum::<usize>());
-    println!("{:<16} {:>14} {:>10} {:>22}", "profile", "best threshold", "score", format!("score at {fixed}"));
+    println!("{:<16} {:>14} {:>10} {:>22}", "profile", "best threshold", "score", format!("score at {fixed:.4}"));
     for p in &nab::PROFILES {
         let (t, raw) = nab::best_threshold(&files, p);
         let at_fixed = nab::raw_score(&files, p, fixed);
