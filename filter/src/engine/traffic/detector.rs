@@ -320,40 +320,105 @@ mod tests {
         (h as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
     }
 
+    /// Current scores.
+    fn scores(params: Params, series: impl Iterator<Item = f64>) -> Vec<f64> {
+        let mut d = Detector::new(params);
+        series.map(|x| d.update(x)).collect()
+    }
+
     /// Alarms, as NAB sees them.
+    fn run_with(params: Params, series: impl Iterator<Item = f64>) -> Vec<f64> {
+        let mut a = Alarms::new(&params);
+        scores(params, series).into_iter().map(|s| a.filter(s)).collect()
+    }
+
     fn run(series: impl Iterator<Item = f64>) -> Vec<f64> {
-        let mut d = Detector::new(Params::default());
-        let mut a = Alarms::new(&Params::default());
-        series.map(|x| a.filter(d.update(x))).collect()
+        run_with(Params::default(), series)
+    }
+
+    fn alarms(s: &[f64], from: usize) -> usize {
+        s.iter().skip(from).filter(|&&x| x >= threshold(0.8)).count()
     }
 
     #[test]
-    fn erfc_matches_known_values() {
-        assert!((erfc(0.0) - 1.0).abs() < 1e-7);
-        assert!((erfc(1.0) - 0.157_299_207).abs() < 1e-7);
-        assert!((erfc(-1.0) - 1.842_700_793).abs() < 1e-7);
-        assert!((erfc(5.0) / 1.537_459_794e-12 - 1.0).abs() < 1e-6);
+    fn threshold_decreases_with_sensitivity_and_stays_in_range() {
+        let mut last = f64::INFINITY;
+        for i in 0..=100 {
+            let t = threshold(i as f64 / 100.0);
+            assert!(t < last && (0.0..1.0).contains(&t), "{i}: {t}");
+            last = t;
+        }
+        assert!((threshold(0.8) - 0.34).abs() < 1e-9);
+        assert_eq!(threshold(f64::NAN), threshold(0.8));
+        assert_eq!(threshold(7.0), threshold(1.0));
     }
 
     #[test]
     fn noise_alone_stays_low() {
-        let s = run((0..5_000).map(|i| 100.0 + 5.0 * noise(i)));
-        let high = s.iter().filter(|&&x| x >= 0.5).count();
-        assert!(high < 5, "{high} false alarms in 5000 samples of noise");
+        let s = run((0..20_000).map(|i| 100.0 + 5.0 * noise(i)));
+        let n = alarms(&s, 0);
+        assert!(n <= 3, "{n} alarms in 20000 samples of noise");
     }
 
     #[test]
     fn a_spike_scores_high_at_once() {
-        let s = run((0..2_000).map(|i| if i == 1_500 { 200.0 } else { 100.0 + 5.0 * noise(i) }));
-        let peak = s.get(1_500..1_505).map_or(0.0, |w| w.iter().copied().fold(0.0, f64::max));
-        assert!(peak >= 0.5, "{peak}");
+        let s = run((0..2_000).map(|i| if i == 1_500 { 130.0 } else { 100.0 + 5.0 * noise(i) }));
+        let peak = s.get(1_500..1_502).map_or(0.0, |w| w.iter().copied().fold(0.0, f64::max));
+        assert!(peak >= threshold(0.8), "{peak}");
+        assert!(alarms(&s, 0) <= 2, "{}", alarms(&s, 0));
     }
 
     #[test]
     fn a_step_scores_high_then_fades_as_the_new_level_becomes_normal() {
-        let s = run((0..4_000).map(|i| if i >= 2_000 { 160.0 } else { 100.0 } + 5.0 * noise(i)));
-        assert!(s.get(2_000..2_010).is_some_and(|w| w.iter().any(|&x| x >= 0.5)));
-        assert!(s.get(3_500..4_000).is_some_and(|w| w.iter().all(|&x| x < 0.5)));
+        let series = |i: u64| if i >= 2_000 { 160.0 } else { 100.0 } + 5.0 * noise(i);
+        let raw = scores(Params::default(), (0..4_000).map(series));
+        assert!(raw.get(2_000..2_003).is_some_and(|w| w.iter().all(|&x| x >= threshold(0.8))), "{:?}", raw.get(1_998..2_006));
+        assert!(raw.get(3_000..4_000).is_some_and(|w| w.iter().all(|&x| x < threshold(0.8))));
+        let s = run((0..4_000).map(series));
+        assert_eq!(alarms(&s, 2_000), 1, "one alarm for the step");
+    }
+
+    /// What the filter needs: tenfold volume, 10x latency and errors going
+    /// 0 -> 0.5 are flagged at once and stay flagged for a few samples.
+    #[test]
+    fn web_traffic_steps_are_flagged_within_three_samples_and_stay_flagged() {
+        let params = Params { warmup: 300, long_samples: 600.0, ..Params::default() };
+        type Series = fn(u64) -> f64;
+        let cases: [(&str, Series); 3] = [
+            ("volume x10", |i| if i >= 1_000 { 500.0 } else { 50.0 } + 5.0 * noise(i)),
+            ("latency x10", |i| (if i >= 1_000 { 10.0 } else { 1.0 }) * (80.0 + 20.0 * noise(i).abs())),
+            ("errors 0 -> 0.5", |i| if i >= 1_000 { 0.5 } else { 0.0 }),
+        ];
+        for (name, f) in cases {
+            let s = scores(params, (0..1_100).map(f));
+            let first = s.iter().skip(1_000).position(|&x| x >= threshold(0.8));
+            assert!(first.is_some_and(|k| k < 3), "{name}: {:?}", s.get(998..1_008));
+            let k = first.unwrap_or(0) + 1_000;
+            assert!(s.get(k..k + 3).is_some_and(|w| w.iter().all(|&x| x >= threshold(0.8))), "{name}: {:?}", s.get(998..1_008));
+        }
+    }
+
+    #[test]
+    fn a_slow_drift_raises_few_alarms() {
+        // +20 (four noise amplitudes) over 10000 samples: a few alarms as it
+        // reaches levels never seen, none per sample.
+        let slow = run((0..10_000).map(|i| 100.0 + 0.002 * i as f64 + 5.0 * noise(i)));
+        assert!(alarms(&slow, 0) <= 3, "{}", alarms(&slow, 0));
+        // +100 (twenty amplitudes): new ground all the time, still sparse.
+        let fast = run((0..10_000).map(|i| 100.0 + 0.01 * i as f64 + 5.0 * noise(i)));
+        assert!(alarms(&fast, 0) <= 20, "{}", alarms(&fast, 0));
+    }
+
+    #[test]
+    fn a_daily_cycle_is_learned_and_a_break_in_it_is_not() {
+        // Period 288 (a day of 5-minute samples); warm-up over two periods.
+        let params = Params { warmup: 600, ..Params::default() };
+        let day = |i: u64| 100.0 + 40.0 * (i as f64 * core::f64::consts::TAU / 288.0).sin() + 3.0 * noise(i);
+        let s = run_with(params, (0..6_000).map(day));
+        assert_eq!(alarms(&s, 600), 0, "a clean cycle raised alarms");
+        let broken = run_with(params, (0..6_000).map(|i| if (4_000..4_100).contains(&i) { 220.0 + 3.0 * noise(i) } else { day(i) }));
+        assert_eq!(alarms(&broken, 600), alarms(&broken, 4_000));
+        assert!(alarms(&broken, 4_000) >= 1 && broken.get(4_000..4_003).is_some_and(|w| w.iter().any(|&x| x >= threshold(0.8))));
     }
 
     #[test]
@@ -368,15 +433,31 @@ mod tests {
         let (mut e, used) = Detector::decode(Params::default(), &bytes).unwrap();
         assert_eq!(used, ENCODED_LEN);
         assert_eq!(e, d);
+        assert_eq!(e.samples(), 500);
         assert_eq!(e.update(300.0), d.update(300.0));
         assert!(Detector::decode(Params::default(), &bytes[..20]).is_none());
     }
 
     #[test]
+    fn warm_up_scores_zero() {
+        let s = scores(Params::default(), (0..150).map(|i| if i % 7 == 0 { 1e6 } else { noise(i) }));
+        assert!(s.iter().all(|&x| x == 0.0));
+    }
+
+    #[test]
     fn garbage_input_does_not_break_it() {
-        let mut d = Detector::new(Params::default());
-        for x in [f64::NAN, f64::INFINITY, 0.0, 0.0, 1e300, -1e300, 0.0] {
+        let mut d = Detector::new(Params { warmup: 2, ..Params::default() });
+        let junk = [f64::NAN, f64::INFINITY, 0.0, 0.0, 1e300, -1e300, f64::MAX, f64::MIN, f64::NEG_INFINITY, 0.0, 5e-324];
+        for i in 0..200 {
+            let x = junk.get(i % junk.len()).copied().unwrap_or(0.0);
             let s = d.update(x);
+            assert!((0.0..=1.0).contains(&s), "{x} -> {s}");
+        }
+        let mut bytes = Vec::new();
+        d.encode(&mut bytes);
+        assert!(Detector::decode(Params::default(), &bytes).is_some(), "the state stayed finite");
+        for i in 0..2_000 {
+            let s = d.update(100.0 + noise(i));
             assert!((0.0..=1.0).contains(&s));
         }
     }
