@@ -11,16 +11,16 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use vigil::engine::traffic::detector::{Alarms, Detector, Params};
+use vigil::engine::traffic::detector::{threshold, Alarms, Detector, Params};
 
 const USAGE: &str = "usage:
   vigil-replay timeseries --input FILE.csv --output OUT.csv
   vigil-replay nab --data DIR --labels combined_windows.json [--threshold T]
   (both take --param name=value to override a detector parameter, for tuning)";
 
-/// The threshold the filter's default configuration derives (see
-/// docs/traffic-analysis.md): what a detection means in production.
-const DEFAULT_THRESHOLD: f64 = 0.5;
+/// The filter's default `anomaly_sensitivity`; `threshold(DEFAULT_SENSITIVITY)`
+/// is what a detection means in production, the fixed threshold reported.
+const DEFAULT_SENSITIVITY: f64 = 0.8;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -79,12 +79,17 @@ fn params(args: &[String]) -> Result<Params, String> {
         let (k, v) = kv.split_once('=').ok_or_else(|| format!("--param `{kv}`: expected name=value"))?;
         let v: f64 = v.parse().map_err(|_| format!("--param `{kv}`: not a number"))?;
         match k {
-            "level_alpha" => p.level_alpha = v,
             "spread_alpha" => p.spread_alpha = v,
-            "short_samples" => p.short_samples = v,
+            "tail_p" => p.tail_p = v,
+            "tail_rate" => p.tail_rate = v,
             "long_samples" => p.long_samples = v,
-            "warmup" => p.warmup = v as u64,
             "raw_cap" => p.raw_cap = v,
+            "range_tolerance" => p.range_tolerance = v,
+            "smooth_alpha" => p.smooth_alpha = v,
+            "range_samples" => p.range_samples = v,
+            "short_samples" => p.short_samples = v,
+            "warmup" => p.warmup = v as u64,
+            "refractory_hold" => p.refractory_hold = v,
             "refractory_decay" => p.refractory_decay = v,
             _ => return Err(format!("--param: unknown parameter `{k}`")),
         }
@@ -110,20 +115,25 @@ fn second(ts: &str) -> &str {
     ts.get(..19).unwrap_or(ts)
 }
 
+fn t_out_of(files: &[nab::Scored]) -> f64 {
+    nab::best_threshold(files, &nab::PROFILES[0]).0
+}
+
 fn nab_command(args: &[String]) -> Result<(), String> {
     let data = PathBuf::from(required(args, "--data")?);
     let labels = PathBuf::from(required(args, "--labels")?);
     let fixed = match flag(args, "--threshold") {
         Some(t) => t.parse::<f64>().map_err(|_| format!("--threshold `{t}` is not a number"))?,
-        None => DEFAULT_THRESHOLD,
+        None => threshold(DEFAULT_SENSITIVITY),
     };
     let text = fs::read_to_string(&labels).map_err(|e| format!("{}: {e}", labels.display()))?;
-    let windows: BTreeMap<String, Vec<(String, String)>> =
+    let spans_of: BTreeMap<String, Vec<(String, String)>> =
         serde_json::from_str(&text).map_err(|e| format!("{}: {e}", labels.display()))?;
 
     let params = params(args)?;
     let mut files = Vec::new();
-    for (name, spans) in &windows {
+    let mut categories: Vec<String> = Vec::new();
+    for (name, spans) in &spans_of {
         let path = data.join(name);
         if !path.exists() {
             continue; // a labelled file not in this corpus
@@ -141,19 +151,55 @@ fn nab_command(args: &[String]) -> Result<(), String> {
             }
         }
         files.push(nab::Scored { scores, windows: idx });
+        categories.push(name.split('/').next().unwrap_or("").to_string());
     }
     if files.is_empty() {
         return Err(format!("no labelled CSV found under {}", data.display()));
     }
     let windows = nab::window_count(&files);
+    println!("fixed threshold {fixed:.4} (threshold({DEFAULT_SENSITIVITY}) unless --threshold)");
     println!("NAB corpus: {} files, {} labelled windows, {} rows", files.len(), windows,
              files.iter().map(|f| f.scores.len()).sum::<usize>());
-    println!("{:<16} {:>14} {:>10} {:>22}", "profile", "best threshold", "score", format!("score at {fixed}"));
+    println!("{:<16} {:>14} {:>10} {:>22}", "profile", "best threshold", "score", format!("score at {fixed:.4}"));
     for p in &nab::PROFILES {
         let (t, raw) = nab::best_threshold(&files, p);
         let at_fixed = nab::raw_score(&files, p, fixed);
         println!("{:<16} {:>14.4} {:>10.1} {:>22.1}", p.name, t, nab::normalise(raw, windows, p),
                  nab::normalise(at_fixed, windows, p));
+    }
+    // Robustness: each category at the corpus's best standard threshold, and
+    // leave-one-category-out (the threshold chosen on the other categories).
+    let standard = nab::PROFILES[0];
+    let (best, _) = nab::best_threshold(&files, &standard);
+    let mut names: Vec<&String> = categories.iter().collect();
+    names.sort();
+    names.dedup();
+    println!("{:<24} {:>8} {:>10} {:>16} {:>10} {:>8}", "category (standard)", "windows", "at best", "left out (thr)", "at fixed", "hit/fp");
+    for c in names {
+        let (inside, outside): (Vec<_>, Vec<_>) =
+            files.iter().zip(&categories).partition(|(_, k)| *k == c);
+        let inside: Vec<nab::Scored> = inside.into_iter().map(|(f, _)| f.clone()).collect();
+        let outside: Vec<nab::Scored> = outside.into_iter().map(|(f, _)| f.clone()).collect();
+        let w = nab::window_count(&inside);
+        if w == 0 {
+            let raw = |t| nab::raw_score(&inside, &standard, t);
+            let (_, fp) = nab::counts(&inside, &standard, best);
+            println!("{:<24} {:>8} {:>10.2} {:>9.2} ({:.3}) {:>10.2} raw fp {}", c, w, raw(best), raw(t_out_of(&outside)), t_out_of(&outside), raw(fixed), fp);
+            continue;
+        }
+        let (t_out, _) = nab::best_threshold(&outside, &standard);
+        let score = |t| nab::normalise(nab::raw_score(&inside, &standard, t), w, &standard);
+        let (hit, fp) = nab::counts(&inside, &standard, best);
+        println!("{:<24} {:>8} {:>10.1} {:>9.1} ({:.3}) {:>10.1} {:>4}/{}", c, w, score(best), score(t_out), t_out, score(fixed), hit, fp);
+    }
+    if std::env::var_os("NAB_FILES").is_some() {
+        let names: Vec<&String> = spans_of.keys().filter(|n| data.join(n).exists()).collect();
+        for (f, n) in files.iter().zip(names) {
+            let one = std::slice::from_ref(f);
+            let (hit, fp) = nab::counts(one, &standard, best);
+            let detections: Vec<usize> = f.scores.iter().enumerate().filter(|(i, s)| **s >= best && *i >= nab::probation_rows(f.scores.len())).map(|(i, _)| i).collect();
+            println!("{n:<58} {:>5} rows win {:?} hit {hit}/{} fp {fp} at {:?}", f.scores.len(), f.windows, f.windows.len(), detections);
+        }
     }
     Ok(())
 }

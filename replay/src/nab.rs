@@ -120,6 +120,20 @@ pub fn raw_score(files: &[Scored], p: &Profile, threshold: f64) -> f64 {
     fp + best.iter().map(|b| b.unwrap_or(-p.fn_)).sum::<f64>()
 }
 
+/// Windows detected and detections outside windows at `threshold`.
+pub fn counts(files: &[Scored], p: &Profile, threshold: f64) -> (usize, usize) {
+    let (points, windows) = points(files, p);
+    let mut hit = vec![false; windows];
+    let mut fp = 0;
+    for pt in points.iter().filter(|pt| pt.score >= threshold) {
+        match pt.window.and_then(|w| hit.get_mut(w)) {
+            Some(h) => *h = true,
+            None => fp += 1,
+        }
+    }
+    (hit.iter().filter(|&&h| h).count(), fp)
+}
+
 /// Normalises a raw corpus score to NAB's 0 (never fires) .. 100 (perfect).
 pub fn normalise(raw: f64, windows: usize, p: &Profile) -> f64 {
     let null = -p.fn_ * windows as f64;
