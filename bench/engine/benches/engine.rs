@@ -23,6 +23,11 @@ use vigil::engine::profile::model::{Learning, Observation, Profile};
 use vigil::engine::profile::score::{self, Scoring};
 use vigil::engine::route;
 use vigil::engine::features::Method;
+use vigil::engine::ports::memory::MemoryMetrics;
+use vigil::engine::traffic::{self, Traffic};
+use vigil::engine::traffic::analyzer::{Settings, State};
+use vigil::engine::traffic::detector::{Detector, Params};
+use vigil::engine::traffic::tally::Counts;
 
 /// Distinct identities cycled through by the "many identities" benchmarks.
 const IDENTITIES: usize = 10_000;
@@ -206,6 +211,68 @@ fn pipeline_full(c: &mut Criterion) {
     g.finish();
 }
 
+/// Traffic analysis: what a request pays (add to this worker's tally, read
+/// the snapshot), and what one second of analysis costs the lease holder.
+fn traffic_scoring(c: &mut Criterion) {
+    let cfg = config::TimeSeriesAnalysis { enable_traffic_analysis: true, ..Default::default() };
+    let t = Traffic::new(&cfg);
+    let store = MemoryStore::default();
+    let metrics = MemoryMetrics::default();
+    t.start(&store).unwrap_or_else(|e| panic!("start: {e:?}"));
+    let routes: Vec<String> = (0..16).map(|i| format!("/api/v1/resource{i}/{{id}}")).collect();
+    // A few seconds of traffic so a snapshot exists.
+    let mut now = START_MS;
+    for i in 0..30_000u64 {
+        now += 1;
+        t.record(&routes[(i % 16) as usize], Some(200), Some(2_000 + i % 500), now);
+        if i % 100 == 0 {
+            let _ = t.on_tick(now, 1, &store, &metrics);
+        }
+    }
+    let mut g = c.benchmark_group("traffic_scoring");
+    let mut i = 0usize;
+    g.bench_function("record_completed_request", |b| {
+        b.iter(|| {
+            i += 1;
+            t.record(black_box(&routes[i % 16]), Some(200), Some(2_000), now)
+        })
+    });
+    g.bench_function("read_score_for_request", |b| {
+        b.iter(|| {
+            i += 1;
+            t.read(black_box(&routes[i % 16]), now)
+        })
+    });
+    let mut detector = Detector::new(Params::default());
+    let mut x = 0u64;
+    g.bench_function("detector_update", |b| {
+        b.iter(|| {
+            x += 1;
+            detector.update(black_box(100.0 + (x % 17) as f64))
+        })
+    });
+    let settings = Settings {
+        params: Params { long_samples: 3_600.0, warmup: 600, ..Params::default() },
+        alpha: 1.0 / 3_600.0,
+        threshold: traffic::detector::threshold(0.8),
+        max_routes: 16,
+        idle_s: 3_600,
+    };
+    let mut second = Counts::default();
+    for i in 0..2_000u64 {
+        second.add(&routes[(i % 16) as usize], 64, Some(if i % 50 == 0 { 503 } else { 200 }), Some(1_000 + i));
+    }
+    let mut state = State::new(0, &settings);
+    let mut s = 0;
+    g.bench_function("analyze_one_second_16_routes", |b| {
+        b.iter(|| {
+            s += 1;
+            state.analyze(s, black_box(&second), &settings)
+        })
+    });
+    g.finish();
+}
+
 fn profile_update(c: &mut Criterion) {
     let learning = Learning { window_ms: 24.0 * 3_600_000.0, session_gap_ms: 30 * 60_000 };
     let scoring = Scoring { min_observations: 20, travel_ms: 2 * 3_600_000 };
@@ -280,6 +347,6 @@ fn criterion() -> Criterion {
 criterion_group! {
     name = benches;
     config = criterion();
-    targets = feature_extraction, rate_observe, profile_update, pipeline_full, report_encoding, config_parse
+    targets = feature_extraction, rate_observe, profile_update, traffic_scoring, pipeline_full, report_encoding, config_parse
 }
 criterion_main!(benches);
