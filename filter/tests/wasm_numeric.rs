@@ -111,3 +111,58 @@ fn profile_learns_scores_and_round_trips_in_wasm() {
         Assessment::Cold { .. } => unreachable!(),
     }
 }
+
+#[wasm_bindgen_test]
+fn traffic_detector_and_analysis_in_wasm() {
+    use vigil::engine::traffic::analyzer::{Scope, Settings, State};
+    use vigil::engine::traffic::detector::{threshold, Detector, Params};
+    use vigil::engine::traffic::series::Metric as Series;
+    use vigil::engine::traffic::tally::Counts;
+    // The detector: a step after a noisy level scores high, garbage stays in [0, 1].
+    let mut d = Detector::new(Params { warmup: 50, ..Params::default() });
+    let mut peak = 0.0f64;
+    for i in 0..400u64 {
+        let x = if i < 300 { 100.0 } else { 400.0 } + ((i * 7919) % 11) as f64;
+        let s = d.update(x);
+        if i >= 300 {
+            peak = peak.max(s);
+        } else if i > 100 {
+            assert!(s < threshold(0.8), "steady sample {i}: {s}");
+        }
+    }
+    assert!(peak >= threshold(0.8), "{peak}");
+    for x in [f64::NAN, f64::INFINITY, -1e300] {
+        assert!((0.0..=1.0).contains(&d.update(x)));
+    }
+    let mut bytes = Vec::new();
+    d.encode(&mut bytes);
+    let (back, _) = Detector::decode(Params { warmup: 50, ..Params::default() }, &bytes).unwrap();
+    assert_eq!(back, d);
+
+    // One route starts failing: the analysis names it and the metric.
+    let settings = Settings {
+        params: Params { warmup: 30, long_samples: 120.0, ..Params::default() },
+        alpha: 1.0 / 120.0,
+        threshold: threshold(0.8),
+        max_routes: 4,
+        idle_s: 120,
+    };
+    let mut state = State::new(0, &settings);
+    let second = |t: u64, failing: bool| {
+        let mut c = Counts::default();
+        for i in 0..(40 + t % 5) {
+            c.add("/a", 64, Some(200), Some(3_000 + i * 10));
+            c.add("/b", 64, Some(if failing && i % 2 == 0 { 503 } else { 200 }), Some(3_000));
+        }
+        c
+    };
+    for t in 1..=100 {
+        let (_, onsets) = state.analyze(t, &second(t, false), &settings);
+        assert!(onsets.is_empty(), "steady second {t}: {onsets:?}");
+    }
+    let (_, onsets) = state.analyze(101, &second(101, true), &settings);
+    assert!(onsets.iter().any(|o| o.scope == Scope::Route("/b".into()) && o.metric == Series::ServerErrorRate), "{onsets:?}");
+    let mut bytes = Vec::new();
+    state.encode(&mut bytes);
+    assert_eq!(State::decode(&bytes, &settings), Some(state));
+}

@@ -179,4 +179,7 @@ def test_burst_errors_and_slowdown_are_flagged_within_10_s_and_steady_traffic_is
     seconds = int(stats["wasmcustom.vigil_traffic_analyzed_seconds_total"])
     elapsed = time.monotonic() - up
     assert elapsed - 5 <= seconds <= elapsed + 3, (seconds, elapsed)
+    prom = stack.prometheus()
+    for metric in EXPECTED.values():
+        assert re.search(r'vigil_traffic_anomalies_total\{metric="%s"\} [1-9]' % metric, prom), metric
     print(f"requests {envoy_total} (Envoy) = {envoy_total} (Vigil); seconds analysed {seconds} in {elapsed:.0f} s")

@@ -581,6 +581,10 @@ mod tests {
         assert_eq!(e.field, "decision_thresholds.flag");
         let e = err(r#"{"rate_limit": {"max_identities": 1}}"#);
         assert_eq!(e.field, "rate_limit.max_identities");
+        let e = err(r#"{"time_series_analysis": {"max_routes": 0}}"#);
+        assert_eq!(e.field, "time_series_analysis.max_routes");
+        let e = err(r#"{"time_series_analysis": {"max_routes": 65}}"#);
+        assert_eq!(e.field, "time_series_analysis.max_routes");
     }
 
     #[test]

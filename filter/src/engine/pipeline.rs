@@ -450,6 +450,38 @@ mod tests {
     }
 
     #[test]
+    fn an_anomalous_route_flags_its_requests_but_never_refuses_them_alone() {
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "rate_limit": {"enabled": false},
+                "time_series_analysis": {"enable_traffic_analysis": true, "analysis_window_minutes": 1}}"#,
+        );
+        let mut now = 1_700_000_000_000u64;
+        let mut last = None;
+        for second in 0..70u64 {
+            let failing = second >= 65;
+            for i in 0..20u64 {
+                let mut v = e.on_request(&get(&format!("u{i}")), now, &store, &metrics);
+                e.on_response(&mut v.features, Some(if failing { 503 } else { 200 }), 2_000);
+                e.on_complete(&v.features, now);
+                if second == 64 {
+                    assert!(v.features.traffic_anomaly_score.is_some_and(|s| s < 0.34), "steady: {:?}", v.features);
+                }
+                last = Some(v);
+                now += 50;
+                assert!(e.on_tick(now, 1, &store, &metrics).iter().all(|l| failing && l.contains("5xx_rate")));
+            }
+        }
+        let v = last.unwrap();
+        let score = v.features.traffic_anomaly_score.unwrap();
+        assert!(score >= 0.9, "{score}");
+        assert!(v.risk >= 0.9, "alone, context is the risk: {}", v.risk);
+        assert_eq!(v.decision, Decision::Flag, "but it only flags");
+        assert!(!v.enforced);
+        assert!(v.threat_details.iter().any(|d| d.signal == "traffic" && d.reason.starts_with("5xx_rate on ")));
+        assert!(report::signals(&v).starts_with("traffic=0.9") || report::signals(&v).starts_with("traffic=1.0"));
+    }
+
+    #[test]
     fn hostile_request_ids_are_sanitised_or_replaced() {
         let (e, store, metrics) = engine("{}");
         let req = HeaderList::from_pairs(&[("x-request-id", "a\"b\\c|d=e\nf")]);
