@@ -246,8 +246,8 @@ impl Traffic {
         }
         let s = &self.settings;
         let (mut state, state_cas) = match store.get(&self.keys.state)? {
-            Some((bytes, cas)) => (State::decode(&bytes, s).unwrap_or_else(|| State::new(due - 1, s)), cas),
-            None => (State::new(due - 1, s), 0),
+            Some((bytes, cas)) => (State::decode(&bytes, s).unwrap_or_else(|| State::new(due.saturating_sub(1), s)), cas),
+            None => (State::new(due.saturating_sub(1), s), 0),
         };
         if state.cursor >= due {
             return Ok(Vec::new());
