@@ -51,6 +51,8 @@ pub struct Params {
     /// The range bounds relax towards the smoothed level over about this many
     /// samples (0: never), so a range left long ago can be news again.
     pub range_samples: f64,
+    /// Samples per bin of the seasonal memory (0: no seasonal memory).
+    pub season_bin: f64,
     /// A surprise fades from the score over about this many samples.
     pub short_samples: f64,
     /// Samples before any score is given (warm-up; the detector learns).
@@ -74,6 +76,7 @@ impl Default for Params {
             smooth_alpha: 0.1,
             range_samples: 20_000.0,
             short_samples: 3.0,
+            season_bin: 12.0,
             warmup: 150,
             refractory_hold: 50.0,
             refractory_decay: 0.999,
@@ -95,9 +98,14 @@ pub struct Detector {
     /// excesses over `u`, range of values (lo, hi), smoothed level and its
     /// range (lo, hi), and the current (fading) score.
     w: [f64; WORDS],
+    /// Means of the last `BINS` completed bins (ring, by bin number).
+    ring: [f32; BINS],
+    /// Per lag (index = lag in bins), the mean absolute error of predicting
+    /// a bin from the bin that lag earlier, adjusted by the last change.
+    err: [f32; BINS],
 }
 
-const WORDS: usize = 12;
+const WORDS: usize = 18;
 const LAST: usize = 0;
 const SPREAD: usize = 1;
 const U: usize = 2;
@@ -110,9 +118,26 @@ const SMOOTH: usize = 8;
 const SLO: usize = 9;
 const SHI: usize = 10;
 const SCORE: usize = 11;
+/// Sum of the samples of the current seasonal bin.
+const BSUM: usize = 12;
+/// Tail model of the seasonal residuals (as U, MEAN, E1, E2 for changes).
+const SU: usize = 13;
+const SMEAN: usize = 14;
+const SE1: usize = 15;
+const SE2: usize = 16;
+/// The seasonal raw anomaly of the last completed bin (diagnostic).
+const SRAW: usize = 17;
+
+/// Bins of the seasonal memory: lags up to `BINS - 2` bins are tried.
+const BINS: usize = 32;
 
 /// Bytes of a detector's encoded state.
-pub const ENCODED_LEN: usize = 8 + 8 * WORDS;
+pub const ENCODED_LEN: usize = 8 + 8 * WORDS + 4 * 2 * BINS;
+
+/// `v` as a finite f32 (the seasonal memory is kept in single precision).
+fn to_f32(v: f64) -> f32 {
+    v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+}
 
 /// Whether `x` leaves the range [lo, hi] widened by `tol` of its width; the
 /// range then takes it in, and relaxes towards `centre` by `relax`.
@@ -128,7 +153,7 @@ fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) 
 
 impl Detector {
     pub fn new(params: Params) -> Self {
-        Detector { params, n: 0, w: [0.0; WORDS] }
+        Detector { params, n: 0, w: [0.0; WORDS], ring: [0.0; BINS], err: [0.0; BINS] }
     }
 
     /// Samples seen so far.
@@ -147,15 +172,16 @@ impl Detector {
     }
 
     /// The tail probability of raw anomaly `r` under the peaks-over-threshold
-    /// model: 1 at or below `u`, else `tail_p` times the generalised Pareto
-    /// survival of the excess (shape and scale by moments).
-    fn tail(&self, r: f64) -> f64 {
-        let u = self.get(U);
+    /// model at `base` (`U` or `SU`): 1 at or below `u`, else `tail_p` times
+    /// the generalised Pareto survival of the excess (shape and scale by
+    /// moments).
+    fn tail(&self, base: usize, r: f64) -> f64 {
+        let u = self.get(base);
         if r <= u {
             return 1.0;
         }
-        let e1 = self.get(E1).max(1e-9);
-        let var = (self.get(E2) - e1 * e1).max(1e-12);
+        let e1 = self.get(base + 2).max(1e-9);
+        let var = (self.get(base + 3) - e1 * e1).max(1e-12);
         let ratio = e1 * e1 / var;
         // Shape clamped to tails between bounded (-0.5) and very heavy (1).
         let xi = (0.5 * (1.0 - ratio)).clamp(-0.5, 1.0);
@@ -174,6 +200,90 @@ impl Detector {
         self.params.tail_p * survival
     }
 
+    /// Learns raw anomaly `r` into the tail model at `base`: the mean raw
+    /// anomaly (weight `long_alpha`), the quantile `u` (steps of `rate` mean
+    /// raw anomalies) and the moments of the excesses (weight `excess_alpha`).
+    fn learn_tail(&mut self, base: usize, r: f64, rate: f64, long_alpha: f64, excess_alpha: f64) {
+        let p = self.params.tail_p;
+        let mean = self.get(base + 1) + long_alpha * (r - self.get(base + 1));
+        self.set(base + 1, mean);
+        let u = self.get(base);
+        let step = rate * mean.max(1e-9);
+        if r > u {
+            let e = r - u;
+            self.set(base + 2, self.get(base + 2) + excess_alpha * (e - self.get(base + 2)));
+            self.set(base + 3, self.get(base + 3) + excess_alpha * (e * e - self.get(base + 3)));
+            self.set(base, u + step * (1.0 - p));
+        } else {
+            self.set(base, u - step * p);
+        }
+    }
+
+    fn bin(&self, k: u64) -> f64 {
+        self.ring.get((k % BINS as u64) as usize).map_or(0.0, |&v| f64::from(v))
+    }
+
+    /// The seasonal memory: adds `x` to the current bin and, when the bin is
+    /// complete, the tail probability of its mean under the best lag's
+    /// prediction (`None` when there is none yet).
+    fn season(&mut self, x: f64) -> Option<f64> {
+        let p = self.params;
+        if !(p.season_bin >= 1.0) {
+            return None;
+        }
+        let width = p.season_bin.min(1e9) as u64;
+        self.set(BSUM, self.get(BSUM) + x);
+        if self.n % width != 0 {
+            return None;
+        }
+        let m = self.get(BSUM) / width as f64;
+        self.set(BSUM, 0.0);
+        let j = self.n / width - 1;
+        let mut q = None;
+        let lags = BINS as u64 - 2;
+        if j > lags {
+            let learned = j - lags - 1;
+            let prev = self.bin(j - 1);
+            let best = (1..=lags as usize)
+                .min_by(|&a, &b| self.err.get(a).copied().unwrap_or(0.0).total_cmp(&self.err.get(b).copied().unwrap_or(0.0)))
+                .unwrap_or(1);
+            let alpha = (width as f64 / p.long_samples.max(1.0)).max(1.0 / (learned + 1) as f64).min(1.0);
+            let floor = 1e-6 * m.abs().max(prev.abs()).max(1e-9);
+            let mut raw = 0.0;
+            for lag in 1..=lags {
+                let pred = self.bin(j - lag) + prev - self.bin(j - 1 - lag);
+                let e = (m - pred).abs();
+                if let Some(err) = self.err.get_mut(lag as usize) {
+                    let old = f64::from(*err);
+                    if lag as usize == best {
+                        raw = (e / old.max(floor)).min(p.raw_cap);
+                    }
+                    *err = to_f32(old + alpha * (e - old));
+                }
+            }
+            let ready = BINS as u64;
+            if learned < ready {
+            } else if learned == ready {
+                // A prior: exponential residuals, scale one mean error.
+                let u = (1.0 / p.tail_p.max(1e-9)).ln();
+                for (i, v) in [(SU, u), (SMEAN, 1.0), (SE1, 1.0), (SE2, 2.0)] {
+                    self.set(i, v);
+                }
+            } else {
+                if learned >= 2 * ready {
+                    q = Some(self.tail(SU, raw));
+                }
+                // Raw residuals are in mean errors: their mean stays 1.
+                self.learn_tail(SU, raw, p.tail_rate * width as f64, 0.0, 0.1);
+            }
+            self.set(SRAW, raw);
+        }
+        if let Some(b) = self.ring.get_mut((j % BINS as u64) as usize) {
+            *b = to_f32(m);
+        }
+        q
+    }
+
     /// Takes one sample and returns the anomaly score of the series now: high
     /// while the recent samples are unlikely, fading as they become normal.
     /// Always in [0, 1]; 0 during the warm-up; a non-finite sample is skipped.
@@ -188,6 +298,7 @@ impl Detector {
             for i in [LAST, LO, HI, SMOOTH, SLO, SHI] {
                 self.set(i, x);
             }
+            self.season(x);
             return 0.0;
         }
         let inv_n = 1.0 / self.n as f64;
@@ -202,20 +313,12 @@ impl Detector {
         let floor = 1e-6 * last.abs().max(x.abs()).max(1e-9);
         let spread = self.get(SPREAD);
         let raw = (change / spread.max(floor)).min(p.raw_cap);
-        let mut q = self.tail(raw);
+        let mut q = self.tail(U, raw);
         self.set(SPREAD, spread + p.spread_alpha.max(inv_n) * (change - spread));
         self.set(LAST, x);
-        let mean = self.get(MEAN) + long_alpha * (raw - self.get(MEAN));
-        self.set(MEAN, mean);
-        let u = self.get(U);
-        let step = p.tail_rate * mean.max(1e-9);
-        if raw > u {
-            let e = raw - u;
-            self.set(E1, self.get(E1) + excess_alpha * (e - self.get(E1)));
-            self.set(E2, self.get(E2) + excess_alpha * (e * e - self.get(E2)));
-            self.set(U, u + step * (1.0 - p.tail_p));
-        } else {
-            self.set(U, u - step * p.tail_p);
+        self.learn_tail(U, raw, p.tail_rate, long_alpha, excess_alpha);
+        if let Some(qs) = self.season(x) {
+            q = q.min(qs);
         }
 
         // 2. Novelty: the value, or the smoothed level, out of its range.
@@ -248,6 +351,9 @@ impl Detector {
         for v in self.w {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        for v in self.ring.iter().chain(&self.err) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
 
     /// The inverse of `encode`; `None` for bytes it did not write. Returns the
@@ -262,7 +368,17 @@ impl Detector {
                 return None;
             }
         }
-        Some((Detector { params, n, w }, ENCODED_LEN))
+        let mut ring = [0.0f32; BINS];
+        let mut err = [0.0f32; BINS];
+        let base = 8 + 8 * WORDS;
+        for (i, v) in ring.iter_mut().chain(err.iter_mut()).enumerate() {
+            let at = base + 4 * i;
+            *v = f32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+            if !v.is_finite() {
+                return None;
+            }
+        }
+        Some((Detector { params, n, w, ring, err }, ENCODED_LEN))
     }
 }
 
@@ -459,6 +575,27 @@ mod tests {
         for i in 0..2_000 {
             let s = d.update(100.0 + noise(i));
             assert!((0.0..=1.0).contains(&s));
+        }
+    }
+}
+
+#[cfg(test)]
+mod debug_tmp {
+    use super::*;
+    #[test]
+    #[ignore]
+    fn dump() {
+        let path = std::env::var("DUMP").unwrap();
+        let text = std::fs::read_to_string(path).unwrap();
+        let mut d = Detector::new(Params::default());
+        for (i, line) in text.lines().skip(1).enumerate() {
+            let x: f64 = line.split(',').nth(1).unwrap().trim().parse().unwrap();
+            let s = d.update(x);
+            let w = d.params.season_bin as u64;
+            if d.n % w == 0 {
+                let best = (1..BINS - 1).min_by(|&a, &b| d.err[a].total_cmp(&d.err[b])).unwrap();
+                println!("{i} x={x:.1} s={s:.3} sraw={:.2} su={:.2} best={best} errbest={:.3} err1={:.3} q={:.2e}", d.get(SRAW), d.get(SU), d.err[best], d.err[1], d.tail(SU, d.get(SRAW)));
+            }
         }
     }
 }
