@@ -1,8 +1,10 @@
 //! A streaming anomaly detector for one series, cheap enough to run per
-//! bucket in the filter: O(1) memory (a dozen words), a few dozen
-//! floating-point operations per sample, no allocation, no look-ahead.
+//! bucket in the filter: O(1) memory (400 bytes of state), a few dozen
+//! floating-point operations per sample (about 200 more at the end of each
+//! seasonal bin, i.e. ~20 per sample amortised), no allocation, no
+//! look-ahead.
 //!
-//! It asks two questions of each sample and scores the more surprising
+//! It asks three questions of each sample and scores the most surprising
 //! answer.
 //!
 //! 1. **Is this change unusually large for this series?** The change from the
@@ -14,7 +16,21 @@
 //!    The tail probability `q` is calibrated per series: heavy-tailed series
 //!    (bursty tweets) need a far larger change than calm ones to look rare,
 //!    and changes that recur (a daily jump) build up their own tail.
-//! 2. **Is the series somewhere it has never been?** The value, and a
+//! 2. **Is this stretch unlike the same stretch a season ago?** The samples
+//!    are averaged in bins of `season_bin`, and the last 32 bin means are kept
+//!    (in f32). Each lag of 1..=30 bins predicts a bin from the bin that lag
+//!    earlier plus the change since (seasonal differencing, so a level shift
+//!    does not echo for a whole season), and keeps the mean absolute error of
+//!    its predictions. The lag with the least error is the season found in
+//!    the data (a day of 5-minute samples is 24 bins of 12); its residual, in
+//!    mean errors, gets a tail probability from a second peaks-over-threshold
+//!    model (started from an exponential prior once the errors have settled).
+//!    This is what notices a day whose usual rise does not come, or comes
+//!    only halfway: every value is ordinary, only the timing is wrong. It
+//!    scores at the end of each bin (after ~95 bins of learning); on
+//!    series without a season the best lag is just another short-term
+//!    predictor, and its tail calibrates it.
+//! 3. **Is the series somewhere it has never been?** The value, and a
 //!    smoothed level, are compared with the range they have covered so far
 //!    (widened by `range_tolerance` of its width; the bounds relax slowly
 //!    towards the level, over ~`range_samples`). Leaving it is a novelty,
@@ -51,7 +67,8 @@ pub struct Params {
     /// The range bounds relax towards the smoothed level over about this many
     /// samples (0: never), so a range left long ago can be news again.
     pub range_samples: f64,
-    /// Samples per bin of the seasonal memory (0: no seasonal memory).
+    /// Samples per bin of the seasonal memory (rounded down; below 1: no
+    /// seasonal memory). Seasons up to 30 bins long are found.
     pub season_bin: f64,
     /// A surprise fades from the score over about this many samples.
     pub short_samples: f64,
@@ -96,22 +113,23 @@ pub struct Detector {
     /// The state, one word each (see `encode`): last value, spread, tail
     /// threshold `u`, mean raw anomaly, first and second moments of the
     /// excesses over `u`, range of values (lo, hi), smoothed level and its
-    /// range (lo, hi), and the current (fading) score.
+    /// range (lo, hi), the current (fading) score, the sum of the current
+    /// seasonal bin and the seasonal tail model (as the change one).
     w: [f64; WORDS],
     /// Means of the last `BINS` completed bins (ring, by bin number).
     ring: [f32; BINS],
-    /// Per lag (index = lag in bins), the mean absolute error of predicting
-    /// a bin from the bin that lag earlier, adjusted by the last change.
+    /// Per lag (index = lag in bins, 0 unused), the mean absolute error of
+    /// predicting a bin by the bin that lag earlier plus the change since
+    /// (seasonal differencing: `b[j - lag] + b[j - 1] - b[j - 1 - lag]`).
     err: [f32; BINS],
 }
 
-const WORDS: usize = 18;
+const WORDS: usize = 17;
 const LAST: usize = 0;
 const SPREAD: usize = 1;
+/// The tail model of the changes: `u`, then (at `U + 1..=U + 3`) the mean
+/// raw anomaly and the first and second moments of the excesses over `u`.
 const U: usize = 2;
-const MEAN: usize = 3;
-const E1: usize = 4;
-const E2: usize = 5;
 const LO: usize = 6;
 const HI: usize = 7;
 const SMOOTH: usize = 8;
@@ -125,11 +143,10 @@ const SU: usize = 13;
 const SMEAN: usize = 14;
 const SE1: usize = 15;
 const SE2: usize = 16;
-/// The seasonal raw anomaly of the last completed bin (diagnostic).
-const SRAW: usize = 17;
-
 /// Bins of the seasonal memory: lags up to `BINS - 2` bins are tried.
 const BINS: usize = 32;
+/// Weight of a new excess in the seasonal tail moments (~10 excesses).
+const SEASON_EXCESS_ALPHA: f64 = 0.1;
 
 /// Bytes of a detector's encoded state.
 pub const ENCODED_LEN: usize = 8 + 8 * WORDS + 4 * 2 * BINS;
@@ -228,7 +245,7 @@ impl Detector {
     /// prediction (`None` when there is none yet).
     fn season(&mut self, x: f64) -> Option<f64> {
         let p = self.params;
-        if !(p.season_bin >= 1.0) {
+        if p.season_bin.is_nan() || p.season_bin < 1.0 {
             return None;
         }
         let width = p.season_bin.min(1e9) as u64;
@@ -261,22 +278,22 @@ impl Detector {
                     *err = to_f32(old + alpha * (e - old));
                 }
             }
+            // The errors settle over `BINS` bins; then the tail model starts
+            // from a prior (exponential residuals of scale one mean error,
+            // `u` their 1 - tail_p quantile) and learns for `BINS` bins more
+            // before it scores. Its mean stays 1: residuals are in mean errors.
             let ready = BINS as u64;
-            if learned < ready {
-            } else if learned == ready {
-                // A prior: exponential residuals, scale one mean error.
+            if learned == ready {
                 let u = (1.0 / p.tail_p.max(1e-9)).ln();
                 for (i, v) in [(SU, u), (SMEAN, 1.0), (SE1, 1.0), (SE2, 2.0)] {
                     self.set(i, v);
                 }
-            } else {
+            } else if learned > ready {
                 if learned >= 2 * ready {
                     q = Some(self.tail(SU, raw));
                 }
-                // Raw residuals are in mean errors: their mean stays 1.
-                self.learn_tail(SU, raw, p.tail_rate * width as f64, 0.0, 0.1);
+                self.learn_tail(SU, raw, p.tail_rate * width as f64, 0.0, SEASON_EXCESS_ALPHA);
             }
-            self.set(SRAW, raw);
         }
         if let Some(b) = self.ring.get_mut((j % BINS as u64) as usize) {
             *b = to_f32(m);
@@ -525,6 +542,30 @@ mod tests {
         assert!(alarms(&fast, 0) <= 20, "{}", alarms(&fast, 0));
     }
 
+    /// A day of 5-minute samples (288) low at 20, high at 80 for 100 samples;
+    /// on day 10 the rise only reaches `broken_high`.
+    fn square_day(i: u64, broken_high: f64) -> f64 {
+        let high = if i / 288 == 10 { broken_high } else { 80.0 };
+        (if (108..208).contains(&(i % 288)) { high } else { 20.0 }) + 3.0 * noise(i)
+    }
+
+    #[test]
+    fn a_day_whose_rise_falls_short_is_flagged_by_the_seasonal_memory() {
+        let params = Params { warmup: 600, ..Params::default() };
+        let clean = run_with(params, (0..4_032).map(|i| square_day(i, 80.0)));
+        assert_eq!(alarms(&clean, 600), 0, "a clean square cycle raised alarms");
+        // Every value of the broken day is ordinary; only the season says
+        // the rise is wrong. 2988 is where the rise should come.
+        for broken_high in [40.0, 20.0] {
+            let s = run_with(params, (0..4_032).map(|i| square_day(i, broken_high)));
+            let first = s.iter().skip(2_988).position(|&x| x >= threshold(0.8));
+            assert!(first.is_some_and(|k| k <= 24), "{broken_high}: {first:?}");
+            assert!(alarms(&s, 600) <= 3 && alarms(&s, 600) == alarms(&s, 2_988), "{broken_high}: {}", alarms(&s, 600));
+            let blind = run_with(Params { season_bin: 0.0, ..params }, (0..4_032).map(|i| square_day(i, broken_high)));
+            assert_eq!(alarms(&blind, 2_988), 0, "{broken_high}: caught without the season?");
+        }
+    }
+
     #[test]
     fn a_daily_cycle_is_learned_and_a_break_in_it_is_not() {
         // Period 288 (a day of 5-minute samples); warm-up over two periods.
@@ -540,16 +581,18 @@ mod tests {
     #[test]
     fn state_survives_encoding() {
         let mut d = Detector::new(Params::default());
-        for i in 0..500 {
+        // Long enough for the seasonal memory to be scoring.
+        for i in 0..2_000 {
             d.update(100.0 + 5.0 * noise(i));
         }
         let mut bytes = Vec::new();
         d.encode(&mut bytes);
         assert_eq!(bytes.len(), ENCODED_LEN);
+        const { assert!(ENCODED_LEN <= 400) };
         let (mut e, used) = Detector::decode(Params::default(), &bytes).unwrap();
         assert_eq!(used, ENCODED_LEN);
         assert_eq!(e, d);
-        assert_eq!(e.samples(), 500);
+        assert_eq!(e.samples(), 2_000);
         assert_eq!(e.update(300.0), d.update(300.0));
         assert!(Detector::decode(Params::default(), &bytes[..20]).is_none());
     }
@@ -579,23 +622,3 @@ mod tests {
     }
 }
 
-#[cfg(test)]
-mod debug_tmp {
-    use super::*;
-    #[test]
-    #[ignore]
-    fn dump() {
-        let path = std::env::var("DUMP").unwrap();
-        let text = std::fs::read_to_string(path).unwrap();
-        let mut d = Detector::new(Params::default());
-        for (i, line) in text.lines().skip(1).enumerate() {
-            let x: f64 = line.split(',').nth(1).unwrap().trim().parse().unwrap();
-            let s = d.update(x);
-            let w = d.params.season_bin as u64;
-            if d.n % w == 0 {
-                let best = (1..BINS - 1).min_by(|&a, &b| d.err[a].total_cmp(&d.err[b])).unwrap();
-                println!("{i} x={x:.1} s={s:.3} sraw={:.2} su={:.2} best={best} errbest={:.3} err1={:.3} q={:.2e}", d.get(SRAW), d.get(SU), d.err[best], d.err[1], d.tail(SU, d.get(SRAW)));
-            }
-        }
-    }
-}
