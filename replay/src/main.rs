@@ -88,6 +88,7 @@ fn params(args: &[String]) -> Result<Params, String> {
             "smooth_alpha" => p.smooth_alpha = v,
             "range_samples" => p.range_samples = v,
             "short_samples" => p.short_samples = v,
+            "season_bin" => p.season_bin = v,
             "warmup" => p.warmup = v as u64,
             "refractory_hold" => p.refractory_hold = v,
             "refractory_decay" => p.refractory_decay = v,

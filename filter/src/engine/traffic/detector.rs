@@ -1,8 +1,10 @@
 //! A streaming anomaly detector for one series, cheap enough to run per
-//! bucket in the filter: O(1) memory (a dozen words), a few dozen
-//! floating-point operations per sample, no allocation, no look-ahead.
+//! bucket in the filter: O(1) memory (400 bytes of state), a few dozen
+//! floating-point operations per sample (about 200 more at the end of each
+//! seasonal bin, i.e. ~20 per sample amortised), no allocation, no
+//! look-ahead.
 //!
-//! It asks two questions of each sample and scores the more surprising
+//! It asks three questions of each sample and scores the most surprising
 //! answer.
 //!
 //! 1. **Is this change unusually large for this series?** The change from the
@@ -14,7 +16,21 @@
 //!    The tail probability `q` is calibrated per series: heavy-tailed series
 //!    (bursty tweets) need a far larger change than calm ones to look rare,
 //!    and changes that recur (a daily jump) build up their own tail.
-//! 2. **Is the series somewhere it has never been?** The value, and a
+//! 2. **Is this stretch unlike the same stretch a season ago?** The samples
+//!    are averaged in bins of `season_bin`, and the last 32 bin means are kept
+//!    (in f32). Each lag of 1..=30 bins predicts a bin from the bin that lag
+//!    earlier plus the change since (seasonal differencing, so a level shift
+//!    does not echo for a whole season), and keeps the mean absolute error of
+//!    its predictions. The lag with the least error is the season found in
+//!    the data (a day of 5-minute samples is 24 bins of 12); its residual, in
+//!    mean errors, gets a tail probability from a second peaks-over-threshold
+//!    model (started from an exponential prior once the errors have settled).
+//!    This is what notices a day whose usual rise does not come, or comes
+//!    only halfway: every value is ordinary, only the timing is wrong. It
+//!    scores at the end of each bin (after ~95 bins of learning); on
+//!    series without a season the best lag is just another short-term
+//!    predictor, and its tail calibrates it.
+//! 3. **Is the series somewhere it has never been?** The value, and a
 //!    smoothed level, are compared with the range they have covered so far
 //!    (widened by `range_tolerance` of its width; the bounds relax slowly
 //!    towards the level, over ~`range_samples`). Leaving it is a novelty,
@@ -51,6 +67,9 @@ pub struct Params {
     /// The range bounds relax towards the smoothed level over about this many
     /// samples (0: never), so a range left long ago can be news again.
     pub range_samples: f64,
+    /// Samples per bin of the seasonal memory (rounded down; below 1: no
+    /// seasonal memory). Seasons up to 30 bins long are found.
+    pub season_bin: f64,
     /// A surprise fades from the score over about this many samples.
     pub short_samples: f64,
     /// Samples before any score is given (warm-up; the detector learns).
@@ -74,6 +93,7 @@ impl Default for Params {
             smooth_alpha: 0.1,
             range_samples: 20_000.0,
             short_samples: 3.0,
+            season_bin: 12.0,
             warmup: 150,
             refractory_hold: 50.0,
             refractory_decay: 0.999,
@@ -93,26 +113,48 @@ pub struct Detector {
     /// The state, one word each (see `encode`): last value, spread, tail
     /// threshold `u`, mean raw anomaly, first and second moments of the
     /// excesses over `u`, range of values (lo, hi), smoothed level and its
-    /// range (lo, hi), and the current (fading) score.
+    /// range (lo, hi), the current (fading) score, the sum of the current
+    /// seasonal bin and the seasonal tail model (as the change one).
     w: [f64; WORDS],
+    /// Means of the last `BINS` completed bins (ring, by bin number).
+    ring: [f32; BINS],
+    /// Per lag (index = lag in bins, 0 unused), the mean absolute error of
+    /// predicting a bin by the bin that lag earlier plus the change since
+    /// (seasonal differencing: `b[j - lag] + b[j - 1] - b[j - 1 - lag]`).
+    err: [f32; BINS],
 }
 
-const WORDS: usize = 12;
+const WORDS: usize = 17;
 const LAST: usize = 0;
 const SPREAD: usize = 1;
+/// The tail model of the changes: `u`, then (at `U + 1..=U + 3`) the mean
+/// raw anomaly and the first and second moments of the excesses over `u`.
 const U: usize = 2;
-const MEAN: usize = 3;
-const E1: usize = 4;
-const E2: usize = 5;
 const LO: usize = 6;
 const HI: usize = 7;
 const SMOOTH: usize = 8;
 const SLO: usize = 9;
 const SHI: usize = 10;
 const SCORE: usize = 11;
+/// Sum of the samples of the current seasonal bin.
+const BSUM: usize = 12;
+/// Tail model of the seasonal residuals (as U, MEAN, E1, E2 for changes).
+const SU: usize = 13;
+const SMEAN: usize = 14;
+const SE1: usize = 15;
+const SE2: usize = 16;
+/// Bins of the seasonal memory: lags up to `BINS - 2` bins are tried.
+const BINS: usize = 32;
+/// Weight of a new excess in the seasonal tail moments (~10 excesses).
+const SEASON_EXCESS_ALPHA: f64 = 0.1;
 
 /// Bytes of a detector's encoded state.
-pub const ENCODED_LEN: usize = 8 + 8 * WORDS;
+pub const ENCODED_LEN: usize = 8 + 8 * WORDS + 4 * 2 * BINS;
+
+/// `v` as a finite f32 (the seasonal memory is kept in single precision).
+fn to_f32(v: f64) -> f32 {
+    v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
+}
 
 /// Whether `x` leaves the range [lo, hi] widened by `tol` of its width; the
 /// range then takes it in, and relaxes towards `centre` by `relax`.
@@ -128,7 +170,7 @@ fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) 
 
 impl Detector {
     pub fn new(params: Params) -> Self {
-        Detector { params, n: 0, w: [0.0; WORDS] }
+        Detector { params, n: 0, w: [0.0; WORDS], ring: [0.0; BINS], err: [0.0; BINS] }
     }
 
     /// Samples seen so far.
@@ -147,15 +189,16 @@ impl Detector {
     }
 
     /// The tail probability of raw anomaly `r` under the peaks-over-threshold
-    /// model: 1 at or below `u`, else `tail_p` times the generalised Pareto
-    /// survival of the excess (shape and scale by moments).
-    fn tail(&self, r: f64) -> f64 {
-        let u = self.get(U);
+    /// model at `base` (`U` or `SU`): 1 at or below `u`, else `tail_p` times
+    /// the generalised Pareto survival of the excess (shape and scale by
+    /// moments).
+    fn tail(&self, base: usize, r: f64) -> f64 {
+        let u = self.get(base);
         if r <= u {
             return 1.0;
         }
-        let e1 = self.get(E1).max(1e-9);
-        let var = (self.get(E2) - e1 * e1).max(1e-12);
+        let e1 = self.get(base + 2).max(1e-9);
+        let var = (self.get(base + 3) - e1 * e1).max(1e-12);
         let ratio = e1 * e1 / var;
         // Shape clamped to tails between bounded (-0.5) and very heavy (1).
         let xi = (0.5 * (1.0 - ratio)).clamp(-0.5, 1.0);
@@ -174,6 +217,90 @@ impl Detector {
         self.params.tail_p * survival
     }
 
+    /// Learns raw anomaly `r` into the tail model at `base`: the mean raw
+    /// anomaly (weight `long_alpha`), the quantile `u` (steps of `rate` mean
+    /// raw anomalies) and the moments of the excesses (weight `excess_alpha`).
+    fn learn_tail(&mut self, base: usize, r: f64, rate: f64, long_alpha: f64, excess_alpha: f64) {
+        let p = self.params.tail_p;
+        let mean = self.get(base + 1) + long_alpha * (r - self.get(base + 1));
+        self.set(base + 1, mean);
+        let u = self.get(base);
+        let step = rate * mean.max(1e-9);
+        if r > u {
+            let e = r - u;
+            self.set(base + 2, self.get(base + 2) + excess_alpha * (e - self.get(base + 2)));
+            self.set(base + 3, self.get(base + 3) + excess_alpha * (e * e - self.get(base + 3)));
+            self.set(base, u + step * (1.0 - p));
+        } else {
+            self.set(base, u - step * p);
+        }
+    }
+
+    fn bin(&self, k: u64) -> f64 {
+        self.ring.get((k % BINS as u64) as usize).map_or(0.0, |&v| f64::from(v))
+    }
+
+    /// The seasonal memory: adds `x` to the current bin and, when the bin is
+    /// complete, the tail probability of its mean under the best lag's
+    /// prediction (`None` when there is none yet).
+    fn season(&mut self, x: f64) -> Option<f64> {
+        let p = self.params;
+        if p.season_bin.is_nan() || p.season_bin < 1.0 {
+            return None;
+        }
+        let width = p.season_bin.min(1e9) as u64;
+        self.set(BSUM, self.get(BSUM) + x);
+        if self.n % width != 0 {
+            return None;
+        }
+        let m = self.get(BSUM) / width as f64;
+        self.set(BSUM, 0.0);
+        let j = self.n / width - 1;
+        let mut q = None;
+        let lags = BINS as u64 - 2;
+        if j > lags {
+            let learned = j - lags - 1;
+            let prev = self.bin(j - 1);
+            let best = (1..=lags as usize)
+                .min_by(|&a, &b| self.err.get(a).copied().unwrap_or(0.0).total_cmp(&self.err.get(b).copied().unwrap_or(0.0)))
+                .unwrap_or(1);
+            let alpha = (width as f64 / p.long_samples.max(1.0)).max(1.0 / (learned + 1) as f64).min(1.0);
+            let floor = 1e-6 * m.abs().max(prev.abs()).max(1e-9);
+            let mut raw = 0.0;
+            for lag in 1..=lags {
+                let pred = self.bin(j - lag) + prev - self.bin(j - 1 - lag);
+                let e = (m - pred).abs();
+                if let Some(err) = self.err.get_mut(lag as usize) {
+                    let old = f64::from(*err);
+                    if lag as usize == best {
+                        raw = (e / old.max(floor)).min(p.raw_cap);
+                    }
+                    *err = to_f32(old + alpha * (e - old));
+                }
+            }
+            // The errors settle over `BINS` bins; then the tail model starts
+            // from a prior (exponential residuals of scale one mean error,
+            // `u` their 1 - tail_p quantile) and learns for `BINS` bins more
+            // before it scores. Its mean stays 1: residuals are in mean errors.
+            let ready = BINS as u64;
+            if learned == ready {
+                let u = (1.0 / p.tail_p.max(1e-9)).ln();
+                for (i, v) in [(SU, u), (SMEAN, 1.0), (SE1, 1.0), (SE2, 2.0)] {
+                    self.set(i, v);
+                }
+            } else if learned > ready {
+                if learned >= 2 * ready {
+                    q = Some(self.tail(SU, raw));
+                }
+                self.learn_tail(SU, raw, p.tail_rate * width as f64, 0.0, SEASON_EXCESS_ALPHA);
+            }
+        }
+        if let Some(b) = self.ring.get_mut((j % BINS as u64) as usize) {
+            *b = to_f32(m);
+        }
+        q
+    }
+
     /// Takes one sample and returns the anomaly score of the series now: high
     /// while the recent samples are unlikely, fading as they become normal.
     /// Always in [0, 1]; 0 during the warm-up; a non-finite sample is skipped.
@@ -188,6 +315,7 @@ impl Detector {
             for i in [LAST, LO, HI, SMOOTH, SLO, SHI] {
                 self.set(i, x);
             }
+            self.season(x);
             return 0.0;
         }
         let inv_n = 1.0 / self.n as f64;
@@ -202,20 +330,12 @@ impl Detector {
         let floor = 1e-6 * last.abs().max(x.abs()).max(1e-9);
         let spread = self.get(SPREAD);
         let raw = (change / spread.max(floor)).min(p.raw_cap);
-        let mut q = self.tail(raw);
+        let mut q = self.tail(U, raw);
         self.set(SPREAD, spread + p.spread_alpha.max(inv_n) * (change - spread));
         self.set(LAST, x);
-        let mean = self.get(MEAN) + long_alpha * (raw - self.get(MEAN));
-        self.set(MEAN, mean);
-        let u = self.get(U);
-        let step = p.tail_rate * mean.max(1e-9);
-        if raw > u {
-            let e = raw - u;
-            self.set(E1, self.get(E1) + excess_alpha * (e - self.get(E1)));
-            self.set(E2, self.get(E2) + excess_alpha * (e * e - self.get(E2)));
-            self.set(U, u + step * (1.0 - p.tail_p));
-        } else {
-            self.set(U, u - step * p.tail_p);
+        self.learn_tail(U, raw, p.tail_rate, long_alpha, excess_alpha);
+        if let Some(qs) = self.season(x) {
+            q = q.min(qs);
         }
 
         // 2. Novelty: the value, or the smoothed level, out of its range.
@@ -248,6 +368,9 @@ impl Detector {
         for v in self.w {
             out.extend_from_slice(&v.to_le_bytes());
         }
+        for v in self.ring.iter().chain(&self.err) {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
     }
 
     /// The inverse of `encode`; `None` for bytes it did not write. Returns the
@@ -262,7 +385,17 @@ impl Detector {
                 return None;
             }
         }
-        Some((Detector { params, n, w }, ENCODED_LEN))
+        let mut ring = [0.0f32; BINS];
+        let mut err = [0.0f32; BINS];
+        let base = 8 + 8 * WORDS;
+        for (i, v) in ring.iter_mut().chain(err.iter_mut()).enumerate() {
+            let at = base + 4 * i;
+            *v = f32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?);
+            if !v.is_finite() {
+                return None;
+            }
+        }
+        Some((Detector { params, n, w, ring, err }, ENCODED_LEN))
     }
 }
 
@@ -409,6 +542,30 @@ mod tests {
         assert!(alarms(&fast, 0) <= 20, "{}", alarms(&fast, 0));
     }
 
+    /// A day of 5-minute samples (288) low at 20, high at 80 for 100 samples;
+    /// on day 10 the rise only reaches `broken_high`.
+    fn square_day(i: u64, broken_high: f64) -> f64 {
+        let high = if i / 288 == 10 { broken_high } else { 80.0 };
+        (if (108..208).contains(&(i % 288)) { high } else { 20.0 }) + 3.0 * noise(i)
+    }
+
+    #[test]
+    fn a_day_whose_rise_falls_short_is_flagged_by_the_seasonal_memory() {
+        let params = Params { warmup: 600, ..Params::default() };
+        let clean = run_with(params, (0..4_032).map(|i| square_day(i, 80.0)));
+        assert_eq!(alarms(&clean, 600), 0, "a clean square cycle raised alarms");
+        // Every value of the broken day is ordinary; only the season says
+        // the rise is wrong. 2988 is where the rise should come.
+        for broken_high in [40.0, 20.0] {
+            let s = run_with(params, (0..4_032).map(|i| square_day(i, broken_high)));
+            let first = s.iter().skip(2_988).position(|&x| x >= threshold(0.8));
+            assert!(first.is_some_and(|k| k <= 24), "{broken_high}: {first:?}");
+            assert!(alarms(&s, 600) <= 3 && alarms(&s, 600) == alarms(&s, 2_988), "{broken_high}: {}", alarms(&s, 600));
+            let blind = run_with(Params { season_bin: 0.0, ..params }, (0..4_032).map(|i| square_day(i, broken_high)));
+            assert_eq!(alarms(&blind, 2_988), 0, "{broken_high}: caught without the season?");
+        }
+    }
+
     #[test]
     fn a_daily_cycle_is_learned_and_a_break_in_it_is_not() {
         // Period 288 (a day of 5-minute samples); warm-up over two periods.
@@ -424,16 +581,18 @@ mod tests {
     #[test]
     fn state_survives_encoding() {
         let mut d = Detector::new(Params::default());
-        for i in 0..500 {
+        // Long enough for the seasonal memory to be scoring.
+        for i in 0..2_000 {
             d.update(100.0 + 5.0 * noise(i));
         }
         let mut bytes = Vec::new();
         d.encode(&mut bytes);
         assert_eq!(bytes.len(), ENCODED_LEN);
+        const { assert!(ENCODED_LEN <= 400) };
         let (mut e, used) = Detector::decode(Params::default(), &bytes).unwrap();
         assert_eq!(used, ENCODED_LEN);
         assert_eq!(e, d);
-        assert_eq!(e.samples(), 500);
+        assert_eq!(e.samples(), 2_000);
         assert_eq!(e.update(300.0), d.update(300.0));
         assert!(Detector::decode(Params::default(), &bytes[..20]).is_none());
     }
@@ -462,3 +621,4 @@ mod tests {
         }
     }
 }
+
