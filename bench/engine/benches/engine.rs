@@ -201,7 +201,7 @@ fn pipeline_full(c: &mut Criterion) {
     };
     run("10k_identities_16384_slots", bench_config());
     // Profiling on: with a cache that holds every identity (hits), and with
-    // the default 1024-entry cache against 10,000 identities (mostly misses,
+    // a 1024-entry cache (a quarter of the default) against 10,000 identities (mostly misses,
     // each a read of shared data; the write-back happens in ticks, not here).
     run("10k_identities_profiling_cache_16384", profiling_config(16_384));
     run("10k_identities_profiling_cache_1024", profiling_config(1_024));
@@ -218,7 +218,7 @@ fn traffic_scoring(c: &mut Criterion) {
     let t = Traffic::new(&cfg);
     let store = MemoryStore::default();
     let metrics = MemoryMetrics::default();
-    t.start(&store).unwrap_or_else(|e| panic!("start: {e:?}"));
+    t.start(&store, &metrics).unwrap_or_else(|e| panic!("start: {e:?}"));
     let routes: Vec<String> = (0..16).map(|i| format!("/api/v1/resource{i}/{{id}}")).collect();
     // A few seconds of traffic so a snapshot exists.
     let mut now = START_MS;

@@ -75,8 +75,7 @@ impl Engine {
             created += p.start(store, metrics)?;
         }
         if let Some(t) = &self.traffic {
-            let bytes = t.start(store)?;
-            metrics.add(Metric::SharedDataBytes, bytes);
+            t.start(store, metrics)?;
         }
         Ok(created)
     }

@@ -54,11 +54,12 @@ const COUNTERS: [(Metric, &str); 26] = [
     (Metric::TrafficAnomalies(TrafficMetric::ClientErrorRate), "vigil_traffic_anomalies_total.metric.4xx_rate"),
     (Metric::TrafficAnomalies(TrafficMetric::ServerErrorRate), "vigil_traffic_anomalies_total.metric.5xx_rate"),
 ];
-const GAUGES: [(Metric, &str); 5] = [
+const GAUGES: [(Metric, &str); 6] = [
     (Metric::StoreSlotsUsed(Table::Rate), "vigil_store_slots_used.table.rate"),
     (Metric::StoreSlotsUsed(Table::Profile), "vigil_store_slots_used.table.profile"),
     (Metric::StoreBytes(Table::Rate), "vigil_store_bytes.table.rate"),
     (Metric::StoreBytes(Table::Profile), "vigil_store_bytes.table.profile"),
+    (Metric::StoreBytes(Table::Traffic), "vigil_store_bytes.table.traffic"),
     (Metric::SharedDataBytes, "vigil_shared_data_bytes"),
 ];
 const PROCESSING_TIME: &str = "vigil_processing_time_us";

@@ -25,7 +25,7 @@ pub mod tally;
 use super::codec::{Reader, Writer};
 use super::config::TimeSeriesAnalysis;
 use super::lease::Lease;
-use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError};
+use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 use analyzer::{Settings, Snapshot, State};
 use std::cell::RefCell;
 use tally::Counts;
@@ -115,16 +115,19 @@ impl Traffic {
         self.settings.threshold
     }
 
-    /// Creates the keys (a fixed set of four). Returns the bytes it added.
-    pub fn start(&self, store: &dyn SharedStore) -> Result<u64, StoreError> {
-        let mut added = Lease::create(&self.keys.lease, store)?;
+    /// Creates the lease and pending keys (state and snapshot follow with the
+    /// first analysis: four keys in all), counting their bytes.
+    pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
+        let lease = Lease::create(&self.keys.lease, store)?;
+        metrics.add(Metric::SharedDataBytes, lease);
+        metrics.add(Metric::StoreBytes(Table::Traffic), lease);
         let mut empty = Vec::new();
         encode_pending(&[], &mut empty);
         if store.get(&self.keys.pending)?.is_none() {
             store.set(&self.keys.pending, &empty, 0)?;
-            added += (self.keys.pending.len() + empty.len()) as u64;
+            resized(metrics, &self.keys.pending, None, empty.len());
         }
-        Ok(added)
+        Ok(())
     }
 
     /// One completed request (request path: local memory only).
@@ -245,9 +248,13 @@ impl Traffic {
             return Ok(Vec::new());
         }
         let s = &self.settings;
-        let (mut state, state_cas) = match store.get(&self.keys.state)? {
-            Some((bytes, cas)) => (State::decode(&bytes, s).unwrap_or_else(|| State::new(due.saturating_sub(1), s)), cas),
-            None => (State::new(due.saturating_sub(1), s), 0),
+        let (mut state, state_cas, state_len) = match store.get(&self.keys.state)? {
+            Some((bytes, cas)) => (
+                State::decode(&bytes, s).unwrap_or_else(|| State::new(due.saturating_sub(1), s)),
+                cas,
+                Some(bytes.len()),
+            ),
+            None => (State::new(due.saturating_sub(1), s), 0, None),
         };
         if state.cursor >= due {
             return Ok(Vec::new());
@@ -293,12 +300,19 @@ impl Traffic {
         state.encode(&mut bytes);
         if store.set(&self.keys.state, &bytes, state_cas)? == SetOutcome::CasMismatch {
             // Another VM advanced the state (the lease lapsed under us): its word stands.
-            metrics.add(Metric::StoreCasConflicts(super::ports::Table::Traffic), 1);
+            metrics.add(Metric::StoreCasConflicts(Table::Traffic), 1);
             return Ok(lines);
         }
+        resized(metrics, &self.keys.state, state_len, bytes.len());
+        let (snapshot_len, snapshot_cas) = match store.get(&self.keys.snapshot)? {
+            Some((old, cas)) => (Some(old.len()), cas),
+            None => (None, 0),
+        };
         let mut bytes = Vec::new();
         snapshot.encode(&mut bytes);
-        store.set(&self.keys.snapshot, &bytes, 0)?;
+        if store.set(&self.keys.snapshot, &bytes, snapshot_cas)? == SetOutcome::Written {
+            resized(metrics, &self.keys.snapshot, snapshot_len, bytes.len());
+        }
         Ok(lines)
     }
 
@@ -356,19 +370,37 @@ fn cas_update<T>(
     mut f: impl FnMut(Vec<(u64, Counts)>) -> Option<(Vec<(u64, Counts)>, T)>,
 ) -> Result<Option<T>, StoreError> {
     for _ in 0..CAS_RETRIES {
-        let (current, cas) = match store.get(key)? {
-            Some((bytes, cas)) => (decode_pending(&bytes).unwrap_or_default(), cas),
-            None => (Vec::new(), 0),
+        let (current, cas, old_len) = match store.get(key)? {
+            Some((bytes, cas)) => (decode_pending(&bytes).unwrap_or_default(), cas, Some(bytes.len())),
+            None => (Vec::new(), 0, None),
         };
         let Some((next, out)) = f(current) else { return Ok(None) };
         let mut bytes = Vec::new();
         encode_pending(&next, &mut bytes);
         match store.set(key, &bytes, cas)? {
-            SetOutcome::Written => return Ok(Some(out)),
-            SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(super::ports::Table::Traffic), 1),
+            SetOutcome::Written => {
+                resized(metrics, key, old_len, bytes.len());
+                return Ok(Some(out));
+            }
+            SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Traffic), 1),
         }
     }
     Err(StoreError::Contended)
+}
+
+/// Keeps the byte gauges right after a write that replaced `old` bytes (or
+/// created the key) with `new`: each write knows exactly what it replaced, so
+/// the deltas of all VMs add up.
+fn resized(metrics: &dyn MetricsSink, key: &str, old: Option<usize>, new: usize) {
+    let old = old.map_or(0, |n| n + key.len()) as u64;
+    let new = (new + key.len()) as u64;
+    for m in [Metric::SharedDataBytes, Metric::StoreBytes(Table::Traffic)] {
+        if new >= old {
+            metrics.add(m, new - old);
+        } else {
+            metrics.sub(m, old - new);
+        }
+    }
 }
 
 fn encode_pending(seconds: &[(u64, Counts)], out: &mut Vec<u8>) {
@@ -423,7 +455,7 @@ mod tests {
         fn new() -> Self {
             let c = cfg();
             let t = Two { store: MemoryStore::default(), metrics: MemoryMetrics::default(), workers: [Traffic::new(&c), Traffic::new(&c)], now_ms: 1_700_000_000_000 };
-            t.workers.iter().for_each(|w| { w.start(&t.store).unwrap(); });
+            t.workers.iter().for_each(|w| { w.start(&t.store, &t.metrics).unwrap(); });
             t
         }
 
@@ -464,6 +496,7 @@ mod tests {
         assert_eq!(t.metrics.get(Metric::TrafficRequests), sent);
         let seconds = t.metrics.get(Metric::TrafficSeconds);
         assert!((60..=64).contains(&seconds), "{seconds} seconds analysed in 63");
+        assert_eq!(t.metrics.get(Metric::StoreBytes(Table::Traffic)), t.store.bytes() as u64, "the gauge is exact");
     }
 
     #[test]
@@ -493,7 +526,7 @@ mod tests {
     fn no_analysis_means_no_score_and_a_bounded_pending_record() {
         let t = Traffic::new(&cfg());
         let store = MemoryStore::default();
-        t.start(&store).unwrap();
+        t.start(&store, &NoMetricsSink).unwrap();
         assert_eq!(t.read("/a", 1_000_000), None);
         // A worker that flushes but never wins the lease (another holds it forever).
         let other = Lease { key: &t.keys.lease, holder: 99, duration_ms: u64::MAX / 2 };
