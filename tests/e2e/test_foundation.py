@@ -227,5 +227,7 @@ def test_response_side_features_are_read_without_disturbing_responses(stack_fact
         assert stack.request(path, headers={"x-user-id": "resp"})[0] == want, path
     stack.settle()
     assert stack.counter("wasmcustom.vigil_requests_total") == 4
+    # Every response, failed or slow, reached the traffic analysis (once a second, a second late).
+    wait_for(lambda: stack.counter("wasmcustom.vigil_traffic_requests_total") == 4, what="4 requests analysed")
     log = stack.envoy_log_text()
     assert "panicked" not in log and "Function: proxy_on" not in log, log[-2000:]
