@@ -21,6 +21,9 @@ impl Writer<'_> {
     pub fn f32(&mut self, v: f32) {
         self.0.extend_from_slice(&v.to_le_bytes());
     }
+    pub fn f64(&mut self, v: f64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
     /// LEB128: counts are mostly small.
     pub fn varint(&mut self, mut v: u64) {
         while v >= 0x80 {
@@ -63,6 +66,9 @@ impl<'a> Reader<'a> {
     }
     pub fn f32(&mut self) -> Option<f32> {
         Some(f32::from_le_bytes(self.take()?))
+    }
+    pub fn f64(&mut self) -> Option<f64> {
+        Some(f64::from_le_bytes(self.take()?))
     }
     pub fn varint(&mut self) -> Option<u64> {
         let mut v = 0u64;

@@ -40,6 +40,10 @@ impl Decision {
 /// left out), whichever is higher. With one detector alone its
 /// score is the risk. (Confidence weighting comes with the ensemble issue.)
 pub fn risk(signals: &[Signal]) -> f64 {
+    weighted_risk(signals, true)
+}
+
+fn weighted_risk(signals: &[Signal], with_context: bool) -> f64 {
     let finite = |s: &&Signal| s.score.is_finite();
     let strongest = signals
         .iter()
@@ -58,7 +62,7 @@ pub fn risk(signals: &[Signal]) -> f64 {
             }
             // Context weighs in only when it has something to say: quiet
             // traffic must not dilute what the identity's detectors found.
-            Combine::Context { weight, gate } if s.score >= gate => {
+            Combine::Context { weight, gate } if with_context && s.score >= gate => {
                 weights += weight;
                 sum += weight * s.score.clamp(0.0, 1.0);
             }
@@ -69,11 +73,17 @@ pub fn risk(signals: &[Signal]) -> f64 {
     strongest.max(ensemble).clamp(0.0, 1.0)
 }
 
-/// The risk from what is known about the requester alone, leaving out
-/// context signals (the traffic of its route).
-pub fn risk_without_context(signals: &[Signal]) -> f64 {
-    let own: Vec<Signal> = signals.iter().filter(|s| !matches!(s.combine, Combine::Context { .. })).copied().collect();
-    risk(&own)
+/// The decision for a request whose `risk` came from `signals`. Context
+/// (the traffic of its route) can flag a request, but a refusal needs the
+/// requester's own risk to reach it: refusing everyone on a route because
+/// the route is anomalous would turn a surge into an outage.
+pub fn decide_for(risk: f64, signals: &[Signal], t: &DecisionThresholds) -> Decision {
+    let decision = decide(risk, t);
+    if decision > Decision::Flag {
+        decide(weighted_risk(signals, false), t).max(Decision::Flag)
+    } else {
+        decision
+    }
 }
 
 pub fn decide(risk: f64, t: &DecisionThresholds) -> Decision {
@@ -121,5 +131,23 @@ mod tests {
         assert!((risk(&[d(0.9, 0.4), d(0.1, 0.4)]) - 0.45).abs() < 1e-12);
         // A local rule still sets a floor.
         assert_eq!(risk(&[d(0.9, 0.4), d(0.0, 0.4), Signal::local("rate", 0.8)]), 0.8);
+    }
+
+    #[test]
+    fn context_weighs_in_only_past_its_gate_and_alone_never_refuses() {
+        let t = DecisionThresholds::default();
+        let traffic = |score| Signal { name: "traffic", score, combine: Combine::Context { weight: 0.3, gate: 0.34 } };
+        let behaviour = |score| Signal { name: "behavior", score, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        // Quiet context does not dilute the identity's deviation.
+        assert!((risk(&[behaviour(0.9), traffic(0.1)]) - 0.9).abs() < 1e-12);
+        // Context alone: the risk says so, the decision stops at flag.
+        let alone = [traffic(1.0)];
+        assert_eq!(risk(&alone), 1.0);
+        assert_eq!(decide_for(1.0, &alone, &t), Decision::Flag);
+        // With the requester's own evidence, a refusal stands.
+        let both = [traffic(1.0), behaviour(0.99)];
+        assert_eq!(decide_for(risk(&both), &both, &t), Decision::Block);
+        let rate = [traffic(1.0), Signal::local("rate", 0.8)];
+        assert_eq!(decide_for(risk(&rate), &rate, &t), Decision::Throttle);
     }
 }

@@ -130,14 +130,7 @@ impl Engine {
         }
 
         v.risk = decision::risk(&v.signals);
-        v.decision = decision::decide(v.risk, &self.config.decision_thresholds);
-        if v.decision > Decision::Flag {
-            // Refusing everyone on a route because the route is anomalous would
-            // turn a surge into an outage: context can flag, but a refusal
-            // needs the requester's own risk to reach it.
-            let own = decision::decide(decision::risk_without_context(&v.signals), &self.config.decision_thresholds);
-            v.decision = own.max(Decision::Flag);
-        }
+        v.decision = decision::decide_for(v.risk, &v.signals, &self.config.decision_thresholds);
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
         v.features.refused = v.enforced;
         metrics.add(
@@ -159,11 +152,6 @@ impl Engine {
     /// them costs host calls on every response, so the host asks only then.
     pub fn wants_response_features(&self) -> bool {
         self.config.behavioral_profiling.enable_user_profiling || self.config.time_series_analysis.enable_traffic_analysis
-    }
-
-    /// Whether the host should keep this request's features for its response.
-    pub fn follows_response(&self, _v: &Verdict) -> bool {
-        self.wants_response_features()
     }
 
     /// Completes the features with what the response tells.

@@ -72,7 +72,7 @@ impl HttpContext for VigilHttp {
         }
         annotate(&req.0, &verdict, &self.shared);
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
-        if self.shared.engine.follows_response(&verdict) {
+        if self.shared.engine.wants_response_features() {
             self.features = Some(verdict.features);
             self.started_ns = started;
         }

@@ -97,9 +97,15 @@ pub struct State {
     tracked: Vec<Tracked>,
 }
 
+impl Tracked {
+    fn new(scope: Scope, last_seen: u64, params: Params) -> Self {
+        Tracked { scope, last_seen, series: METRICS.iter().map(|_| Series::new(params)).collect() }
+    }
+}
+
 impl State {
     pub fn new(cursor: u64, s: &Settings) -> Self {
-        let fresh = |scope| Tracked { scope, last_seen: cursor, series: METRICS.iter().map(|_| Series::new(s.params)).collect() };
+        let fresh = |scope| Tracked::new(scope, cursor, s.params);
         State { cursor, tracked: vec![fresh(Scope::Listener), fresh(Scope::Other)] }
     }
 
@@ -109,18 +115,13 @@ impl State {
 
     /// Analyses `second`, whose merged traffic is `counts`.
     pub fn analyze(&mut self, second: u64, counts: &Counts, s: &Settings) -> (Vec<ScopeScore>, Vec<Onset>) {
+        // Place every route first (it may track new ones), then tally by place.
+        let places: Vec<Option<usize>> = counts.routes.iter().map(|(route, _)| self.place(route, second, s)).collect();
         let mut tallies: Vec<Tally> = vec![Tally::default(); self.tracked.len()];
         let mut other = counts.other.clone();
-        for (route, t) in &counts.routes {
-            match self.place(route, second, s) {
-                Some(i) => {
-                    if i >= tallies.len() {
-                        tallies.resize(i + 1, Tally::default());
-                    }
-                    if let Some(slot) = tallies.get_mut(i) {
-                        slot.merge(t);
-                    }
-                }
+        for ((_, t), place) in counts.routes.iter().zip(places) {
+            match place.and_then(|i| tallies.get_mut(i)) {
+                Some(slot) => slot.merge(t),
                 None => other.merge(t),
             }
         }
@@ -137,7 +138,8 @@ impl State {
             if tally.requests > 0 {
                 tracked.last_seen = second;
             }
-            let mut best = ScopeScore { scope: tracked.scope.clone(), score: 0.0, metric: Metric::Requests, value: 0.0, baseline: 0.0 };
+            // The most anomalous series; on a tie (all zero), the first: volume, always there.
+            let mut best: Option<ScopeScore> = None;
             for (series, metric) in tracked.series.iter_mut().zip(METRICS) {
                 let Some(r) = series.observe(metric, tally, s.alpha) else { continue };
                 if r.score >= s.threshold && !series.active {
@@ -146,17 +148,17 @@ impl State {
                 } else if r.score < s.threshold / 2.0 {
                     series.active = false;
                 }
-                if r.score as f32 > best.score || (metric == Metric::Requests && best.score == 0.0) {
-                    best = ScopeScore {
+                if !best.as_ref().is_some_and(|b| r.score as f32 <= b.score) {
+                    best = Some(ScopeScore {
                         scope: tracked.scope.clone(),
                         score: r.score as f32,
                         metric,
                         value: r.value as f32,
                         baseline: r.baseline as f32,
-                    };
+                    });
                 }
             }
-            scores.push(best);
+            scores.extend(best);
         }
         self.cursor = second;
         (scores, onsets)
@@ -170,13 +172,9 @@ impl State {
         if let Some(i) = self.tracked.iter().position(is) {
             return Some(i);
         }
-        let fresh = Tracked {
-            scope: Scope::Route(route.to_string()),
-            last_seen: second,
-            series: METRICS.iter().map(|_| Series::new(s.params)).collect(),
-        };
+        let fresh = || Tracked::new(Scope::Route(route.to_string()), second, s.params);
         if self.routes() < s.max_routes {
-            self.tracked.push(fresh);
+            self.tracked.push(fresh());
             return Some(self.tracked.len() - 1);
         }
         let idle = self
@@ -188,7 +186,7 @@ impl State {
             .min_by_key(|(_, t)| t.last_seen)
             .map(|(i, _)| i)?;
         if let Some(t) = self.tracked.get_mut(idle) {
-            *t = fresh;
+            *t = fresh();
         }
         Some(idle)
     }

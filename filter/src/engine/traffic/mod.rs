@@ -6,10 +6,10 @@
 //! - **request path** (`record`, `read`): each completed request adds to this
 //!   worker's tally of the current second; each new request reads its route's
 //!   score from this worker's copy of the last published snapshot. No host
-//!   call, no allocation.
+//!   call; the only allocation is a route's name, once per second it is seen.
 //! - **every tick, every worker** (`on_tick`): finished seconds are merged
-//!   into a pending record in shared data (compare-and-swap, lossless); the
-//!   worker refreshes its snapshot copy when the published one changed.
+//!   into a pending record in shared data (compare-and-swap, lossless); once
+//!   a newer snapshot is due, the worker reads it.
 //! - **once per second, one VM** (the lease holder): the pending seconds are
 //!   drained, the series are scored (`analyzer`), and the new snapshot is
 //!   published. The analysis state lives in shared data, so any worker can
@@ -179,16 +179,20 @@ impl Traffic {
                 local.roll(now_s);
             }
         }
-        if let Err(e) = self.flush(store, metrics) {
-            return vec![format!("traffic: cannot hand counts to shared data: {e:?}")];
-        }
         let mut lines = Vec::new();
+        if let Err(e) = self.flush(store, metrics) {
+            // Kept for the next tick; the analysis of what others handed in goes on.
+            lines.push(format!("traffic: cannot hand counts to shared data: {e:?}"));
+        }
         let due = now_s.saturating_sub(1 + GRACE_S);
-        if self.view.borrow().snapshot.second < due {
-            match self.analyze(due, now_ms, instance, store, metrics) {
-                Ok(found) => lines = found,
-                Err(e) => lines.push(format!("traffic: analysis failed: {e:?}")),
-            }
+        // Until a newer second is due, this worker's snapshot copy is current:
+        // no analysis to try, nothing to read.
+        if self.view.borrow().snapshot.second >= due {
+            return lines;
+        }
+        match self.analyze(due, now_ms, instance, store, metrics) {
+            Ok(found) => lines.extend(found),
+            Err(e) => lines.push(format!("traffic: analysis failed: {e:?}")),
         }
         if let Err(e) = self.refresh(store) {
             lines.push(format!("traffic: cannot read the snapshot: {e:?}"));
@@ -219,19 +223,16 @@ impl Traffic {
                     next.merge(&oldest, LOCAL_ROUTES);
                 }
             }
-            Some((pending, ()))
+            (pending, ())
         });
-        match merged {
-            Ok(Some(())) => Ok(()),
-            other => {
-                // Keep them for the next tick.
-                let mut local = self.local.borrow_mut();
-                for (second, counts) in ready {
-                    local.keep_ready(second, counts);
-                }
-                other.map(|_| ())
+        if merged.is_err() {
+            // Keep them for the next tick.
+            let mut local = self.local.borrow_mut();
+            for (second, counts) in ready {
+                local.keep_ready(second, counts);
             }
         }
+        merged
     }
 
     /// Analyses every second up to `due` not yet analysed, if this VM holds the lease.
@@ -262,9 +263,8 @@ impl Traffic {
         let from = state.cursor.max(due.saturating_sub(CATCH_UP_S)) + 1;
         let drained = cas_update(store, metrics, &self.keys.pending, |pending| {
             let (now, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(sec, _)| *sec <= due);
-            Some((later, now))
-        })?
-        .unwrap_or_default();
+            (later, now)
+        })?;
 
         // Late counts (for seconds already analysed) join the first second analysed.
         let mut per_second: Vec<Counts> = (from..=due).map(|_| Counts::default()).collect();
@@ -362,25 +362,25 @@ impl Local {
 
 /// Reads, changes and writes the pending record with compare-and-swap,
 /// retrying a bounded number of times. `f` returns the new record and a
-/// result, or `None` to leave it. An unreadable record starts over empty.
+/// result. An unreadable record starts over empty.
 fn cas_update<T>(
     store: &dyn SharedStore,
     metrics: &dyn MetricsSink,
     key: &str,
-    mut f: impl FnMut(Vec<(u64, Counts)>) -> Option<(Vec<(u64, Counts)>, T)>,
-) -> Result<Option<T>, StoreError> {
+    mut f: impl FnMut(Vec<(u64, Counts)>) -> (Vec<(u64, Counts)>, T),
+) -> Result<T, StoreError> {
     for _ in 0..CAS_RETRIES {
         let (current, cas, old_len) = match store.get(key)? {
             Some((bytes, cas)) => (decode_pending(&bytes).unwrap_or_default(), cas, Some(bytes.len())),
             None => (Vec::new(), 0, None),
         };
-        let Some((next, out)) = f(current) else { return Ok(None) };
+        let (next, out) = f(current);
         let mut bytes = Vec::new();
         encode_pending(&next, &mut bytes);
         match store.set(key, &bytes, cas)? {
             SetOutcome::Written => {
                 resized(metrics, key, old_len, bytes.len());
-                return Ok(Some(out));
+                return Ok(out);
             }
             SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Traffic), 1),
         }

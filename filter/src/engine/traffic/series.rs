@@ -164,16 +164,16 @@ impl Series {
 
     pub fn encode(&self, w: &mut Writer) {
         self.detector.encode(w.0);
-        w.0.extend_from_slice(&self.mean.to_le_bytes());
-        w.0.extend_from_slice(&self.var.to_le_bytes());
+        w.f64(self.mean);
+        w.f64(self.var);
         w.u8(u8::from(self.active));
     }
 
     pub fn decode(params: Params, r: &mut Reader) -> Option<Series> {
         let (detector, used) = Detector::decode(params, r.0)?;
         r.bytes(used)?;
-        let mean = f64::from_le_bytes(r.take()?);
-        let var = f64::from_le_bytes(r.take()?);
+        let mean = r.f64()?;
+        let var = r.f64()?;
         let active = r.u8()? != 0;
         (mean.is_finite() && var.is_finite()).then_some(Series { detector, mean, var, active, warmup: params.warmup })
     }
