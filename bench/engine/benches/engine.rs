@@ -327,8 +327,8 @@ fn report_encoding(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("report_encoding");
     g.bench_function("signals", |b| b.iter(|| report::signals(black_box(allow))));
-    g.bench_function("log_record_allow", |b| b.iter(|| report::log_record(black_box(allow))));
-    g.bench_function("log_record_block", |b| b.iter(|| report::log_record(black_box(block))));
+    g.bench_function("log_record_allow", |b| b.iter(|| report::log_record(black_box(allow), false)));
+    g.bench_function("log_record_block", |b| b.iter(|| report::log_record(black_box(block), false)));
     g.finish();
 }
 

@@ -97,8 +97,32 @@ pub struct MlModelConfig {
     /// `outbound|PORT||FQDN`, which cannot be a URL host).
     pub behavioral_model_cluster: Option<String>,
     pub anomaly_model_cluster: Option<String>,
+    /// Per attempt. The longest a request can wait is this x (retries + 1).
     pub model_timeout_ms: u64,
     pub model_retry_count: u32,
+    /// When the model is asked and whether the request waits for it.
+    pub mode: MlMode,
+    /// `cascade` asks the model only about requests whose local risk is in
+    /// [low, high): the ones the local detectors cannot settle.
+    pub grey_zone: GreyZone,
+    pub behavioral_model: ModelOptions,
+    pub anomaly_model: ModelOptions,
+    pub circuit_breaker: BreakerConfig,
+    /// `async` answers kept per identity in shared data (the memory bound).
+    pub max_identities: u32,
+    /// An `async` answer fades with this half-life, so one anomalous request
+    /// weighs on the identity's next requests for a while, not forever.
+    pub answer_half_life_seconds: u32,
+    /// Model calls each worker holds at once (queued or in flight, `async`).
+    pub max_pending_calls: u32,
+    /// Log every model input and output (info level). Off by default.
+    pub log_payloads: bool,
+    /// With `log_payloads`, name the identity (its kind and keyed hash)
+    /// instead of `redacted`.
+    pub log_identities: bool,
+    /// Put the model's feature vector in the access-log record
+    /// (`ml_features`), to train a model on your own traffic.
+    pub export_features: bool,
 }
 
 impl Default for MlModelConfig {
@@ -110,7 +134,117 @@ impl Default for MlModelConfig {
             anomaly_model_cluster: None,
             model_timeout_ms: 1000,
             model_retry_count: 2,
+            mode: MlMode::default(),
+            grey_zone: GreyZone::default(),
+            behavioral_model: ModelOptions::default(),
+            anomaly_model: ModelOptions::default(),
+            circuit_breaker: BreakerConfig::default(),
+            max_identities: 16384,
+            answer_half_life_seconds: 60,
+            max_pending_calls: 256,
+            log_payloads: false,
+            log_identities: false,
+            export_features: false,
         }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum MlMode {
+    /// Every request waits for the model's answer (bounded by the timeout).
+    Inline,
+    /// The request goes on; the answer weighs on the identity's next requests.
+    #[default]
+    Async,
+    /// Only requests in the grey zone wait for the model.
+    Cascade,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GreyZone {
+    pub low: f64,
+    pub high: f64,
+}
+
+impl Default for GreyZone {
+    fn default() -> Self {
+        Self { low: 0.3, high: 0.75 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Open Inference Protocol when the URL path is `/v2/models/{name}/infer`,
+    /// else Vigil's native JSON.
+    #[default]
+    Auto,
+    Native,
+    Oip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureMode {
+    /// The model could not answer: decide on the local detectors alone.
+    #[default]
+    Allow,
+    /// The model could not answer: block (fail closed).
+    Deny,
+}
+
+/// How a model's raw output becomes a score in [0, 1].
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Default)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ScoreScale {
+    /// Already in [0, 1], higher is more anomalous; anything else is rejected.
+    #[default]
+    Probability,
+    /// scikit-learn's `IsolationForest.decision_function` (negative is
+    /// anomalous): the logistic centred on 0, width 0.05.
+    IsolationForest,
+    /// `1 / (1 + exp(-(x - center) / width))`, flipped when lower is anomalous.
+    Logistic { center: f64, width: f64, anomalous_below: bool },
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelOptions {
+    pub protocol: Protocol,
+    pub failure_mode: FailureMode,
+    pub score_scale: ScoreScale,
+    /// The OIP output tensor holding the score.
+    pub output_name: String,
+    /// The OIP output tensor holding the confidence, if the model gives one.
+    pub confidence_output_name: String,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            protocol: Protocol::Auto,
+            failure_mode: FailureMode::Allow,
+            score_scale: ScoreScale::Probability,
+            output_name: "anomaly_score".to_string(),
+            confidence_output_name: "confidence".to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Failed attempts in a row that open the breaker.
+    pub consecutive_failures: u32,
+    /// How long an open breaker stops calls before one probe is let through.
+    pub open_seconds: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self { consecutive_failures: 5, open_seconds: 10 }
     }
 }
 
@@ -371,6 +505,39 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
             return Err(ConfigError::new(field, "must not be empty"));
         }
     }
+    unit_interval("ml_model_config.grey_zone.low", m.grey_zone.low)?;
+    unit_interval("ml_model_config.grey_zone.high", m.grey_zone.high)?;
+    if m.grey_zone.low >= m.grey_zone.high {
+        return Err(ConfigError::new("ml_model_config.grey_zone.low", "must be below grey_zone.high"));
+    }
+    for (field, o) in [("ml_model_config.behavioral_model", &m.behavioral_model), ("ml_model_config.anomaly_model", &m.anomaly_model)] {
+        if let ScoreScale::Logistic { center, width, .. } = o.score_scale {
+            if !center.is_finite() {
+                return Err(ConfigError::new(&format!("{field}.score_scale.logistic.center"), "must be a finite number"));
+            }
+            if !(width.is_finite() && width > 0.0) {
+                return Err(ConfigError::new(&format!("{field}.score_scale.logistic.width"), format!("must be above 0, got {width}")));
+            }
+        }
+        if o.output_name.is_empty() {
+            return Err(ConfigError::new(&format!("{field}.output_name"), "must not be empty"));
+        }
+    }
+    for (field, url, o) in [
+        ("ml_model_config.behavioral_model.protocol", &m.behavioral_model_url, &m.behavioral_model),
+        ("ml_model_config.anomaly_model.protocol", &m.anomaly_model_url, &m.anomaly_model),
+    ] {
+        if let (Some(url), Protocol::Oip) = (url, o.protocol) {
+            if !ModelUrl::parse(url).is_ok_and(|u| u.oip_model_name().is_some()) {
+                return Err(ConfigError::new(field, format!("is oip but `{url}` is not .../v2/models/{{name}}/infer")));
+            }
+        }
+    }
+    in_range("ml_model_config.circuit_breaker.consecutive_failures", m.circuit_breaker.consecutive_failures, 1, 1000)?;
+    in_range("ml_model_config.circuit_breaker.open_seconds", m.circuit_breaker.open_seconds, 1, 3600)?;
+    in_range("ml_model_config.max_identities", m.max_identities, 16, 1 << 20)?;
+    in_range("ml_model_config.answer_half_life_seconds", m.answer_half_life_seconds, 1, 86_400)?;
+    in_range("ml_model_config.max_pending_calls", m.max_pending_calls, 1, 4096)?;
     if c.enable_ml_models && m.behavioral_model_url.is_none() && m.anomaly_model_url.is_none() {
         return Err(ConfigError::new(
             "enable_ml_models",
@@ -481,6 +648,14 @@ pub struct ModelUrl {
 }
 
 impl ModelUrl {
+    /// `{name}` when the path is the Open Inference Protocol's
+    /// `/v2/models/{name}[/versions/{v}]/infer`.
+    pub fn oip_model_name(&self) -> Option<&str> {
+        let rest = self.path.strip_prefix("/v2/models/")?.strip_suffix("/infer")?;
+        let name = rest.split('/').next()?;
+        (!name.is_empty()).then_some(name)
+    }
+
     pub fn parse(url: &str) -> Result<ModelUrl, String> {
         let (scheme, rest) = url
             .split_once("://")

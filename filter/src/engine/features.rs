@@ -72,6 +72,10 @@ pub struct Features {
     /// listener, whichever is worse) is right now, in [0, 1]; `None` when
     /// traffic analysis is off or has no analysis yet.
     pub traffic_anomaly_score: Option<f64>,
+    /// What the external models think of this request (`inline`, `cascade`)
+    /// or of the identity's recent requests (`async`), in [0, 1]; `None` when
+    /// no model answered.
+    pub user_deviation_score: Option<f64>,
 }
 
 /// One detector's opinion: a score in [0, 1].

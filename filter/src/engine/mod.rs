@@ -10,6 +10,7 @@ pub mod features;
 pub mod hash;
 pub mod identity;
 pub mod lease;
+pub mod ml;
 pub mod pipeline;
 pub mod ports;
 pub mod profile;

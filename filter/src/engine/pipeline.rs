@@ -7,7 +7,8 @@ use super::decision::{self, Decision};
 use super::features::{Combine, Features, Method, Signal, ThreatDetail};
 use super::hash::HashKey;
 use super::identity::{self, IdentityKind};
-use super::ports::{Metric, MetricsSink, SharedStore, StoreError};
+use super::ml::{self, vector, Exchange, Ml};
+use super::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
 use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
 use super::request::RequestView;
@@ -21,6 +22,7 @@ pub struct Engine {
     rate_prefix: String,
     profiler: Option<Profiler>,
     traffic: Option<Traffic>,
+    ml: Option<Ml>,
 }
 
 /// Where the identity's profile stands, for headers and logs.
@@ -46,6 +48,9 @@ pub struct Verdict {
     /// Seconds until the identity is back within its ceiling, for `retry-after`.
     pub retry_after_s: Option<u64>,
     pub profile: Option<ProfileState>,
+    /// What a model is (or would be) sent; kept when a model is configured or
+    /// `export_features` is on.
+    pub ml_vector: Option<vector::Vector>,
 }
 
 /// The outcome of a step.
@@ -61,7 +66,8 @@ impl Engine {
         let rate_prefix = rate::key_prefix(&config.rate_limit);
         let profiler = config.behavioral_profiling.enable_user_profiling.then(|| Profiler::new(&config.behavioral_profiling));
         let traffic = config.time_series_analysis.enable_traffic_analysis.then(|| Traffic::new(&config.time_series_analysis));
-        Self { config, hash_key, rate_prefix, profiler, traffic }
+        let ml = Ml::new(&config);
+        Self { config, hash_key, rate_prefix, profiler, traffic, ml }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -77,6 +83,9 @@ impl Engine {
         if let Some(t) = &self.traffic {
             t.start(store, metrics)?;
         }
+        if let Some(m) = &self.ml {
+            created += m.start(store, metrics)?;
+        }
         Ok(created)
     }
 
@@ -87,9 +96,19 @@ impl Engine {
     /// Periodic work (every worker, once a tick): sync profiles, hand in
     /// traffic counts, and the elected cleanup and traffic analysis. `instance`
     /// tells this VM apart from the others. Returns lines worth logging.
-    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
+    pub fn on_tick(
+        &self,
+        now_ms: u64,
+        instance: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+        callouts: &dyn Callouts,
+    ) -> Vec<String> {
         if let Some(p) = &self.profiler {
             p.on_tick(now_ms, instance, store, metrics);
+        }
+        if let Some(m) = &self.ml {
+            m.on_tick(now_ms, callouts, metrics);
         }
         match &self.traffic {
             Some(t) => t.on_tick(now_ms, instance, store, metrics),
@@ -97,13 +116,29 @@ impl Engine {
         }
     }
 
-    /// Runs the request-side pipeline: identify, extract, count, score, decide.
+    /// Runs the request-side pipeline: identify, extract, count, score,
+    /// decide. For a request that does not wait for a model.
     pub fn on_request(
         &self,
         req: &dyn RequestView,
         now_ms: u64,
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
+    ) -> Verdict {
+        let mut v = self.assess(req, now_ms, store, metrics, &mut Vec::new());
+        self.decide(&mut v, metrics);
+        v
+    }
+
+    /// The local steps: everything but the decision. `async` model calls are
+    /// queued here; `log` collects model payload lines when configured.
+    pub fn assess(
+        &self,
+        req: &dyn RequestView,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+        log: &mut Vec<String>,
     ) -> Verdict {
         metrics.add(Metric::Requests, 1);
         let features = self.extract(req, now_ms);
@@ -117,10 +152,16 @@ impl Engine {
             rate_count: None,
             retry_after_s: None,
             profile: None,
+            ml_vector: None,
         };
 
         self.traffic_step(&mut v, now_ms);
-        for outcome in [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)] {
+        let steps = [
+            self.rate_step(&mut v, now_ms, store, metrics),
+            self.profile_step(&mut v, store, metrics),
+            self.stored_answer_step(&mut v, now_ms, store, metrics),
+        ];
+        for outcome in steps {
             if let Outcome::Failed { step, error } = outcome {
                 // Fail open: a store problem must not take the API down with it.
                 metrics.add(Metric::StoreErrors, 1);
@@ -128,7 +169,19 @@ impl Engine {
                     .push(ThreatDetail { signal: step, reason: format!("unavailable ({error:?}), failing open") });
             }
         }
+        if self.ml.is_some() || self.config.ml_model_config.export_features {
+            v.ml_vector = Some(self.vector(&v));
+        }
+        if let (Some(m), Some(vec)) = (&self.ml, &v.ml_vector) {
+            if m.mode() == crate::engine::config::MlMode::Async {
+                m.enqueue(&v.features, vec, now_ms, metrics, log);
+            }
+        }
+        v
+    }
 
+    /// Turns the signals into the risk score and the decision.
+    pub fn decide(&self, v: &mut Verdict, metrics: &dyn MetricsSink) {
         v.risk = decision::risk(&v.signals);
         v.decision = decision::decide_for(v.risk, &v.signals, &self.config.decision_thresholds);
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
@@ -145,7 +198,85 @@ impl Engine {
         if v.enforced {
             metrics.add(Metric::Enforced, 1);
         }
-        v
+    }
+
+    /// For a request that waits for the models (`inline`, or `cascade` in the
+    /// grey zone): sends the calls. `None` when it does not wait after all
+    /// (no call could be sent: the failure modes are applied already).
+    pub fn ask_models(
+        &self,
+        v: &mut Verdict,
+        now_ms: u64,
+        callouts: &dyn Callouts,
+        metrics: &dyn MetricsSink,
+        log: &mut Vec<String>,
+    ) -> Option<Exchange> {
+        let (m, vec) = (self.ml.as_ref()?, v.ml_vector.as_ref()?);
+        if !m.waits_for(decision::risk(&v.signals)) {
+            return None;
+        }
+        let ex = m.ask(&v.features, vec, now_ms, callouts, metrics, log);
+        if ex.settled() {
+            self.conclude_models(&ex, v, metrics);
+            return None;
+        }
+        Some(ex)
+    }
+
+    /// A reply to one of a waiting request's calls. Returns whether the
+    /// token was the exchange's.
+    #[allow(clippy::too_many_arguments)]
+    pub fn model_reply(
+        &self,
+        ex: &mut Exchange,
+        token: u32,
+        reply: Option<(u16, &[u8])>,
+        now_ms: u64,
+        callouts: &dyn Callouts,
+        metrics: &dyn MetricsSink,
+        log: &mut Vec<String>,
+    ) -> bool {
+        self.ml.as_ref().is_some_and(|m| m.on_reply(ex, token, reply, now_ms, callouts, metrics, log))
+    }
+
+    /// Every model has answered or failed: their verdict joins the signals.
+    /// The caller then `decide`s.
+    pub fn conclude_models(&self, ex: &Exchange, v: &mut Verdict, metrics: &dyn MetricsSink) {
+        if let Some(m) = &self.ml {
+            m.conclude(ex, &mut v.features, &mut v.signals, &mut v.threat_details, metrics);
+        }
+    }
+
+    /// The request ended while waiting for the models.
+    pub fn abandon_models(&self, ex: &Exchange, metrics: &dyn MetricsSink) {
+        if let Some(m) = &self.ml {
+            m.abandon(ex, metrics);
+        }
+    }
+
+    /// A reply to an `async` call, in the context that sent it (the root).
+    pub fn async_model_reply(
+        &self,
+        token: u32,
+        reply: Option<(u16, &[u8])>,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+        log: &mut Vec<String>,
+    ) -> bool {
+        let Some(m) = &self.ml else { return false };
+        match m.on_async_reply(token, reply, now_ms, store, metrics, log) {
+            Ok(known) => known,
+            Err(e) => {
+                metrics.add(Metric::StoreErrors, 1);
+                log.push(format!("ml: could not keep a model answer ({e:?})"));
+                true
+            }
+        }
+    }
+
+    pub fn ml(&self) -> Option<&Ml> {
+        self.ml.as_ref()
     }
 
     /// Whether any detector reads response features (status, latency). Reading
@@ -211,6 +342,7 @@ impl Engine {
             refused: false,
             behavioral_score: None,
             traffic_anomaly_score: None,
+            user_deviation_score: None,
         }
     }
 
@@ -226,6 +358,27 @@ impl Engine {
         });
         if let Some(reason) = a.detail {
             v.threat_details.push(ThreatDetail { signal: traffic::SIGNAL, reason });
+        }
+    }
+
+    /// The model's view of the request, from the features and what the steps found.
+    fn vector(&self, v: &Verdict) -> vector::Vector {
+        let ctx = vector::Context {
+            rate: v.rate_count.map(|n| (n, self.config.rate_limit.requests_per_window)),
+            profile_observations: match v.profile {
+                Some(ProfileState::Cold { observations } | ProfileState::Warm { observations }) => Some(observations),
+                None => None,
+            },
+        };
+        vector::build(&v.features, &ctx)
+    }
+
+    /// `async`: the identity's recent model answer, from shared data.
+    fn stored_answer_step(&self, v: &mut Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Outcome {
+        let Some(m) = &self.ml else { return Outcome::Done };
+        match m.apply_stored(&mut v.features, &mut v.signals, &mut v.threat_details, now_ms, store, metrics) {
+            Ok(()) => Outcome::Done,
+            Err(error) => Outcome::Failed { step: ml::SIGNAL, error },
         }
     }
 
@@ -313,7 +466,9 @@ fn sanitize_request_id(raw: &[u8]) -> Option<String> {
 mod tests {
     use super::*;
     use crate::engine::config;
-    use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+    use crate::engine::ml::protocol::Failure;
+    use crate::engine::ml::Role;
+    use crate::engine::ports::memory::{MemoryCallouts, MemoryMetrics, MemoryStore};
     use crate::engine::report;
     use crate::engine::request::HeaderList;
 
@@ -431,7 +586,7 @@ mod tests {
         assert!(v.features.behavioral_score.unwrap() > 0.95);
         assert!(v.threat_details.iter().any(|d| d.signal == "behavior" && d.reason.contains("new country KP")));
         assert!(report::signals(v).starts_with("behavior=0.9"));
-        assert!(report::log_record(v).contains("\"behavioral_score\":0.9"));
+        assert!(report::log_record(v, false).contains("\"behavioral_score\":0.9"));
         assert_eq!(metrics.get(Metric::ProfileDeviations), 5);
         assert_eq!(metrics.get(Metric::ProfileCold), 20);
     }
@@ -455,7 +610,7 @@ mod tests {
                 }
                 last = Some(v);
                 now += 50;
-                assert!(e.on_tick(now, 1, &store, &metrics).iter().all(|l| failing && l.contains("5xx_rate")));
+                assert!(e.on_tick(now, 1, &store, &metrics, &NoCallouts).iter().all(|l| failing && l.contains("5xx_rate")));
             }
         }
         let v = last.unwrap();
@@ -475,5 +630,206 @@ mod tests {
         assert_eq!(e.on_request(&req, 0, &store, &metrics).features.request_id, "abcdef");
         let none = HeaderList::default();
         assert!(e.on_request(&none, 0, &store, &metrics).features.request_id.starts_with("vigil-"));
+    }
+
+    struct NoCallouts;
+    impl Callouts for NoCallouts {
+        fn send(&self, _: &crate::engine::ports::Call) -> Result<u32, u32> {
+            Err(1)
+        }
+    }
+
+    const INLINE: &str = r#"{"mode": "enforce", "enable_ml_models": true, "rate_limit": {"enabled": false},
+        "ml_model_config": {"mode": "inline", "anomaly_model_url": "http://ml:8080/v2/models/iforest/infer",
+          "model_timeout_ms": 100, "model_retry_count": 2,
+          "anomaly_model": {"score_scale": "isolation_forest", "failure_mode": "FAILURE_MODE"},
+          "circuit_breaker": {"consecutive_failures": 3, "open_seconds": 5}}}"#;
+
+    fn oip_answer(x: f64) -> Vec<u8> {
+        format!(r#"{{"outputs":[{{"name":"anomaly_score","shape":[1,1],"datatype":"FP64","data":[{x}]}}]}}"#).into_bytes()
+    }
+
+    /// Runs one waiting request to its end, answering each call with `answer`.
+    fn inline_request(
+        e: &Engine,
+        store: &MemoryStore,
+        metrics: &MemoryMetrics,
+        calls: &MemoryCallouts,
+        now: u64,
+        mut answer: impl FnMut(u32) -> (u64, Option<(u16, Vec<u8>)>),
+    ) -> Verdict {
+        let mut log = Vec::new();
+        let mut v = e.assess(&get("mallory"), now, store, metrics, &mut log);
+        if let Some(mut ex) = e.ask_models(&mut v, now, calls, metrics, &mut log) {
+            let (mut attempt, mut clock) = (0, now);
+            while !ex.settled() {
+                attempt += 1;
+                let (after_ms, reply) = answer(attempt);
+                clock += after_ms;
+                let token = calls.last_token();
+                let reply = reply.as_ref().map(|(s, b)| (*s, b.as_slice()));
+                assert!(e.model_reply(&mut ex, token, reply, clock, calls, metrics, &mut log));
+                assert!(attempt <= 3, "never more than retries + 1 attempts");
+            }
+            e.conclude_models(&ex, &mut v, metrics);
+        }
+        e.decide(&mut v, metrics);
+        v
+    }
+
+    #[test]
+    fn an_inline_model_scoring_high_raises_the_deviation_score_and_the_decision() {
+        let (e, store, metrics) = engine(&INLINE.replace("FAILURE_MODE", "allow"));
+        let calls = MemoryCallouts::default();
+        let benign = inline_request(&e, &store, &metrics, &calls, 1_000, |_| (3, Some((200, oip_answer(0.12)))));
+        assert_eq!(benign.decision, Decision::Allow);
+        assert!(benign.features.user_deviation_score.unwrap() < 0.2);
+        let (_, cluster, path, body) = calls.sent.borrow()[0].clone();
+        assert_eq!((cluster.as_str(), path.as_str()), ("ml", "/v2/models/iforest/infer"));
+        assert!(String::from_utf8(body).unwrap().contains("\"vigil_feature_version\":\"vigil.v1\""));
+
+        let hostile = inline_request(&e, &store, &metrics, &calls, 2_000, |_| (4, Some((200, oip_answer(-0.2)))));
+        let score = hostile.features.user_deviation_score.unwrap();
+        assert!(score > 0.95, "{score}");
+        assert_eq!(hostile.decision, Decision::Block);
+        assert!(hostile.enforced);
+        assert!(hostile.threat_details.iter().any(|d| d.signal == "ml" && d.reason.starts_with("anomaly model scored 0.98")));
+        assert!(report::signals(&hostile).starts_with("ml=0.98"));
+        assert!(report::log_record(&hostile, false).contains("\"user_deviation_score\":0.98"));
+        assert!(!report::log_record(&hostile, false).contains("ml_features"));
+        assert!(report::log_record(&hostile, true).contains("\"ml_features\":[0.0,"));
+        assert_eq!(metrics.get(Metric::MlCalls(Role::Anomaly)), 2);
+        assert_eq!(metrics.recorded.borrow().iter().filter(|(m, _)| *m == Metric::MlLatency(Role::Anomaly)).count(), 2);
+    }
+
+    #[test]
+    fn each_fault_fails_open_or_closed_as_configured_and_is_counted() {
+        type Fault<'a> = (&'a str, Option<(u16, &'a [u8])>, u64, Failure, u32);
+        let faults: [Fault; 7] = [
+            ("slow", None, 100, Failure::Timeout, 3),
+            ("envoy timeout", Some((504, b"upstream request timeout")), 100, Failure::Timeout, 3),
+            ("reset", None, 2, Failure::Reset, 3),
+            ("5xx", Some((500, b"{}")), 2, Failure::Status, 3),
+            ("garbage", Some((200, b"{\"score\": ")), 2, Failure::Malformed, 1),
+            ("wrong shape", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,3],"data":[1,2,3]}]}"#)), 2, Failure::WrongShape, 1),
+            ("nan", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,1],"data":[NaN]}]}"#)), 2, Failure::NonFinite, 1),
+        ];
+        for mode in ["allow", "deny"] {
+            for (name, reply, after_ms, reason, attempts) in faults {
+                let (e, store, metrics) = engine(&INLINE.replace("FAILURE_MODE", mode));
+                let calls = MemoryCallouts::default();
+                let v = inline_request(&e, &store, &metrics, &calls, 1_000, |_| (after_ms, reply.map(|(s, b)| (s, b.to_vec()))));
+                assert_eq!(calls.count() as u32, attempts, "{name}: transport failures are retried, nonsense is not");
+                assert_eq!(metrics.get(Metric::MlFailures(Role::Anomaly, reason)), u64::from(attempts), "{name}");
+                assert_eq!(metrics.get(Metric::MlRetries(Role::Anomaly)), u64::from(attempts - 1), "{name}");
+                assert_eq!(metrics.get(Metric::MlFallbacks(Role::Anomaly)), 1, "{name}");
+                assert_eq!(v.features.user_deviation_score, None);
+                assert!(v.threat_details.iter().any(|d| d.reason.contains(reason.as_str())), "{name}: {:?}", v.threat_details);
+                if mode == "allow" {
+                    assert_eq!(v.decision, Decision::Allow, "{name}: fail open");
+                } else {
+                    assert_eq!(v.decision, Decision::Block, "{name}: fail closed");
+                    assert!(v.enforced && report::signals(&v).starts_with("ml_unavailable=1.000"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_breaker_opens_on_a_failing_model_and_a_probe_closes_it() {
+        let (e, store, metrics) = engine(&INLINE.replace("FAILURE_MODE", "allow"));
+        let calls = MemoryCallouts::default();
+        // One request: three attempts, three resets: the breaker opens.
+        inline_request(&e, &store, &metrics, &calls, 1_000, |_| (1, None));
+        assert_eq!(metrics.get(Metric::MlBreakerOpen(Role::Anomaly)), 1);
+        // While open, nothing is sent and the request does not wait at all.
+        let mut log = Vec::new();
+        let mut v = e.assess(&get("x"), 2_000, &store, &metrics, &mut log);
+        assert!(e.ask_models(&mut v, 2_000, &calls, &metrics, &mut log).is_none());
+        assert_eq!(calls.count(), 3);
+        assert_eq!(metrics.get(Metric::MlFailures(Role::Anomaly, Failure::BreakerOpen)), 1);
+        assert!(log.iter().all(|l| !l.contains("request_id")), "payloads are not logged unless configured");
+        // After open_seconds, one probe; it succeeds and calls flow again.
+        let v = inline_request(&e, &store, &metrics, &calls, 6_010, |_| (2, Some((200, oip_answer(0.1)))));
+        assert!(v.features.user_deviation_score.is_some());
+        assert_eq!(metrics.get(Metric::MlBreakerOpen(Role::Anomaly)), 0);
+        inline_request(&e, &store, &metrics, &calls, 6_200, |_| (2, Some((200, oip_answer(0.1)))));
+        assert_eq!(calls.count(), 5);
+    }
+
+    #[test]
+    fn a_request_that_ends_while_waiting_leaves_nothing_but_a_count() {
+        let (e, store, metrics) = engine(&INLINE.replace("FAILURE_MODE", "allow"));
+        let calls = MemoryCallouts::default();
+        let mut log = Vec::new();
+        let mut v = e.assess(&get("gone"), 1_000, &store, &metrics, &mut log);
+        let ex = e.ask_models(&mut v, 1_000, &calls, &metrics, &mut log).unwrap();
+        e.abandon_models(&ex, &metrics);
+        assert_eq!(metrics.get(Metric::MlAbandoned), 1);
+        // A reply to a token nobody waits for is ignored.
+        assert!(!e.async_model_reply(999, None, 1_050, &store, &metrics, &mut log));
+    }
+
+    #[test]
+    fn cascade_asks_only_about_the_grey_zone() {
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "enable_ml_models": true,
+                "rate_limit": {"requests_per_window": 10, "window_seconds": 60},
+                "ml_model_config": {"mode": "cascade", "behavioral_model_url": "http://ml/v1/score",
+                  "grey_zone": {"low": 0.5, "high": 0.9}}}"#,
+        );
+        let calls = MemoryCallouts::default();
+        let mut log = Vec::new();
+        let mut asked = Vec::new();
+        for i in 0..30u64 {
+            let mut v = e.assess(&get("carol"), 1_000 + i, &store, &metrics, &mut log);
+            asked.push(e.ask_models(&mut v, 1_000 + i, &calls, &metrics, &mut log).is_some());
+        }
+        // Rate scores: 0 up to half the ceiling, 0.6 at it, above 0.8 past it, 1.0 at twice it.
+        assert!(!asked[0] && !asked[4], "clearly fine: not asked");
+        assert!(asked[9], "at the ceiling (0.6): asked");
+        assert!(!asked[29], "clearly over (1.0): not asked");
+        assert_eq!(calls.count(), asked.iter().filter(|a| **a).count());
+        let native: serde_json::Value = serde_json::from_slice(&calls.sent.borrow()[0].3).unwrap();
+        assert_eq!(native["model"], "behavioral");
+    }
+
+    #[test]
+    fn async_answers_reach_the_identitys_next_requests_and_retry_with_backoff() {
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "enable_ml_models": true, "rate_limit": {"enabled": false},
+                "ml_model_config": {"mode": "async", "behavioral_model_url": "http://ml/v1/score",
+                  "model_retry_count": 1, "max_pending_calls": 4, "log_payloads": true}}"#,
+        );
+        let calls = MemoryCallouts::default();
+        let mut log = Vec::new();
+        let mut v = e.assess(&get("dave"), 1_000, &store, &metrics, &mut log);
+        assert!(e.ask_models(&mut v, 1_000, &calls, &metrics, &mut log).is_none(), "async: the request never waits");
+        e.decide(&mut v, &metrics);
+        assert_eq!(v.decision, Decision::Allow);
+        assert_eq!(calls.count(), 0, "queued for the tick");
+        e.on_tick(1_100, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 1);
+        // A reset: retried after a backoff, not at once.
+        assert!(e.async_model_reply(1, None, 1_110, &store, &metrics, &mut log));
+        e.on_tick(1_120, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 1, "still backing off");
+        e.on_tick(1_300, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 2);
+        assert!(e.async_model_reply(2, Some((200, br#"{"score": 0.97, "confidence": 0.9}"#)), 1_320, &store, &metrics, &mut log));
+        let next = e.on_request(&get("dave"), 1_400, &store, &metrics);
+        let score = next.features.user_deviation_score.unwrap();
+        assert!(score > 0.96, "{score}");
+        assert!(next.decision >= Decision::Throttle && next.enforced);
+        assert!(next.threat_details.iter().any(|d| d.reason.contains("recent request")));
+        assert_eq!(e.on_request(&get("erin"), 1_400, &store, &metrics).features.user_deviation_score, None);
+        assert!(log.iter().any(|l| l.contains("identity=redacted") && l.contains("vigil.v1=[")), "{log:?}");
+        assert!(log.iter().any(|l| l.contains("score 0.970")), "{log:?}");
+        // The queue is bounded: beyond max_pending_calls, calls are dropped and counted.
+        for i in 0..10 {
+            e.on_request(&get("flood"), 2_000 + i, &store, &metrics);
+        }
+        // dave's and erin's requests above hold two places; two floods get the rest.
+        assert_eq!(metrics.get(Metric::MlFailures(Role::Behavioral, Failure::QueueFull)), 8);
     }
 }

@@ -35,6 +35,8 @@ pub enum Table {
     Rate,
     Profile,
     Traffic,
+    /// `async` model answers, per identity.
+    Ml,
 }
 
 /// Every number the engine reports. Kept as an enum so label cardinality is
@@ -76,12 +78,45 @@ pub enum Metric {
     TrafficSeconds,
     /// A traffic series became anomalous (an onset, not every second of it).
     TrafficAnomalies(crate::engine::traffic::series::Metric),
+    /// Attempts sent to a model (first attempts and retries).
+    MlCalls(crate::engine::ml::Role),
+    MlRetries(crate::engine::ml::Role),
+    /// An attempt that failed, or a call never sent, by reason.
+    MlFailures(crate::engine::ml::Role, crate::engine::ml::protocol::Failure),
+    /// A call that ended without an answer: the failure mode decided.
+    MlFallbacks(crate::engine::ml::Role),
+    /// Workers whose breaker for the model is open (a gauge).
+    MlBreakerOpen(crate::engine::ml::Role),
+    /// Model response time in ms (a histogram).
+    MlLatency(crate::engine::ml::Role),
+    /// Requests that ended while waiting for a model.
+    MlAbandoned,
 }
 
 pub trait MetricsSink {
     fn add(&self, metric: Metric, n: u64);
     /// Lowers a gauge.
     fn sub(&self, metric: Metric, n: u64);
+    /// Records one value of a histogram.
+    fn record(&self, _metric: Metric, _value: u64) {}
+}
+
+/// An HTTP call to an Envoy cluster (a model server). The answer comes back
+/// by token to the context that sent it.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub cluster: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub request_id: &'a str,
+    /// A JSON body, POSTed.
+    pub body: &'a [u8],
+    pub timeout_ms: u64,
+}
+
+pub trait Callouts {
+    /// Sends the call; the token its answer will carry, or the host's status.
+    fn send(&self, call: &Call) -> Result<u32, u32>;
 }
 
 /// A sink that drops everything (benchmarks, and callers that do not care).
@@ -149,6 +184,7 @@ pub mod memory {
     #[derive(Default)]
     pub struct MemoryMetrics {
         counts: RefCell<HashMap<Metric, i64>>,
+        pub recorded: RefCell<Vec<(Metric, u64)>>,
     }
 
     impl MemoryMetrics {
@@ -163,6 +199,40 @@ pub mod memory {
         }
         fn sub(&self, metric: Metric, n: u64) {
             *self.counts.borrow_mut().entry(metric).or_default() -= i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        fn record(&self, metric: Metric, value: u64) {
+            self.recorded.borrow_mut().push((metric, value));
+        }
+    }
+
+    /// A call as sent: token, cluster, path, body.
+    pub type SentCall = (u32, String, String, Vec<u8>);
+
+    /// Calls as sent: tokens count up from 1; `refuse` makes the host refuse.
+    #[derive(Default)]
+    pub struct MemoryCallouts {
+        pub sent: RefCell<Vec<SentCall>>,
+        pub refuse: Cell<bool>,
+    }
+
+    impl MemoryCallouts {
+        pub fn last_token(&self) -> u32 {
+            self.sent.borrow().last().map_or(0, |c| c.0)
+        }
+        pub fn count(&self) -> usize {
+            self.sent.borrow().len()
+        }
+    }
+
+    impl Callouts for MemoryCallouts {
+        fn send(&self, call: &Call) -> Result<u32, u32> {
+            if self.refuse.get() {
+                return Err(2);
+            }
+            let mut sent = self.sent.borrow_mut();
+            let token = sent.len() as u32 + 1;
+            sent.push((token, call.cluster.to_string(), call.path.to_string(), call.body.to_vec()));
+            Ok(token)
         }
     }
 }

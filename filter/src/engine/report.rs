@@ -52,10 +52,11 @@ pub fn reply_body(v: &Verdict) -> String {
     .to_string()
 }
 
-/// One JSON object per request with Vigil's fields, for the access log.
-pub fn log_record(v: &Verdict) -> String {
+/// One JSON object per request with Vigil's fields, for the access log;
+/// `with_features` adds the model's feature vector (`export_features`).
+pub fn log_record(v: &Verdict, with_features: bool) -> String {
     let reasons: Vec<String> = v.threat_details.iter().map(|d| format!("{}: {}", d.signal, d.reason)).collect();
-    serde_json::json!({
+    let mut record = serde_json::json!({
         "request_id": v.features.request_id,
         "identity": v.features.identity.display(),
         "route": v.features.route,
@@ -63,10 +64,16 @@ pub fn log_record(v: &Verdict) -> String {
         "risk_score": (v.risk * 1000.0).round() / 1000.0,
         "behavioral_score": v.features.behavioral_score.map(|s| (s * 1000.0).round() / 1000.0),
         "traffic_anomaly_score": v.features.traffic_anomaly_score.map(|s| (s * 1000.0).round() / 1000.0),
+        "user_deviation_score": v.features.user_deviation_score.map(|s| (s * 1000.0).round() / 1000.0),
         "decision": v.decision.as_str(),
         "enforced": v.enforced,
         "signals": signals(v),
         "threat_details": reasons,
-    })
-    .to_string()
+    });
+    if let (true, Some(vector), Some(obj)) = (with_features, &v.ml_vector, record.as_object_mut()) {
+        // Rounded: four decimals are plenty to train on and keep lines short.
+        let values: Vec<f64> = vector.iter().map(|x| (f64::from(*x) * 1e4).round() / 1e4).collect();
+        obj.insert("ml_features".into(), values.into());
+    }
+    record.to_string()
 }

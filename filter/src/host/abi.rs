@@ -13,6 +13,9 @@ pub const CAS_MISMATCH: Status = 8;
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
+pub const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+
+pub const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 
 pub const PLUGIN_CONFIGURATION: u32 = 7;
 
@@ -85,6 +88,7 @@ extern "C" {
         return_data: *mut *mut u8,
         return_size: *mut usize,
     ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
@@ -213,6 +217,22 @@ pub fn plugin_configuration() -> Result<Vec<u8>, Status> {
         NOT_FOUND => Ok(Vec::new()),
         status => Err(status),
     }
+}
+
+/// Up to `max` bytes of a buffer (e.g. a model's answer).
+pub fn buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, Status> {
+    let mut data = null_mut();
+    let mut size = 0usize;
+    match unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, &mut data, &mut size) } {
+        OK => Ok(unsafe { owned(data, size) }.unwrap_or_default()),
+        NOT_FOUND => Ok(Vec::new()),
+        status => Err(status),
+    }
+}
+
+/// Lets a paused request go on to the upstream.
+pub fn resume_request() -> Result<(), Status> {
+    check(unsafe { proxy_continue_stream(0) })
 }
 
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, Status> {

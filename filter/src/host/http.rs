@@ -2,11 +2,13 @@
 //! and the access log, and enforce the decision when configured to.
 
 use super::abi;
+use super::callout::{self, HostCallouts};
 use super::root::Shared;
 use super::store::HostStore;
 use crate::engine::config::LogRecord;
 use crate::engine::decision::Decision;
 use crate::engine::features::Features;
+use crate::engine::ml::Exchange;
 use crate::engine::pipeline::Verdict;
 use crate::engine::report;
 use crate::engine::request::{HeaderList, RequestView};
@@ -23,11 +25,40 @@ pub struct VigilHttp {
     features: Option<Features>,
     /// When the request headers arrived (ns), for the response latency.
     started_ns: u64,
+    /// A request paused for the models: its verdict so far, their calls, and
+    /// whether the client sent its own `x-vigil-*` headers.
+    waiting: Option<(Verdict, Exchange, bool)>,
 }
 
 impl VigilHttp {
     pub fn new(shared: Rc<Shared>) -> Self {
-        Self { shared, features: None, started_ns: 0 }
+        Self { shared, features: None, started_ns: 0, waiting: None }
+    }
+
+    /// Tells the verdict (access-log record, upstream headers) and enforces
+    /// it. `Pause` means a local reply was sent.
+    fn finish(&mut self, verdict: Verdict, client_headers: bool) -> Action {
+        let wants_record = match self.shared.engine.config.log_record {
+            LogRecord::All => true,
+            LogRecord::Flagged => verdict.decision != Decision::Allow,
+            LogRecord::Off => false,
+        };
+        if wants_record {
+            // The access log reads this as %FILTER_STATE(wasm.vigil:PLAIN)%.
+            let _ = abi::set_property(&["vigil"], report::log_record(&verdict, self.shared.engine.config.ml_model_config.export_features).as_bytes());
+        }
+        annotate(client_headers, &verdict, &self.shared);
+        let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
+        if self.shared.engine.wants_response_features() {
+            self.features = Some(verdict.features);
+        }
+        action
+    }
+}
+
+fn log_lines(lines: Vec<String>) {
+    for line in lines {
+        abi::log(abi::LOG_INFO, &line);
     }
 }
 
@@ -46,7 +77,32 @@ impl RequestView for HostRequest {
     }
 }
 
-impl Context for VigilHttp {}
+impl Context for VigilHttp {
+    /// A model answered (or failed) for the paused request.
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some((mut verdict, mut exchange, client_headers)) = self.waiting.take() else { return };
+        let reply = callout::read_reply(num_headers, body_size);
+        let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+        let engine = &self.shared.engine;
+        let metrics = &self.shared.metrics;
+        let mut log = Vec::new();
+        let reply_view = reply.as_ref().map(|(status, body)| (*status, body.as_slice()));
+        engine.model_reply(&mut exchange, token, reply_view, now_ms, &HostCallouts, metrics, &mut log);
+        log_lines(log);
+        if !exchange.settled() {
+            self.waiting = Some((verdict, exchange, client_headers));
+            return;
+        }
+        engine.conclude_models(&exchange, &mut verdict, metrics);
+        engine.decide(&mut verdict, metrics);
+        // Every path ends in a local reply (Pause) or the request going on.
+        if self.finish(verdict, client_headers) == Action::Continue {
+            if let Err(status) = abi::resume_request() {
+                abi::log(abi::LOG_ERROR, &format!("cannot resume the request (status {status})"));
+            }
+        }
+    }
+}
 
 impl HttpContext for VigilHttp {
     fn on_http_request_headers(&mut self, _headers: usize, _end_of_stream: bool) -> Action {
@@ -59,23 +115,20 @@ impl HttpContext for VigilHttp {
             }
         };
         let req = HostRequest(HeaderList::new(headers));
-        let verdict = self.shared.engine.on_request(&req, started / 1_000_000, &HostStore, &self.shared.metrics);
-
-        let wants_record = match self.shared.engine.config.log_record {
-            LogRecord::All => true,
-            LogRecord::Flagged => verdict.decision != Decision::Allow,
-            LogRecord::Off => false,
-        };
-        if wants_record {
-            // The access log reads this as %FILTER_STATE(wasm.vigil:PLAIN)%.
-            let _ = abi::set_property(&["vigil"], report::log_record(&verdict).as_bytes());
+        let client_headers = report::HEADERS.iter().any(|name| req.0.header(name).is_some());
+        let engine = &self.shared.engine;
+        let now_ms = started / 1_000_000;
+        self.started_ns = started;
+        let mut log = Vec::new();
+        let mut verdict = engine.assess(&req, now_ms, &HostStore, &self.shared.metrics, &mut log);
+        if let Some(exchange) = engine.ask_models(&mut verdict, now_ms, &HostCallouts, &self.shared.metrics, &mut log) {
+            log_lines(log);
+            self.waiting = Some((verdict, exchange, client_headers));
+            return Action::Pause;
         }
-        annotate(&req.0, &verdict, &self.shared);
-        let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
-        if self.shared.engine.wants_response_features() {
-            self.features = Some(verdict.features);
-            self.started_ns = started;
-        }
+        log_lines(log);
+        engine.decide(&mut verdict, &self.shared.metrics);
+        let action = self.finish(verdict, client_headers);
 
         // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE is timed.
         let n = self.shared.requests_seen.get().wrapping_add(1);
@@ -101,6 +154,9 @@ impl HttpContext for VigilHttp {
     }
 
     fn on_log(&mut self) {
+        if let Some((_, exchange, _)) = self.waiting.take() {
+            self.shared.engine.abandon_models(&exchange, &self.shared.metrics);
+        }
         // Every stream ends here, answered or reset: detectors learn the outcome.
         if let Some(features) = self.features.take() {
             let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
@@ -112,16 +168,14 @@ impl HttpContext for VigilHttp {
 /// Puts Vigil's headers on the request (for the upstream, and for the access
 /// log, which reads them even when the request is answered locally). Copies a
 /// client sent are replaced or removed, so the upstream can trust what it sees.
-fn annotate(req: &HeaderList, v: &Verdict, shared: &Shared) {
+fn annotate(client_headers: bool, v: &Verdict, shared: &Shared) {
     if shared.engine.config.upstream_headers {
         let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_RISK, report::risk(v).as_bytes());
         let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_DECISION, v.decision.as_str().as_bytes());
         let _ = abi::replace_header(abi::REQUEST_HEADERS, report::HEADER_SIGNALS, report::signals(v).as_bytes());
-    } else {
+    } else if client_headers {
         for name in report::HEADERS {
-            if req.header(name).is_some() {
-                let _ = abi::remove_header(abi::REQUEST_HEADERS, name);
-            }
+            let _ = abi::remove_header(abi::REQUEST_HEADERS, name);
         }
     }
 }

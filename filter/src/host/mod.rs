@@ -2,6 +2,7 @@
 //! callbacks to the engine and the engine's ports to Envoy.
 
 mod abi;
+mod callout;
 mod http;
 mod root;
 mod store;

@@ -3,6 +3,7 @@
 //! engine it built.
 
 use super::abi;
+use super::callout::{self, HostCallouts};
 use super::http::VigilHttp;
 use super::store::{HostMetrics, HostStore};
 use crate::engine::{config, pipeline::Engine};
@@ -33,7 +34,20 @@ pub struct VigilRoot {
     ticks: u32,
 }
 
-impl Context for VigilRoot {}
+impl Context for VigilRoot {
+    /// The answer to an `async` model call (sent from the tick).
+    fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
+        let Some(shared) = &self.shared else { return };
+        let reply = callout::read_reply(num_headers, body_size);
+        let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+        let mut log = Vec::new();
+        let reply_view = reply.as_ref().map(|(status, body)| (*status, body.as_slice()));
+        shared.engine.async_model_reply(token, reply_view, now_ms, &HostStore, &shared.metrics, &mut log);
+        for line in log {
+            abi::log(abi::LOG_INFO, &line);
+        }
+    }
+}
 
 impl RootContext for VigilRoot {
     fn on_configure(&mut self, _size: usize) -> bool {
@@ -88,6 +102,20 @@ impl RootContext for VigilRoot {
                 ),
             );
         }
+        if let Some(ml) = engine.ml() {
+            let c = &engine.config.ml_model_config;
+            abi::log(
+                abi::LOG_INFO,
+                &format!(
+                    "ml: mode {:?}, {}; timeout {} ms x {} attempts",
+                    ml.mode(),
+                    ml.describe(),
+                    c.model_timeout_ms,
+                    c.model_retry_count + 1
+                )
+                .to_lowercase(),
+            );
+        }
         metrics.flush();
         let _ = abi::set_tick_period_ms(TICK_MS);
         // Each worker configures its own VM on its own thread: the clock in
@@ -100,7 +128,7 @@ impl RootContext for VigilRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
-            for line in shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics) {
+            for line in shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics, &HostCallouts) {
                 abi::log(abi::LOG_WARN, &line);
             }
             self.ticks = self.ticks.wrapping_add(1);

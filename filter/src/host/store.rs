@@ -2,6 +2,7 @@
 
 use super::abi;
 use std::cell::Cell;
+use crate::engine::ml::{protocol::Failure, Role};
 use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 use crate::engine::traffic::series::Metric as TrafficMetric;
 
@@ -54,14 +55,39 @@ const COUNTERS: [(Metric, &str); 26] = [
     (Metric::TrafficAnomalies(TrafficMetric::ClientErrorRate), "vigil_traffic_anomalies_total.metric.4xx_rate"),
     (Metric::TrafficAnomalies(TrafficMetric::ServerErrorRate), "vigil_traffic_anomalies_total.metric.5xx_rate"),
 ];
-const GAUGES: [(Metric, &str); 6] = [
+const GAUGES: [(Metric, &str); 8] = [
     (Metric::StoreSlotsUsed(Table::Rate), "vigil_store_slots_used.table.rate"),
     (Metric::StoreSlotsUsed(Table::Profile), "vigil_store_slots_used.table.profile"),
     (Metric::StoreBytes(Table::Rate), "vigil_store_bytes.table.rate"),
     (Metric::StoreBytes(Table::Profile), "vigil_store_bytes.table.profile"),
     (Metric::StoreBytes(Table::Traffic), "vigil_store_bytes.table.traffic"),
     (Metric::SharedDataBytes, "vigil_shared_data_bytes"),
+    (Metric::StoreSlotsUsed(Table::Ml), "vigil_store_slots_used.table.ml"),
+    (Metric::StoreBytes(Table::Ml), "vigil_store_bytes.table.ml"),
 ];
+
+/// The model metrics, one set per model (`.model.X`), failures by reason
+/// (`.reason.Y`): 2 x 10 failure counters, bounded at compile time.
+type Named = Vec<(Metric, String)>;
+
+fn ml_metrics() -> (Named, Named, Named) {
+    let (mut counters, mut gauges, mut histograms) = (Vec::new(), Vec::new(), Vec::new());
+    for role in Role::ALL {
+        let r = role.as_str();
+        counters.push((Metric::MlCalls(role), format!("vigil_ml_calls_total.model.{r}")));
+        counters.push((Metric::MlRetries(role), format!("vigil_ml_retries_total.model.{r}")));
+        counters.push((Metric::MlFallbacks(role), format!("vigil_ml_fallbacks_total.model.{r}")));
+        for f in Failure::ALL {
+            counters.push((Metric::MlFailures(role, f), format!("vigil_ml_failures_total.model.{r}.reason.{}", f.as_str())));
+        }
+        gauges.push((Metric::MlBreakerOpen(role), format!("vigil_ml_breaker_open.model.{r}")));
+        histograms.push((Metric::MlLatency(role), format!("vigil_ml_latency_ms.model.{r}")));
+    }
+    counters.push((Metric::MlAbandoned, "vigil_ml_abandoned_total".to_string()));
+    counters.push((Metric::StoreEvictions(Table::Ml), "vigil_store_evictions_total.table.ml".to_string()));
+    counters.push((Metric::StoreCasConflicts(Table::Ml), "vigil_store_cas_conflicts_total.table.ml".to_string()));
+    (counters, gauges, histograms)
+}
 const PROCESSING_TIME: &str = "vigil_processing_time_us";
 
 /// Envoy stats, batched: requests add to counters in this VM's memory, and
@@ -70,6 +96,8 @@ const PROCESSING_TIME: &str = "vigil_processing_time_us";
 /// tick of lag in `/stats`.
 pub struct HostMetrics {
     ids: Vec<(Metric, u32)>,
+    /// Histograms are recorded at once (one host call per value).
+    histograms: Vec<(Metric, u32)>,
     /// Signed: gauges go down too (counters only ever add).
     pending: Vec<Cell<i64>>,
     processing_time: u32,
@@ -84,9 +112,20 @@ impl HostMetrics {
         for (m, name) in GAUGES {
             ids.push((m, abi::define_metric(abi::GAUGE, name)?));
         }
+        let (ml_counters, ml_gauges, ml_histograms) = ml_metrics();
+        for (m, name) in ml_counters {
+            ids.push((m, abi::define_metric(abi::COUNTER, &name)?));
+        }
+        for (m, name) in ml_gauges {
+            ids.push((m, abi::define_metric(abi::GAUGE, &name)?));
+        }
+        let mut histograms = Vec::new();
+        for (m, name) in ml_histograms {
+            histograms.push((m, abi::define_metric(abi::HISTOGRAM, &name)?));
+        }
         let processing_time = abi::define_metric(abi::HISTOGRAM, PROCESSING_TIME)?;
         let pending = ids.iter().map(|_| Cell::new(0)).collect();
-        Ok(HostMetrics { ids, pending, processing_time })
+        Ok(HostMetrics { ids, histograms, pending, processing_time })
     }
 
     pub fn record_processing_time(&self, micros: u64) {
@@ -121,5 +160,10 @@ impl MetricsSink for HostMetrics {
     }
     fn sub(&self, metric: Metric, n: u64) {
         self.change(metric, -i64::try_from(n).unwrap_or(i64::MAX));
+    }
+    fn record(&self, metric: Metric, value: u64) {
+        if let Some((_, id)) = self.histograms.iter().find(|(m, _)| *m == metric) {
+            let _ = abi::record_metric(*id, value);
+        }
     }
 }

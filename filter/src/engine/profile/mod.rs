@@ -317,6 +317,7 @@ mod tests {
             latency_us: None,
             refused: false,
             traffic_anomaly_score: None,
+            user_deviation_score: None,
             behavioral_score: None,
         }
     }
