@@ -13,12 +13,17 @@ Protocols:
                  GET  /v2/models/{name}[/ready]           -> model metadata
                  POST /v2/models/{name}/infer             -> anomaly_score output
 
-S = clamp(mean(features), 0, 1); header x-mock-score overrides it (unclamped)
-and x-mock-confidence overrides the default confidence 0.9.
+S = clamp(mean(features), 0, 1), unless a rule matches: with --rule I:X:S (or
+POST /_control {"rule": {"feature": I, "above": X, "score": S}}, null clears
+it) a request whose feature I exceeds X scores S, a stand-in for a model that
+has learnt what "anomalous" looks like. Header x-mock-score overrides the
+score (unclamped) and x-mock-confidence the default confidence 0.9.
 
-Faults (--fault MODE, header x-mock-fault: MODE which wins, or at run time
-POST /_control {"fault": MODE, "delay_ms": N}) apply to the two scoring
-endpoints only; health, metadata and /_* endpoints always behave:
+Faults apply to the two scoring endpoints only; health, metadata and /_*
+endpoints always behave. Chosen per run (--fault MODE, or at run time POST
+/_control {"fault": MODE, "delay_ms": N}) or per request: header
+x-mock-fault: MODE, or a request id (x-request-id, which Vigil forwards)
+starting with "mockfault-MODE-". Per request wins. Modes:
   none, slow (sleep --slow-ms / delay_ms first), error (500), reset (TCP RST,
   no response), garbage (truncated JSON), wrong_shape, nan, out_of_range (7.5).
 
@@ -56,10 +61,11 @@ class BadRequest(Exception):
 class State:
     """Run-time fault settings and call counters, shared by handler threads."""
 
-    def __init__(self, fault: str, delay_ms: int):
+    def __init__(self, fault: str, delay_ms: int, rule: dict | None = None):
         self.lock = threading.Lock()
         self.fault = fault
         self.delay_ms = delay_ms  # how long the "slow" fault sleeps
+        self.rule = rule
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -77,7 +83,7 @@ class State:
 
     def settings(self) -> dict:
         with self.lock:
-            return {"fault": self.fault, "delay_ms": self.delay_ms}
+            return {"fault": self.fault, "delay_ms": self.delay_ms, "rule": self.rule}
 
     def stats(self) -> dict:
         with self.lock:
@@ -104,6 +110,27 @@ def parse_delay_ms(value) -> int:
     if delay < 0:
         raise ValueError("delay_ms must be a non-negative integer")
     return delay
+
+
+def parse_rule(value) -> dict | None:
+    """A rule {"feature": I, "above": X, "score": S}, or None to clear it."""
+    if value is None:
+        return None
+    if isinstance(value, str):  # the --rule I:X:S form
+        parts = value.split(":")
+        if len(parts) != 3:
+            raise ValueError("rule must be FEATURE:ABOVE:SCORE")
+        value = {"feature": parts[0], "above": parts[1], "score": parts[2]}
+    if not isinstance(value, dict) or set(value) != {"feature", "above", "score"}:
+        raise ValueError('rule must be {"feature": I, "above": X, "score": S}')
+    try:
+        rule = {"feature": int(value["feature"]), "above": float(value["above"]),
+                "score": float(value["score"])}
+    except (TypeError, ValueError):
+        raise ValueError("rule fields must be numbers") from None
+    if rule["feature"] < 0 or not all(map(math.isfinite, (rule["above"], rule["score"]))):
+        raise ValueError("rule needs a feature index >= 0 and finite numbers")
+    return rule
 
 
 def reject_constant(name: str):
@@ -219,10 +246,11 @@ class Handler(BaseHTTPRequestHandler):
         try:
             fault = parse_fault(changes.get("fault", state.fault))
             delay_ms = parse_delay_ms(changes.get("delay_ms", state.delay_ms))
+            rule = parse_rule(changes["rule"]) if "rule" in changes else state.rule
         except ValueError as err:
             raise BadRequest(str(err)) from None
         with state.lock:
-            state.fault, state.delay_ms = fault, delay_ms
+            state.fault, state.delay_ms, state.rule = fault, delay_ms, rule
         if changes.get("reset_stats"):
             state.reset_stats()
         self.send_json(200, state.settings())
@@ -232,7 +260,11 @@ class Handler(BaseHTTPRequestHandler):
     def score(self, path: str, body: bytes, render):
         """Shared flow for both protocols: pick fault, misbehave or score."""
         settings = self.server.state.settings()
-        fault = self.headers.get("x-mock-fault", settings["fault"]).strip().lower()
+        fault = settings["fault"]
+        request_id = self.headers.get("x-request-id", "")
+        if request_id.startswith("mockfault-"):
+            fault = request_id.split("-")[1] if request_id.count("-") >= 2 else ""
+        fault = self.headers.get("x-mock-fault", fault).strip().lower()
         try:
             parse_fault(fault)
         except ValueError as err:
@@ -260,6 +292,9 @@ class Handler(BaseHTTPRequestHandler):
             features = self.extract_features(path, request)
             mean = sum(features) / len(features) if features else 0.0
             score = min(1.0, max(0.0, mean))
+            rule = settings["rule"]
+            if rule and rule["feature"] < len(features) and features[rule["feature"]] > rule["above"]:
+                score = rule["score"]
         if fault == "out_of_range":
             score = OUT_OF_RANGE_SCORE
         confidence = self.header_float("x-mock-confidence")
@@ -370,11 +405,13 @@ def main() -> None:
     parser.add_argument("--fault", choices=FAULTS, default="none")
     parser.add_argument("--slow-ms", type=parse_delay_ms, default=5000,
                         help="how long the slow fault sleeps (default 5000)")
+    parser.add_argument("--rule", type=parse_rule, default=None,
+                        help="FEATURE:ABOVE:SCORE, e.g. 1:0.5:0.97 (see above)")
     parser.add_argument("--verbose", action="store_true", help="log every request")
     args = parser.parse_args()
 
     server = Server((args.host, args.port), Handler)
-    server.state = State(args.fault, args.slow_ms)
+    server.state = State(args.fault, args.slow_ms, args.rule)
     server.verbose = args.verbose
     serve_until_signalled(server, args.host)
 

@@ -239,6 +239,25 @@ class Stack:
             last = now
         raise AssertionError("Vigil's counters did not settle")
 
+    def ml_control(self, **changes) -> dict:
+        """Changes the mock ML service's behaviour (fault, delay_ms, rule, reset_stats)."""
+        return json.loads(self._ml("POST", "/_control", json.dumps(changes)))
+
+    def ml_stats(self) -> dict:
+        return json.loads(self._ml("GET", "/_stats"))
+
+    def _ml(self, method: str, path: str, body: str | None = None) -> str:
+        conn = http.client.HTTPConnection("127.0.0.1", self.ml_port, timeout=5)
+        try:
+            conn.request(method, path, body=body)
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            if resp.status != 200:
+                raise AssertionError(f"mock ML {method} {path}: {resp.status} {text}")
+            return text
+        finally:
+            conn.close()
+
     def prometheus(self) -> str:
         return self.admin("GET", "/stats/prometheus")[1]
 

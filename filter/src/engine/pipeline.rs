@@ -705,10 +705,11 @@ mod tests {
     #[test]
     fn each_fault_fails_open_or_closed_as_configured_and_is_counted() {
         type Fault<'a> = (&'a str, Option<(u16, &'a [u8])>, u64, Failure, u32);
-        let faults: [Fault; 7] = [
+        let faults: [Fault; 8] = [
             ("slow", None, 100, Failure::Timeout, 3),
             ("envoy timeout", Some((504, b"upstream request timeout")), 100, Failure::Timeout, 3),
             ("reset", None, 2, Failure::Reset, 3),
+            ("envoy reset", Some((503, b"upstream connect error or disconnect/reset before headers")), 2, Failure::Reset, 3),
             ("5xx", Some((500, b"{}")), 2, Failure::Status, 3),
             ("garbage", Some((200, b"{\"score\": ")), 2, Failure::Malformed, 1),
             ("wrong shape", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,3],"data":[1,2,3]}]}"#)), 2, Failure::WrongShape, 1),

@@ -519,8 +519,12 @@ impl Ml {
         let result = match reply {
             None if late => Err(Failure::Timeout),
             None => Err(Failure::Reset),
-            // Envoy answers its own timeout with a 504.
+            // Envoy answers its own timeout with a 504, and a connection that
+            // failed or was reset with a 503 of its own making.
             Some((504, _)) if late => Err(Failure::Timeout),
+            Some((503, body)) if body.starts_with(b"upstream connect error") || body.starts_with(b"no healthy upstream") => {
+                Err(Failure::Reset)
+            }
             Some((status, body)) => protocol::parse(&m.wire, &m.options, status, body),
         };
         let transition = {
