@@ -115,6 +115,10 @@ pub struct MlModelConfig {
     pub answer_half_life_seconds: u32,
     /// Model calls each worker holds at once (queued or in flight, `async`).
     pub max_pending_calls: u32,
+    /// `async`: an identity is asked about at most once per this many seconds
+    /// per worker, unless a request's local risk reaches the grey zone. 0:
+    /// every request is asked about.
+    pub async_min_interval_seconds: u32,
     /// Log every model input and output (info level). Off by default.
     pub log_payloads: bool,
     /// With `log_payloads`, name the identity (its kind and keyed hash)
@@ -142,6 +146,7 @@ impl Default for MlModelConfig {
             max_identities: 16384,
             answer_half_life_seconds: 60,
             max_pending_calls: 256,
+            async_min_interval_seconds: 10,
             log_payloads: false,
             log_identities: false,
             export_features: false,
@@ -538,6 +543,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     in_range("ml_model_config.max_identities", m.max_identities, 16, 1 << 20)?;
     in_range("ml_model_config.answer_half_life_seconds", m.answer_half_life_seconds, 1, 86_400)?;
     in_range("ml_model_config.max_pending_calls", m.max_pending_calls, 1, 4096)?;
+    in_range("ml_model_config.async_min_interval_seconds", m.async_min_interval_seconds, 0, 3600)?;
     if c.enable_ml_models && m.behavioral_model_url.is_none() && m.anomaly_model_url.is_none() {
         return Err(ConfigError::new(
             "enable_ml_models",
@@ -809,5 +815,43 @@ mod tests {
         assert_eq!(u.authority, "ml-mock:8080");
         assert_eq!(u.path, "/v2/models/m/infer");
         assert_eq!(ModelUrl::parse("https://scorer").unwrap().path, "/");
+    }
+
+    #[test]
+    fn ml_options_parse_and_bad_ones_name_the_field() {
+        let c = parse(
+            br#"{"enable_ml_models": true, "ml_model_config": {
+                "anomaly_model_url": "http://ml/v2/models/iforest/infer", "mode": "cascade",
+                "grey_zone": {"low": 0.2, "high": 0.6},
+                "anomaly_model": {"score_scale": "isolation_forest", "failure_mode": "deny"},
+                "behavioral_model": {"score_scale": {"logistic": {"center": 1.5, "width": 0.2, "anomalous_below": false}}},
+                "circuit_breaker": {"consecutive_failures": 3, "open_seconds": 30}}}"#,
+        )
+        .unwrap();
+        let m = &c.ml_model_config;
+        assert_eq!(m.mode, MlMode::Cascade);
+        assert_eq!(m.anomaly_model.failure_mode, FailureMode::Deny);
+        assert_eq!(m.anomaly_model.score_scale, ScoreScale::IsolationForest);
+        assert_eq!(m.behavioral_model.score_scale, ScoreScale::Logistic { center: 1.5, width: 0.2, anomalous_below: false });
+        assert_eq!(m.circuit_breaker.open_seconds, 30);
+        assert_eq!(parse(b"{}").unwrap().ml_model_config.mode, MlMode::Async, "the default never makes a request wait");
+
+        let e = err(r#"{"ml_model_config": {"mode": "sometimes"}}"#);
+        assert_eq!(e.field, "ml_model_config.mode");
+        let e = err(r#"{"ml_model_config": {"grey_zone": {"low": 0.8, "high": 0.4}}}"#);
+        assert_eq!(e.field, "ml_model_config.grey_zone.low");
+        let e = err(r#"{"ml_model_config": {"anomaly_model": {"failure_mode": "maybe"}}}"#);
+        assert_eq!(e.field, "ml_model_config.anomaly_model.failure_mode");
+        let e = err(r#"{"ml_model_config": {"anomaly_model": {"score_scale": {"logistic": {"center": 0, "width": 0, "anomalous_below": true}}}}}"#);
+        assert_eq!(e.field, "ml_model_config.anomaly_model.score_scale.logistic.width");
+        let e = err(r#"{"ml_model_config": {"behavioral_model_url": "http://ml/v1/score", "behavioral_model": {"protocol": "oip"}}}"#);
+        assert_eq!(e.field, "ml_model_config.behavioral_model.protocol");
+        let e = err(r#"{"ml_model_config": {"circuit_breaker": {"consecutive_failures": 0}}}"#);
+        assert_eq!(e.field, "ml_model_config.circuit_breaker.consecutive_failures");
+        let e = err(r#"{"ml_model_config": {"max_pending_calls": 0}}"#);
+        assert_eq!(e.field, "ml_model_config.max_pending_calls");
+        let u = ModelUrl::parse("http://ml/v2/models/iforest/versions/3/infer").unwrap();
+        assert_eq!(u.oip_model_name(), Some("iforest"));
+        assert_eq!(ModelUrl::parse("http://ml/v1/score").unwrap().oip_model_name(), None);
     }
 }

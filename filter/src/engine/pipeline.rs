@@ -174,7 +174,10 @@ impl Engine {
         }
         if let (Some(m), Some(vec)) = (&self.ml, &v.ml_vector) {
             if m.mode() == crate::engine::config::MlMode::Async {
-                m.enqueue(&v.features, vec, now_ms, metrics, log);
+                // The local risk, without the model's own earlier verdict: an
+                // identity the model flagged is not asked about on every request.
+                let local: Vec<Signal> = v.signals.iter().filter(|s| s.name != ml::SIGNAL).copied().collect();
+                m.enqueue(&v.features, vec, decision::risk(&local), now_ms, metrics, log);
             }
         }
         v
@@ -824,13 +827,26 @@ mod tests {
         assert!(next.decision >= Decision::Throttle && next.enforced);
         assert!(next.threat_details.iter().any(|d| d.reason.contains("recent request")));
         assert_eq!(e.on_request(&get("erin"), 1_400, &store, &metrics).features.user_deviation_score, None);
+        e.on_tick(1_450, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 3, "erin is asked about; dave, within the interval, is not");
         assert!(log.iter().any(|l| l.contains("identity=redacted") && l.contains("vigil.v1=[")), "{log:?}");
         assert!(log.iter().any(|l| l.contains("score 0.970")), "{log:?}");
-        // The queue is bounded: beyond max_pending_calls, calls are dropped and counted.
+        // Within the interval (10 s) neither is asked about again the same kind of request...
+        e.on_request(&get("dave"), 1_500, &store, &metrics);
+        e.on_request(&get("erin"), 1_500, &store, &metrics);
+        e.on_tick(1_600, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 3);
+        // ...but a request of a new kind is.
+        let upload = HeaderList::from_pairs(&[(":method", "POST"), (":path", "/upload"), ("x-user-id", "erin"), ("content-length", "40000")]);
+        e.on_request(&upload, 1_700, &store, &metrics);
+        e.on_tick(1_800, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 4);
+        // The queue is bounded: beyond max_pending_calls (4), calls are dropped and counted.
         for i in 0..10 {
-            e.on_request(&get("flood"), 2_000 + i, &store, &metrics);
+            e.on_request(&get(&format!("flood{i}")), 2_000 + i, &store, &metrics);
         }
-        // dave's and erin's requests above hold two places; two floods get the rest.
         assert_eq!(metrics.get(Metric::MlFailures(Role::Behavioral, Failure::QueueFull)), 8);
+        e.on_tick(2_100, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 4 + 2, "erin's two calls are still in flight and hold places");
     }
 }

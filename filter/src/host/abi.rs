@@ -89,6 +89,7 @@ extern "C" {
         return_size: *mut usize,
     ) -> u32;
     fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
     fn proxy_define_metric(metric_type: u32, name_data: *const u8, name_size: usize, return_id: *mut u32) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
@@ -228,6 +229,11 @@ pub fn buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, Status> {
         NOT_FOUND => Ok(Vec::new()),
         status => Err(status),
     }
+}
+
+/// Makes host calls act on another context of this VM (see callout.rs).
+pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    check(unsafe { proxy_set_effective_context(context_id) })
 }
 
 /// Lets a paused request go on to the upstream.

@@ -8,11 +8,44 @@ use std::time::Duration;
 /// A model's answer is small; a bigger one is cut here and then fails to parse.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
-/// Sends calls on behalf of the context that is running: its
-/// `on_http_call_response` gets the answer. (The SDK routes answers by the
-/// context active at dispatch time; an HTTP stream's calls are cancelled by
-/// Envoy when the stream ends, the root context's live on.)
+/// Sends calls on behalf of the context that is running: the SDK routes the
+/// answer to that context's `on_http_call_response` (the root's, from a tick).
 pub struct HostCallouts;
+
+/// Sends a waiting request's calls so that Envoy holds them on the root
+/// context while the answer still goes to the stream.
+///
+/// Why: Envoy cancels the calls a stream owns when the stream ends, and then
+/// no answer ever comes back; the SDK keeps the call's token forever, a few
+/// bytes per abandoned request, without bound under a client that hangs up
+/// on purpose. Owned by the root, the call runs to its answer or timeout;
+/// the SDK then finds the stream gone and drops the answer with the token.
+/// The price: the answer's headers and body sit on the root context, so the
+/// stream reads them with the root as effective context (`read_reply_for`).
+pub struct StreamCallouts {
+    pub root: u32,
+    pub stream: u32,
+}
+
+impl Callouts for StreamCallouts {
+    fn send(&self, call: &Call) -> Result<u32, u32> {
+        if abi::set_effective_context(self.root).is_err() {
+            return HostCallouts.send(call);
+        }
+        let sent = HostCallouts.send(call);
+        // Back to the stream for everything else this callback does.
+        let _ = abi::set_effective_context(self.stream);
+        sent
+    }
+}
+
+/// `read_reply` for a call sent with `StreamCallouts`.
+pub fn read_reply_for(c: &StreamCallouts, num_headers: usize, body_size: usize) -> Option<(u16, Vec<u8>)> {
+    let _ = abi::set_effective_context(c.root);
+    let reply = read_reply(num_headers, body_size);
+    let _ = abi::set_effective_context(c.stream);
+    reply
+}
 
 impl Callouts for HostCallouts {
     fn send(&self, call: &Call) -> Result<u32, u32> {

@@ -2,7 +2,7 @@
 //! and the access log, and enforce the decision when configured to.
 
 use super::abi;
-use super::callout::{self, HostCallouts};
+use super::callout::{self, StreamCallouts};
 use super::root::Shared;
 use super::store::HostStore;
 use crate::engine::config::LogRecord;
@@ -28,11 +28,16 @@ pub struct VigilHttp {
     /// A request paused for the models: its verdict so far, their calls, and
     /// whether the client sent its own `x-vigil-*` headers.
     waiting: Option<(Verdict, Exchange, bool)>,
+    context_id: u32,
 }
 
 impl VigilHttp {
-    pub fn new(shared: Rc<Shared>) -> Self {
-        Self { shared, features: None, started_ns: 0, waiting: None }
+    pub fn new(shared: Rc<Shared>, context_id: u32) -> Self {
+        Self { shared, features: None, started_ns: 0, waiting: None, context_id }
+    }
+
+    fn callouts(&self) -> StreamCallouts {
+        StreamCallouts { root: self.shared.root_id, stream: self.context_id }
     }
 
     /// Tells the verdict (access-log record, upstream headers) and enforces
@@ -81,13 +86,14 @@ impl Context for VigilHttp {
     /// A model answered (or failed) for the paused request.
     fn on_http_call_response(&mut self, token: u32, num_headers: usize, body_size: usize, _num_trailers: usize) {
         let Some((mut verdict, mut exchange, client_headers)) = self.waiting.take() else { return };
-        let reply = callout::read_reply(num_headers, body_size);
+        let callouts = self.callouts();
+        let reply = callout::read_reply_for(&callouts, num_headers, body_size);
         let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
         let engine = &self.shared.engine;
         let metrics = &self.shared.metrics;
         let mut log = Vec::new();
         let reply_view = reply.as_ref().map(|(status, body)| (*status, body.as_slice()));
-        engine.model_reply(&mut exchange, token, reply_view, now_ms, &HostCallouts, metrics, &mut log);
+        engine.model_reply(&mut exchange, token, reply_view, now_ms, &callouts, metrics, &mut log);
         log_lines(log);
         if !exchange.settled() {
             self.waiting = Some((verdict, exchange, client_headers));
@@ -121,7 +127,7 @@ impl HttpContext for VigilHttp {
         self.started_ns = started;
         let mut log = Vec::new();
         let mut verdict = engine.assess(&req, now_ms, &HostStore, &self.shared.metrics, &mut log);
-        if let Some(exchange) = engine.ask_models(&mut verdict, now_ms, &HostCallouts, &self.shared.metrics, &mut log) {
+        if let Some(exchange) = engine.ask_models(&mut verdict, now_ms, &self.callouts(), &self.shared.metrics, &mut log) {
             log_lines(log);
             self.waiting = Some((verdict, exchange, client_headers));
             return Action::Pause;

@@ -26,12 +26,20 @@ pub struct Shared {
     pub requests_seen: Cell<u64>,
     /// Tells this VM apart from the other workers' (for leases in shared data).
     pub instance: u64,
+    /// The root context's id: model calls of waiting requests are owned by it.
+    pub root_id: u32,
 }
 
-#[derive(Default)]
 pub struct VigilRoot {
+    id: u32,
     shared: Option<Rc<Shared>>,
     ticks: u32,
+}
+
+impl VigilRoot {
+    pub fn new(id: u32) -> Self {
+        VigilRoot { id, shared: None, ticks: 0 }
+    }
 }
 
 impl Context for VigilRoot {
@@ -121,7 +129,7 @@ impl RootContext for VigilRoot {
         // Each worker configures its own VM on its own thread: the clock in
         // nanoseconds tells them apart.
         let instance = abi::now_nanos().unwrap_or(0) | 1;
-        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0), instance }));
+        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0), instance, root_id: self.id }));
         true
     }
 
@@ -138,10 +146,10 @@ impl RootContext for VigilRoot {
         }
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // on_configure succeeded before any stream can exist.
         let shared = self.shared.clone()?;
-        Some(Box::new(VigilHttp::new(shared)))
+        Some(Box::new(VigilHttp::new(shared, context_id)))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -112,11 +112,21 @@ struct Job {
     sent_ms: u64,
 }
 
-/// This worker's view of the models: breakers and `async` calls.
+/// This worker's view of the models: breakers, `async` calls, and when each
+/// identity was last asked about.
 struct Worker {
     breakers: Vec<Breaker>,
     jobs: VecDeque<Job>,
+    /// Direct-mapped by identity hash: (identity, ms, request kind). A
+    /// collision only means one more call; the array never grows.
+    asked: Vec<(u64, u64, u32)>,
 }
+
+/// Identities remembered per worker for `async_min_interval_seconds`.
+const ASKED_SLOTS: usize = 4096;
+/// `async` calls sent per worker per tick (100 ms): a burst of queued calls
+/// is spread over ticks instead of stalling the worker's requests.
+const MAX_SENDS_PER_TICK: usize = 32;
 
 pub struct Ml {
     models: Vec<Model>,
@@ -126,6 +136,7 @@ pub struct Ml {
     retries: u32,
     weight: f64,
     max_pending: usize,
+    min_interval_ms: u64,
     log_payloads: bool,
     log_identities: bool,
     answers: Option<Answers>,
@@ -176,10 +187,11 @@ impl Ml {
             retries: c.model_retry_count,
             weight: config.ml_scoring_weights.user_anomaly,
             max_pending: c.max_pending_calls as usize,
+            min_interval_ms: u64::from(c.async_min_interval_seconds) * 1000,
             log_payloads: c.log_payloads,
             log_identities: c.log_identities,
             answers: (c.mode == MlMode::Async).then(|| Answers::new(c.max_identities, c.answer_half_life_seconds)),
-            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new() }),
+            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new() }),
         })
     }
 
@@ -326,9 +338,23 @@ impl Ml {
     // --- async --------------------------------------------------------------
 
     /// Queues a call per model for a request that does not wait. The calls go
-    /// out on this worker's next tick (from the root context, which outlives
-    /// the request).
-    pub fn enqueue(&self, features: &Features, vector: &vector::Vector, now_ms: u64, metrics: &dyn MetricsSink, log: &mut Vec<String>) {
+    /// out on this worker's next ticks (from the root context, which outlives
+    /// the request). An identity already asked about within
+    /// `async_min_interval_seconds` is not asked again about the same kind of
+    /// request (`vector::fingerprint`), unless its local risk reaches the grey
+    /// zone.
+    pub fn enqueue(
+        &self,
+        features: &Features,
+        vector: &vector::Vector,
+        local_risk: f64,
+        now_ms: u64,
+        metrics: &dyn MetricsSink,
+        log: &mut Vec<String>,
+    ) {
+        if !self.first_ask_in_interval(features.identity.hash, vector::fingerprint(vector), now_ms) && local_risk < self.grey.0 {
+            return;
+        }
         for (i, m) in self.models.iter().enumerate() {
             if self.worker.borrow().jobs.len() >= self.max_pending {
                 metrics.add(Metric::MlFailures(m.role, Failure::QueueFull), 1);
@@ -349,12 +375,31 @@ impl Ml {
         }
     }
 
+    /// Records that `identity` is asked about a request of `kind` now; false
+    /// when it already was within the interval.
+    fn first_ask_in_interval(&self, identity: u64, kind: u32, now_ms: u64) -> bool {
+        if self.min_interval_ms == 0 {
+            return true;
+        }
+        let mut w = self.worker.borrow_mut();
+        if w.asked.is_empty() {
+            w.asked = vec![(0, 0, 0); ASKED_SLOTS];
+        }
+        let Some(slot) = w.asked.get_mut((identity % ASKED_SLOTS as u64) as usize) else { return true };
+        if slot.0 == identity && slot.2 == kind && now_ms.saturating_sub(slot.1) < self.min_interval_ms {
+            return false;
+        }
+        *slot = (identity, now_ms, kind);
+        true
+    }
+
     /// Sends the queued calls that are due (first attempts and retries whose
-    /// backoff has passed).
+    /// backoff has passed), at most `MAX_SENDS_PER_TICK`.
     pub fn on_tick(&self, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) {
         let mut w = self.worker.borrow_mut();
-        let Worker { breakers, jobs } = &mut *w;
+        let Worker { breakers, jobs, .. } = &mut *w;
         let stale_ms = self.timeout_ms + 10_000;
+        let mut sends = 0;
         jobs.retain_mut(|j| {
             let role = self.role(j.model);
             if j.token.is_some() {
@@ -367,9 +412,10 @@ impl Ml {
                 }
                 return true;
             }
-            if j.due_ms > now_ms {
+            if j.due_ms > now_ms || sends >= MAX_SENDS_PER_TICK {
                 return true;
             }
+            sends += 1;
             let Some(breaker) = breakers.get_mut(j.model) else { return false };
             if breaker.permit(now_ms) == Permit::Refuse {
                 metrics.add(Metric::MlFailures(role, Failure::BreakerOpen), 1);

@@ -59,6 +59,18 @@ pub fn build(f: &Features, ctx: &Context) -> Vector {
     values.map(|v| if v.is_finite() { v.clamp(0.0, 1.0) as f32 } else { 0.0 })
 }
 
+/// What kind of request this is, coarsely: each feature that describes the
+/// request (not the hour, not the profile's age) in four levels, packed. Two
+/// requests of the same kind from one identity share it, so `async` need not
+/// ask about the second; a request of a new kind gets asked about.
+pub fn fingerprint(v: &Vector) -> u32 {
+    const KIND: [usize; 9] = [0, 1, 2, 3, 6, 7, 9, 10, 11];
+    KIND.iter().fold(0u32, |acc, &i| {
+        let level = v.get(i).map_or(0, |x| ((x * 4.0) as u32).min(3));
+        (acc << 2) | level
+    })
+}
+
 fn flag(b: bool) -> f64 {
     if b {
         1.0
@@ -118,6 +130,11 @@ mod tests {
         assert_eq!(v[7], 0.0, "a non-finite input becomes 0");
         assert!((v[9] - 0.4).abs() < 1e-6);
         let half = build(&features(), &Context { rate: Some((600, 600)), profile_observations: Some(0) });
+        assert_ne!(fingerprint(&v), fingerprint(&half), "a different kind of request");
+        let mut later = features();
+        later.time_ms += 5 * 3_600_000;
+        let (a, b) = (build(&features(), &Context::default()), build(&later, &Context { rate: None, profile_observations: Some(500) }));
+        assert_eq!(fingerprint(&a), fingerprint(&b), "the same kind: the hour and the profile's age do not count");
         assert_eq!((half[6], half[8]), (0.5, 0.0), "at the ceiling: 0.5; a profile of 0 observations: 0");
     }
 }
