@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export ENVOY_BIN
 export VIGIL_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen setup-wrk unit clippy wasm-test e2e clean
+.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen setup-wrk setup-model-server unit clippy wasm-test e2e clean
 
 run: setup build
 	@ENVOY_BIN=$(ENVOY_BIN) PYTHON=$(VENV)/bin/python bash envoy/run-local.sh
@@ -34,7 +34,7 @@ wasm-test: setup-wasm-bindgen
 	CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=wasm-bindgen-test-runner \
 	  cargo test -p vigil --no-default-features --target wasm32-unknown-unknown --test wasm_numeric
 
-e2e: setup-python setup-wrk build
+e2e: setup-python setup-wrk setup-model-server build
 	$(VENV)/bin/python -m pytest tests/e2e -v
 
 setup: setup-rust setup-python
@@ -56,6 +56,17 @@ $(VENV)/.installed: tests/requirements.txt
 setup-wrk:
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk; }
 
+# The reference model server (Seldon MLServer + scikit-learn), in a venv of its
+# own: large (about 500 MB) and needed only by its end-to-end test and users.
+MLSERVER_VENV ?= .venv-mlserver
+setup-model-server: $(MLSERVER_VENV)/.installed
+
+$(MLSERVER_VENV)/.installed: examples/model_server/requirements.txt
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet --upgrade pip
+	$(MLSERVER_VENV)/bin/pip install --quiet -r examples/model_server/requirements.txt
+	@touch $@
+
 setup-wasm-bindgen: setup-rust
 	@command -v node >/dev/null || { echo "node is needed to run the wasm tests (apt-get install nodejs)"; exit 1; }
 	@if ! wasm-bindgen-test-runner --version 2>/dev/null | grep -q "$(WASM_BINDGEN_VERSION)"; then \
@@ -65,7 +76,7 @@ setup-wasm-bindgen: setup-rust
 
 clean:
 	cargo clean
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(MLSERVER_VENV)
 
 # --- performance -----------------------------------------------------------
 BENCH_ARGS ?=

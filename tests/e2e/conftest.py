@@ -14,10 +14,11 @@ def stack_factory(tmp_path):
     """Starts stacks with a given filter configuration; stops them all after the test."""
     started: list[Stack] = []
 
-    def start(filter_config: dict | None = None, name: str = "stack", expect_ready: bool = True) -> Stack:
+    def start(filter_config: dict | None = None, name: str = "stack", expect_ready: bool = True,
+              model_port: int | None = None) -> Stack:
         workdir = tmp_path / f"{name}{len(started)}"
         workdir.mkdir()
-        stack = Stack(workdir, filter_config)
+        stack = Stack(workdir, filter_config, model_port=model_port)
         started.append(stack)
         return stack.start(expect_ready=expect_ready)
 

@@ -86,12 +86,17 @@ class Process:
 class Stack:
     """One Envoy with Vigil plus its upstreams, on free loopback ports."""
 
-    def __init__(self, workdir: Path, filter_config: dict | None = None, concurrency: int = 2):
+    def __init__(self, workdir: Path, filter_config: dict | None = None, concurrency: int = 2,
+                 model_port: int | None = None):
+        """`model_port`: point the `vigil_ml` cluster at a model server already
+        running there instead of starting the mock."""
         self.workdir = workdir
         self.filter_config = filter_config
         self.concurrency = concurrency
         self.admin_port, self.port = free_port(), free_port()
-        self.upstream_port, self.ml_port = free_port(), free_port()
+        self.upstream_port = free_port()
+        self.external_model = model_port is not None
+        self.ml_port = model_port if model_port is not None else free_port()
         self.access_log = workdir / "access.log"
         self.envoy_log = workdir / "envoy.log"
         self.processes: list[Process] = []
@@ -101,7 +106,8 @@ class Stack:
     def start(self, expect_ready: bool = True) -> "Stack":
         py = sys.executable
         self._spawn("upstream", [py, "examples/demo_upstream.py", "--port", str(self.upstream_port)])
-        self._spawn("mock_ml", [py, "examples/mock_ml.py", "--port", str(self.ml_port)])
+        if not self.external_model:
+            self._spawn("mock_ml", [py, "examples/mock_ml.py", "--port", str(self.ml_port)])
         for port in (self.upstream_port, self.ml_port):
             self._wait_port(port)
         config = self.workdir / "envoy.json"
