@@ -37,18 +37,29 @@ OUT = ROOT / "target" / "bench"
 
 # Vigil configurations measured. Each is the filter JSON (secret fixed so runs compare).
 SECRET = {"identity": {"hash_secret": "bench"}}
+PT = {
+    **SECRET,
+    "mode": "enforce",
+    "rate_limit": {"requests_per_window": 100_000_000, "window_seconds": 60},
+    "behavioral_profiling": {"enable_user_profiling": True},
+    "time_series_analysis": {"enable_traffic_analysis": True},
+}
+ML = {"behavioral_model_url": "http://vigil_ml/v1/score", "model_timeout_ms": 200, "model_retry_count": 1}
+MODEL_ANSWER = '{"score": 0.1, "confidence": 0.9}'
 VIGIL_CONFIGS = {
     # What an operator gets from an empty configuration (monitor mode, rate signal on).
     "vigil_default": {**SECRET},
     # Enforce mode with the detectors switched on (profiling; traffic analysis
     # takes effect once that detector exists).
-    "vigil_profiling_traffic": {
-        **SECRET,
-        "mode": "enforce",
-        "rate_limit": {"requests_per_window": 100_000_000, "window_seconds": 60},
-        "behavioral_profiling": {"enable_user_profiling": True},
-        "time_series_analysis": {"enable_traffic_analysis": True},
-    },
+    "vigil_profiling_traffic": PT,
+    # ML on top of profiling and traffic analysis, one native model answered at
+    # once by an Envoy direct response (so the cost measured is Vigil's, not a
+    # model's). Compare with vigil_profiling_traffic, which is "ML off".
+    "vigil_ml_inline": {**PT, "enable_ml_models": True, "ml_model_config": {**ML, "mode": "inline"}},
+    "vigil_ml_async": {**PT, "enable_ml_models": True, "ml_model_config": {**ML, "mode": "async"}},
+    # Cascade asks only about requests in the grey zone; the share actually
+    # asked is measured and reported (ml_share_asked).
+    "vigil_ml_cascade": {**PT, "enable_ml_models": True, "ml_model_config": {**ML, "mode": "cascade"}},
     # Cost breakdown: the default without its shared-data rate signal, and without upstream headers.
     "vigil_no_rate": {**SECRET, "rate_limit": {"enabled": False}},
     "vigil_no_headers": {**SECRET, "upstream_headers": False},
@@ -72,7 +83,14 @@ def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: in
         vhost["routes"] = [{"match": {"prefix": "/"}, "route": {"cluster": "demo_upstream"}}]
         ep = doc["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
         ep["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
-    doc["static_resources"]["clusters"] = [c for c in doc["static_resources"]["clusters"] if c["name"] == "demo_upstream"]
+    clusters = doc["static_resources"]["clusters"]
+    if upstream_port is not None:
+        # The model server is the upstream Envoy too (it answers /v1/score).
+        for c in clusters:
+            ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
+            ep["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
+    if not (filter_json or {}).get("enable_ml_models"):
+        doc["static_resources"]["clusters"] = [c for c in clusters if c["name"] == "demo_upstream"]
     wasm_filter = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
     if wasm is None:
         hcm["http_filters"] = [f for f in hcm["http_filters"] if f is not wasm_filter]
@@ -90,8 +108,12 @@ def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: in
 
 
 def upstream_config(port: int, admin: int) -> dict:
-    """A fast upstream (another Envoy answering directly), so the upstream is never the bottleneck."""
+    """A fast upstream (another Envoy answering directly), so the upstream is
+    never the bottleneck; it is the model server of the ML configurations too."""
     doc = envoy_config("upstream", port, admin, "direct", None, None, None)
+    vhost = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0]
+    vhost["routes"].insert(0, {"match": {"prefix": "/v1/score"}, "direct_response": {
+        "status": 200, "body": {"inline_string": MODEL_ANSWER}}})
     return doc
 
 
@@ -223,12 +245,13 @@ def main() -> int:
     envoys: dict[tuple[str, str], Envoy] = {}
     upstream = None
     try:
-        if "upstream" in routes:
+        chosen = args.configs.split(",") if args.configs else list(VIGIL_CONFIGS)
+        needs_ml = any(VIGIL_CONFIGS.get(c, {}).get("enable_ml_models") for c in chosen)
+        if "upstream" in routes or needs_ml:
             up_port, up_admin = free_port(), free_port()
             upstream = Envoy("upstream", upstream_config(up_port, up_admin), workdir, 1)
             upstream.wait_ready()
         variants = {"no_filter": (None, None), "empty_wasm": (EMPTY_WASM, None)}
-        chosen = args.configs.split(",") if args.configs else list(VIGIL_CONFIGS)
         unknown = [c for c in chosen if c not in VIGIL_CONFIGS]
         if unknown:
             raise SystemExit(f"unknown --configs {unknown}; known: {', '.join(VIGIL_CONFIGS)}")
@@ -255,6 +278,12 @@ def main() -> int:
             print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr)
 
         summary = summarise(samples, routes, names, args)
+        for v in summary["vigil"]:
+            if VIGIL_CONFIGS[v["config"]].get("enable_ml_models"):
+                stats = envoys[(v["route"], v["config"])].stats()
+                calls = sum(int(x) for k, x in stats.items() if k.startswith("wasmcustom.vigil_ml_calls_total"))
+                requests = int(stats.get("wasmcustom.vigil_requests_total", "0") or 0)
+                v["ml_share_asked"] = round(calls / requests, 4) if requests else None
         summary["memory"] = measure_memory(workdir, args.concurrency,
                                            [int(x) for x in args.memory.split(",") if x], 10) if args.memory else []
         print_table(summary)
@@ -317,8 +346,17 @@ def print_table(summary: dict) -> None:
     print("\nempty wasm / no filter: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["empty_wasm_vs_no_filter"].items()))
     print("\n%-10s %-26s %12s %12s %12s %12s" % ("route", "vigil config", "vs no filt", "vs empty", "p99 +ms", "p99 +ms(e)"))
     for v in summary["vigil"]:
-        print("%-10s %-26s %12.3f %12.3f %12.3f %12.3f" % (v["route"], v["config"], v["throughput_vs_no_filter"],
-              v["throughput_vs_empty_wasm"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"]))
+        asked = f"  asked {v['ml_share_asked']:.1%}" if v.get("ml_share_asked") is not None else ""
+        print("%-10s %-26s %12.3f %12.3f %12.3f %12.3f%s" % (v["route"], v["config"], v["throughput_vs_no_filter"],
+              v["throughput_vs_empty_wasm"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"], asked))
+    ml_off = {(v["route"]): v for v in summary["vigil"] if v["config"] == "vigil_profiling_traffic"}
+    rows = [v for v in summary["vigil"] if v["config"].startswith("vigil_ml_") and v["route"] in ml_off]
+    if rows:
+        print("\nML against ML off (vigil_profiling_traffic), same run:")
+        for v in rows:
+            off = ml_off[v["route"]]
+            print("%-10s %-26s throughput x%.3f  p99 %+.3f ms" % (v["route"], v["config"],
+                  v["throughput_vs_empty_wasm"] / off["throughput_vs_empty_wasm"], v["p99_added_ms"] - off["p99_added_ms"]))
     if summary.get("memory"):
         print("\nmemory (vigil_profiling_traffic, 16384 rate slots and 16384 profiles):")
         print("%-12s %10s %10s %10s %14s %10s %10s %10s" % ("identities", "requests", "RSS MB", "RSS after", "shared bytes",

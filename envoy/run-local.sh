@@ -18,7 +18,8 @@ stop() {
 trap stop INT TERM EXIT
 
 "$PYTHON" examples/demo_upstream.py --port 18080 & pids+=($!)
-"$PYTHON" examples/mock_ml.py --port 18090 & pids+=($!)
+# The mock model scores uploads over 32 KiB (feature 1, request_bytes) as anomalous.
+"$PYTHON" examples/mock_ml.py --port 18090 --rule 1:0.5:0.97 & pids+=($!)
 "$ENVOY_BIN" -c envoy/envoy.yaml --concurrency 2 --log-level warn --component-log-level wasm:info \
   > target/envoy-access.log 2> target/envoy.log & pids+=($!)
 

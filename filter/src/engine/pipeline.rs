@@ -169,16 +169,16 @@ impl Engine {
                     .push(ThreatDetail { signal: step, reason: format!("unavailable ({error:?}), failing open") });
             }
         }
-        if self.ml.is_some() || self.config.ml_model_config.export_features {
+        // The vector costs a few hundred ns: built only when something uses it.
+        let asks_async = self.ml.as_ref().is_some_and(|m| m.mode() == crate::engine::config::MlMode::Async);
+        if asks_async || self.config.ml_model_config.export_features {
             v.ml_vector = Some(self.vector(&v));
         }
-        if let (Some(m), Some(vec)) = (&self.ml, &v.ml_vector) {
-            if m.mode() == crate::engine::config::MlMode::Async {
-                // The local risk, without the model's own earlier verdict: an
-                // identity the model flagged is not asked about on every request.
-                let local: Vec<Signal> = v.signals.iter().filter(|s| s.name != ml::SIGNAL).copied().collect();
-                m.enqueue(&v.features, vec, decision::risk(&local), now_ms, metrics, log);
-            }
+        if let (true, Some(m), Some(vec)) = (asks_async, &self.ml, &v.ml_vector) {
+            // The local risk, without the model's own earlier verdict: an
+            // identity the model flagged is not asked about on every request.
+            let local: Vec<Signal> = v.signals.iter().filter(|s| s.name != ml::SIGNAL).copied().collect();
+            m.enqueue(&v.features, vec, decision::risk(&local), now_ms, metrics, log);
         }
         v
     }
@@ -214,11 +214,16 @@ impl Engine {
         metrics: &dyn MetricsSink,
         log: &mut Vec<String>,
     ) -> Option<Exchange> {
-        let (m, vec) = (self.ml.as_ref()?, v.ml_vector.as_ref()?);
+        let m = self.ml.as_ref()?;
         if !m.waits_for(decision::risk(&v.signals)) {
             return None;
         }
-        let ex = m.ask(&v.features, vec, now_ms, callouts, metrics, log);
+        let vec = match v.ml_vector {
+            Some(vec) => vec,
+            None => self.vector(v),
+        };
+        v.ml_vector = Some(vec);
+        let ex = m.ask(&v.features, &vec, now_ms, callouts, metrics, log);
         if ex.settled() {
             self.conclude_models(&ex, v, metrics);
             return None;
