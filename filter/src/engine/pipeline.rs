@@ -713,12 +713,14 @@ mod tests {
     #[test]
     fn each_fault_fails_open_or_closed_as_configured_and_is_counted() {
         type Fault<'a> = (&'a str, Option<(u16, &'a [u8])>, u64, Failure, u32);
-        let faults: [Fault; 8] = [
+        let faults: [Fault; 10] = [
             ("slow", None, 100, Failure::Timeout, 3),
             ("envoy timeout", Some((504, b"upstream request timeout")), 100, Failure::Timeout, 3),
             ("reset", None, 2, Failure::Reset, 3),
             ("envoy reset", Some((503, b"upstream connect error or disconnect/reset before headers")), 2, Failure::Reset, 3),
             ("5xx", Some((500, b"{}")), 2, Failure::Status, 3),
+            ("429", Some((429, b"slow down")), 2, Failure::Status, 3),
+            ("400", Some((400, b"{\"error\": \"12 features expected\"}")), 2, Failure::Status, 1),
             ("garbage", Some((200, b"{\"score\": ")), 2, Failure::Malformed, 1),
             ("wrong shape", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,3],"data":[1,2,3]}]}"#)), 2, Failure::WrongShape, 1),
             ("nan", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,1],"data":[NaN]}]}"#)), 2, Failure::NonFinite, 1),
@@ -728,7 +730,7 @@ mod tests {
                 let (e, store, metrics) = engine(&INLINE.replace("FAILURE_MODE", mode));
                 let calls = MemoryCallouts::default();
                 let v = inline_request(&e, &store, &metrics, &calls, 1_000, |_| (after_ms, reply.map(|(s, b)| (s, b.to_vec()))));
-                assert_eq!(calls.count() as u32, attempts, "{name}: transport failures are retried, nonsense is not");
+                assert_eq!(calls.count() as u32, attempts, "{name}: transport failures and 5xx are retried, nonsense and 4xx are not");
                 assert_eq!(metrics.get(Metric::MlFailures(Role::Anomaly, reason)), u64::from(attempts), "{name}");
                 assert_eq!(metrics.get(Metric::MlRetries(Role::Anomaly)), u64::from(attempts - 1), "{name}");
                 assert_eq!(metrics.get(Metric::MlFallbacks(Role::Anomaly)), 1, "{name}");

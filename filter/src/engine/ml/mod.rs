@@ -279,7 +279,7 @@ impl Ml {
             return false;
         };
         match self.judge(a.model, a.sent_ms, now_ms, reply, &a.request_id, metrics, log) {
-            Err(f) if f.retryable() && a.tries <= self.retries => {
+            Err(f) if f.retryable() && !refused_for_good(reply) && a.tries <= self.retries => {
                 metrics.add(Metric::MlRetries(self.role(a.model)), 1);
                 self.send_attempt(a, now_ms, callouts, metrics);
             }
@@ -466,7 +466,7 @@ impl Ml {
                     answers.record(job.identity, &answer, now_ms, store, metrics)?;
                 }
             }
-            Err(f) if f.retryable() && job.tries <= self.retries => {
+            Err(f) if f.retryable() && !refused_for_good(reply) && job.tries <= self.retries => {
                 metrics.add(Metric::MlRetries(role), 1);
                 job.token = None;
                 job.due_ms = now_ms + breaker::backoff_ms(job.tries, job.identity ^ u64::from(token));
@@ -628,4 +628,11 @@ impl Ml {
     fn role(&self, model: usize) -> Role {
         self.models.get(model).map_or(Role::Anomaly, |m| m.role)
     }
+}
+
+/// A 4xx other than 408 and 429: the model server rejects the request itself
+/// (a feature version it does not know, a body it cannot read), and will
+/// again.
+fn refused_for_good(reply: Option<(u16, &[u8])>) -> bool {
+    matches!(reply, Some((status, _)) if (400..500).contains(&status) && status != 408 && status != 429)
 }
