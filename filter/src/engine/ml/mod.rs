@@ -10,21 +10,23 @@
 //! wait); either way the failure is counted by reason, and a model that keeps
 //! failing is cut off by its circuit breaker and probed again later.
 //!
-//! Inline retries go out as soon as an attempt fails: the request is waiting
-//! and a filter has no timer of its own per stream. Async retries wait a
-//! jittered exponential backoff (`breaker::backoff_ms`).
+//! `exchange` is the waiting side, `queue` the `async` one; what both share
+//! (judging an answer, the breakers, the payload) is here.
 
 pub mod answers;
 pub mod breaker;
+mod exchange;
 pub mod protocol;
+mod queue;
 pub mod vector;
 
-use crate::engine::config::{Config, FailureMode, MlMode, ModelOptions, ModelUrl, Protocol};
+pub use exchange::Exchange;
+
+use crate::engine::config::{Config, MlMode, ModelOptions, ModelUrl, Protocol};
 use crate::engine::features::{Combine, Features, Signal, ThreatDetail};
-use crate::engine::identity::IdentityKind;
-use crate::engine::ports::{Call, Callouts, Metric, MetricsSink, SharedStore, StoreError};
+use crate::engine::ports::{Call, Metric, MetricsSink, SharedStore, StoreError};
 use answers::Answers;
-use breaker::{Breaker, Permit, Transition};
+use breaker::{Breaker, Transition};
 use protocol::{Answer, Failure, Subject, Wire};
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -68,55 +70,11 @@ struct Model {
     options: ModelOptions,
 }
 
-/// One model's part of a waiting request.
-#[derive(Debug)]
-struct Attempt {
-    model: usize,
-    body: Vec<u8>,
-    request_id: String,
-    token: Option<u32>,
-    /// Attempts sent so far.
-    tries: u32,
-    sent_ms: u64,
-    result: Option<Result<Answer, Failure>>,
-}
-
-/// The models' work for one waiting request (`inline`, `cascade`).
-#[derive(Debug)]
-pub struct Exchange {
-    attempts: Vec<Attempt>,
-}
-
-impl Exchange {
-    /// Every model has answered or failed for good.
-    pub fn settled(&self) -> bool {
-        self.attempts.iter().all(|a| a.result.is_some())
-    }
-
-    pub fn waits_on(&self, token: u32) -> bool {
-        self.attempts.iter().any(|a| a.result.is_none() && a.token == Some(token))
-    }
-}
-
-/// One `async` call, queued or in flight.
-struct Job {
-    model: usize,
-    identity: u64,
-    /// Answers for anonymous requests are not kept (they share one hash).
-    keep: bool,
-    request_id: String,
-    body: Vec<u8>,
-    tries: u32,
-    due_ms: u64,
-    token: Option<u32>,
-    sent_ms: u64,
-}
-
 /// This worker's view of the models: breakers, `async` calls, and when each
 /// identity was last asked about.
 struct Worker {
     breakers: Vec<Breaker>,
-    jobs: VecDeque<Job>,
+    jobs: VecDeque<queue::Job>,
     /// Direct-mapped by identity hash: (identity, ms, request kind). A
     /// collision only means one more call; the array never grows.
     asked: Vec<(u64, u64, u32)>,
@@ -228,276 +186,6 @@ impl Ml {
         }
     }
 
-    // --- inline and cascade ----------------------------------------------
-
-    /// Sends the first attempt to every model, for a request that waits.
-    pub fn ask(
-        &self,
-        features: &Features,
-        vector: &vector::Vector,
-        now_ms: u64,
-        callouts: &dyn Callouts,
-        metrics: &dyn MetricsSink,
-        log: &mut Vec<String>,
-    ) -> Exchange {
-        let attempts = self
-            .models
-            .iter()
-            .enumerate()
-            .map(|(i, m)| Attempt {
-                model: i,
-                body: self.body(m, features, vector, log),
-                request_id: features.request_id.clone(),
-                token: None,
-                tries: 0,
-                sent_ms: now_ms,
-                result: None,
-            })
-            .collect();
-        let mut ex = Exchange { attempts };
-        for a in &mut ex.attempts {
-            self.send_attempt(a, now_ms, callouts, metrics);
-        }
-        ex
-    }
-
-    /// Takes the reply to `token` (`None`: reset, no response at all), and
-    /// retries at once if it failed in a way worth retrying. Returns whether
-    /// the token was this exchange's.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_reply(
-        &self,
-        ex: &mut Exchange,
-        token: u32,
-        reply: Option<(u16, &[u8])>,
-        now_ms: u64,
-        callouts: &dyn Callouts,
-        metrics: &dyn MetricsSink,
-        log: &mut Vec<String>,
-    ) -> bool {
-        let Some(a) = ex.attempts.iter_mut().find(|a| a.result.is_none() && a.token == Some(token)) else {
-            return false;
-        };
-        match self.judge(a.model, a.sent_ms, now_ms, reply, &a.request_id, metrics, log) {
-            Err(f) if f.retryable() && !refused_for_good(reply) && a.tries <= self.retries => {
-                metrics.add(Metric::MlRetries(self.role(a.model)), 1);
-                self.send_attempt(a, now_ms, callouts, metrics);
-            }
-            r => a.result = Some(r),
-        }
-        true
-    }
-
-    /// Puts the models' verdict on the request: the strongest answer as the
-    /// `ml` signal; for a model that could not answer, its failure mode.
-    pub fn conclude(
-        &self,
-        ex: &Exchange,
-        features: &mut Features,
-        signals: &mut Vec<Signal>,
-        details: &mut Vec<ThreatDetail>,
-        metrics: &dyn MetricsSink,
-    ) {
-        let mut best: Option<(Role, Answer)> = None;
-        let mut fail_closed = false;
-        for a in &ex.attempts {
-            let role = self.role(a.model);
-            match a.result.unwrap_or(Err(Failure::Timeout)) {
-                Ok(answer) => {
-                    if best.map_or(true, |(_, b)| answer.score > b.score) {
-                        best = Some((role, answer));
-                    }
-                }
-                Err(f) => {
-                    metrics.add(Metric::MlFallbacks(role), 1);
-                    let deny = self.models.get(a.model).is_some_and(|m| m.options.failure_mode == FailureMode::Deny);
-                    fail_closed |= deny;
-                    let then = if deny { "failing closed" } else { "local detectors only" };
-                    details.push(ThreatDetail {
-                        signal: SIGNAL,
-                        reason: format!("{} model unavailable ({}), {then}", role.as_str(), f.as_str()),
-                    });
-                }
-            }
-        }
-        if let Some((role, a)) = best {
-            self.apply(Some(role), a.score, a.confidence, features, signals, details);
-        }
-        if fail_closed {
-            signals.push(Signal::local(FAILURE_SIGNAL, 1.0));
-        }
-    }
-
-    /// The request ended while it waited: the host cancels its calls.
-    pub fn abandon(&self, ex: &Exchange, metrics: &dyn MetricsSink) {
-        if !ex.settled() {
-            metrics.add(Metric::MlAbandoned, 1);
-        }
-    }
-
-    // --- async --------------------------------------------------------------
-
-    /// Queues a call per model for a request that does not wait. The calls go
-    /// out on this worker's next ticks (from the root context, which outlives
-    /// the request). An identity already asked about within
-    /// `async_min_interval_seconds` is not asked again about the same kind of
-    /// request (`vector::fingerprint`), unless its local risk reaches the grey
-    /// zone.
-    pub fn enqueue(
-        &self,
-        features: &Features,
-        vector: &vector::Vector,
-        local_risk: f64,
-        now_ms: u64,
-        metrics: &dyn MetricsSink,
-        log: &mut Vec<String>,
-    ) {
-        if !self.first_ask_in_interval(features.identity.hash, vector::fingerprint(vector), now_ms) && local_risk < self.grey.0 {
-            return;
-        }
-        for (i, m) in self.models.iter().enumerate() {
-            if self.worker.borrow().jobs.len() >= self.max_pending {
-                metrics.add(Metric::MlFailures(m.role, Failure::QueueFull), 1);
-                continue;
-            }
-            let job = Job {
-                model: i,
-                identity: features.identity.hash,
-                keep: features.identity.kind != IdentityKind::Anonymous,
-                request_id: features.request_id.clone(),
-                body: self.body(m, features, vector, log),
-                tries: 0,
-                due_ms: now_ms,
-                token: None,
-                sent_ms: now_ms,
-            };
-            self.worker.borrow_mut().jobs.push_back(job);
-        }
-    }
-
-    /// Records that `identity` is asked about a request of `kind` now; false
-    /// when it already was within the interval.
-    fn first_ask_in_interval(&self, identity: u64, kind: u32, now_ms: u64) -> bool {
-        if self.min_interval_ms == 0 {
-            return true;
-        }
-        let mut w = self.worker.borrow_mut();
-        if w.asked.is_empty() {
-            w.asked = vec![(0, 0, 0); ASKED_SLOTS];
-        }
-        let Some(slot) = w.asked.get_mut((identity % ASKED_SLOTS as u64) as usize) else { return true };
-        if slot.0 == identity && slot.2 == kind && now_ms.saturating_sub(slot.1) < self.min_interval_ms {
-            return false;
-        }
-        *slot = (identity, now_ms, kind);
-        true
-    }
-
-    /// Sends the queued calls that are due (first attempts and retries whose
-    /// backoff has passed), at most `MAX_SENDS_PER_TICK`.
-    pub fn on_tick(&self, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) {
-        let mut w = self.worker.borrow_mut();
-        let Worker { breakers, jobs, .. } = &mut *w;
-        let stale_ms = self.timeout_ms + 10_000;
-        let mut sends = 0;
-        jobs.retain_mut(|j| {
-            let role = self.role(j.model);
-            if j.token.is_some() {
-                // The host answers every call it sent; this only keeps the bound
-                // should an answer ever be lost.
-                if now_ms.saturating_sub(j.sent_ms) > stale_ms {
-                    metrics.add(Metric::MlFailures(role, Failure::Timeout), 1);
-                    metrics.add(Metric::MlFallbacks(role), 1);
-                    return false;
-                }
-                return true;
-            }
-            if j.due_ms > now_ms || sends >= MAX_SENDS_PER_TICK {
-                return true;
-            }
-            sends += 1;
-            let Some(breaker) = breakers.get_mut(j.model) else { return false };
-            if breaker.permit(now_ms) == Permit::Refuse {
-                metrics.add(Metric::MlFailures(role, Failure::BreakerOpen), 1);
-                metrics.add(Metric::MlFallbacks(role), 1);
-                return false;
-            }
-            let Some(m) = self.models.get(j.model) else { return false };
-            match callouts.send(&self.call(m, &j.request_id, &j.body)) {
-                Ok(token) => {
-                    j.token = Some(token);
-                    j.tries += 1;
-                    j.sent_ms = now_ms;
-                    metrics.add(Metric::MlCalls(role), 1);
-                    true
-                }
-                Err(_) => {
-                    metrics.add(Metric::MlFailures(role, Failure::Dispatch), 1);
-                    metrics.add(Metric::MlFallbacks(role), 1);
-                    false
-                }
-            }
-        });
-    }
-
-    /// Takes the reply to an `async` call: keeps the answer for the identity,
-    /// or schedules a retry after a backoff. Returns whether the token was one
-    /// of this worker's `async` calls.
-    #[allow(clippy::too_many_arguments)]
-    pub fn on_async_reply(
-        &self,
-        token: u32,
-        reply: Option<(u16, &[u8])>,
-        now_ms: u64,
-        store: &dyn SharedStore,
-        metrics: &dyn MetricsSink,
-        log: &mut Vec<String>,
-    ) -> Result<bool, StoreError> {
-        let job = {
-            let mut w = self.worker.borrow_mut();
-            let Some(at) = w.jobs.iter().position(|j| j.token == Some(token)) else { return Ok(false) };
-            w.jobs.remove(at)
-        };
-        let Some(mut job) = job else { return Ok(false) };
-        let role = self.role(job.model);
-        match self.judge(job.model, job.sent_ms, now_ms, reply, &job.request_id, metrics, log) {
-            Ok(answer) => {
-                if let (Some(answers), true) = (&self.answers, job.keep) {
-                    answers.record(job.identity, &answer, now_ms, store, metrics)?;
-                }
-            }
-            Err(f) if f.retryable() && !refused_for_good(reply) && job.tries <= self.retries => {
-                metrics.add(Metric::MlRetries(role), 1);
-                job.token = None;
-                job.due_ms = now_ms + breaker::backoff_ms(job.tries, job.identity ^ u64::from(token));
-                self.worker.borrow_mut().jobs.push_back(job);
-            }
-            Err(_) => metrics.add(Metric::MlFallbacks(role), 1),
-        }
-        Ok(true)
-    }
-
-    /// Adds the identity's recent `async` answer, faded by its age.
-    pub fn apply_stored(
-        &self,
-        features: &mut Features,
-        signals: &mut Vec<Signal>,
-        details: &mut Vec<ThreatDetail>,
-        now_ms: u64,
-        store: &dyn SharedStore,
-        metrics: &dyn MetricsSink,
-    ) -> Result<(), StoreError> {
-        let Some(answers) = &self.answers else { return Ok(()) };
-        if features.identity.kind == IdentityKind::Anonymous {
-            return Ok(());
-        }
-        if let Some((score, confidence)) = answers.read(features.identity.hash, now_ms, store, metrics)? {
-            self.apply(None, score, confidence, features, signals, details);
-        }
-        Ok(())
-    }
-
-    // --- shared by both ------------------------------------------------------
 
     fn apply(
         &self,
@@ -522,28 +210,6 @@ impl Ml {
 
     fn call<'a>(&'a self, m: &'a Model, request_id: &'a str, body: &'a [u8]) -> Call<'a> {
         Call { cluster: &m.cluster, authority: &m.authority, path: &m.path, request_id, body, timeout_ms: self.timeout_ms }
-    }
-
-    fn send_attempt(&self, a: &mut Attempt, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) {
-        let role = self.role(a.model);
-        let permit = self.worker.borrow_mut().breakers.get_mut(a.model).map_or(Permit::Refuse, |b| b.permit(now_ms));
-        let Some(m) = self.models.get(a.model).filter(|_| permit != Permit::Refuse) else {
-            metrics.add(Metric::MlFailures(role, Failure::BreakerOpen), 1);
-            a.result = Some(Err(Failure::BreakerOpen));
-            return;
-        };
-        match callouts.send(&self.call(m, &a.request_id, &a.body)) {
-            Ok(token) => {
-                a.token = Some(token);
-                a.tries += 1;
-                a.sent_ms = now_ms;
-                metrics.add(Metric::MlCalls(role), 1);
-            }
-            Err(_) => {
-                metrics.add(Metric::MlFailures(role, Failure::Dispatch), 1);
-                a.result = Some(Err(Failure::Dispatch));
-            }
-        }
     }
 
     /// Judges one attempt's outcome, and tells the breaker and the metrics.
