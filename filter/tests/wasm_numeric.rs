@@ -166,3 +166,44 @@ fn traffic_detector_and_analysis_in_wasm() {
     state.encode(&mut bytes);
     assert_eq!(State::decode(&bytes, &settings), Some(state));
 }
+
+#[wasm_bindgen_test]
+fn model_answers_and_feature_vector_in_wasm() {
+    use vigil::engine::config::{ModelOptions, ScoreScale};
+    use vigil::engine::ml::breaker::backoff_ms;
+    use vigil::engine::ml::protocol::{parse, scale, Failure, Wire};
+
+    // The isolation-forest scale, and the parser's number handling, under V8.
+    let iforest = |x: f64| scale(ScoreScale::IsolationForest, x).unwrap();
+    assert!((iforest(0.0) - 0.5).abs() < 1e-12);
+    assert!(iforest(-0.15) > 0.95 && iforest(0.1) < 0.15);
+    assert_eq!(iforest(-1e308), 1.0);
+    let opts = ModelOptions { score_scale: ScoreScale::IsolationForest, ..ModelOptions::default() };
+    let oip = Wire::Oip { model_name: "m".into() };
+    let ok = br#"{"outputs":[{"name":"anomaly_score","shape":[1,1],"datatype":"FP64","data":[-0.2]},{"name":"confidence","shape":[1,1],"data":[0.825]}]}"#;
+    let a = parse(&oip, &opts, 200, ok).unwrap();
+    assert!(a.score > 0.98 && (a.confidence - 0.825).abs() < 1e-12);
+    assert_eq!(parse(&oip, &opts, 200, br#"{"outputs":[{"name":"anomaly_score","data":[NaN]}]}"#), Err(Failure::NonFinite));
+    assert!(parse(&oip, &opts, 200, br#"{"outputs":[{"name":"anomaly_score","data":[1e999]}]}"#).is_err());
+    // Backoff stays within its bounds with the same jitter as natively.
+    assert!((25..75).contains(&backoff_ms(1, 42)));
+
+    // The vector (logarithms, sine and cosine of the hour) as exported.
+    let e = vigil::engine::pipeline::Engine::new(
+        config::parse(br#"{"ml_model_config": {"export_features": true}}"#).unwrap(),
+    );
+    let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+    e.start(&store, &metrics).unwrap();
+    let req = vigil::engine::request::HeaderList::from_pairs(&[
+        (":method", "POST"),
+        (":path", "/users/42/orders"),
+        ("x-user-id", "w"),
+        ("content-length", "1023"),
+    ]);
+    let v = e.on_request(&req, 6 * 3_600_000, &store, &metrics).ml_vector.unwrap();
+    assert_eq!(v[0], 1.0);
+    assert!((v[1] - 10.0 / 30.0).abs() < 1e-6, "{}", v[1]);
+    assert_eq!((v[2], v[3]), (0.375, 0.25));
+    assert!((v[4] - 1.0).abs() < 1e-6 && (v[5] - 0.5).abs() < 1e-6, "06:00 UTC");
+    assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
+}
