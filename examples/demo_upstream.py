@@ -98,6 +98,8 @@ def read_body(handler: BaseHTTPRequestHandler) -> bytes:
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive; every response sets Content-Length
+    # Headers and body go out in two writes: no Nagle delay on kept-alive connections.
+    disable_nagle_algorithm = True
     server_version = "demo-upstream/1"
 
     # Answer every method, including ones http.server has no do_X for.

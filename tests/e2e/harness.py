@@ -270,7 +270,10 @@ class Stack:
     def access_log_lines(self) -> list[dict]:
         if not self.access_log.exists():
             return []
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+        # Envoy may be halfway through writing the last line: only whole lines count.
+        text = self.access_log.read_text()
+        whole = text[: text.rfind("\n") + 1]
+        return [json.loads(line) for line in whole.splitlines() if line.strip()]
 
     def envoy_log_text(self) -> str:
         return self.envoy_log.read_text(errors="replace") if self.envoy_log.exists() else ""
