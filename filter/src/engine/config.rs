@@ -68,6 +68,169 @@ pub struct Config {
     /// request forwarded upstream. Incoming copies are always stripped.
     pub upstream_headers: bool,
     pub log_record: LogRecord,
+    pub alerts: AlertsConfig,
+    pub siem: SiemConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertOn {
+    /// The request's risk score.
+    #[default]
+    Risk,
+    /// The behavioural score of the request's identity.
+    Behavior,
+    /// The traffic anomaly score of the request's route.
+    Traffic,
+    /// The model's score (`user_deviation_score`).
+    Ml,
+    /// A model's circuit breaker opened (on any worker).
+    MlBreaker,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum AlertPer {
+    /// One alert key per identity: each attacker is its own alert.
+    #[default]
+    Identity,
+    /// One per route template.
+    Route,
+    /// One for the whole rule.
+    Rule,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Severity {
+    Info,
+    #[default]
+    Warning,
+    Critical,
+}
+
+impl Severity {
+    pub const ALL: [Severity; 3] = [Severity::Info, Severity::Warning, Severity::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Info => "info",
+            Severity::Warning => "warning",
+            Severity::Critical => "critical",
+        }
+    }
+
+    /// One level up (escalation), critical stays critical.
+    pub fn escalated(self) -> Severity {
+        match self {
+            Severity::Info => Severity::Warning,
+            _ => Severity::Critical,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub name: String,
+    #[serde(default)]
+    pub on: AlertOn,
+    /// The condition holds at or above this (not used by `ml_breaker`).
+    #[serde(default = "default_alert_above")]
+    pub above: f64,
+    #[serde(default)]
+    pub per: AlertPer,
+    #[serde(default)]
+    pub severity: Severity,
+    /// After an alert, the same key stays quiet this long (de-duplication).
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u32,
+    /// The condition held this many more times within the cooldown: one
+    /// escalated alert, a severity up. 0: never escalate.
+    #[serde(default)]
+    pub escalate_after: u32,
+}
+
+fn default_alert_above() -> f64 {
+    0.95
+}
+fn default_cooldown() -> u32 {
+    300
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// A generic JSON object (docs/siem.md).
+    #[default]
+    Json,
+    /// Slack's incoming-webhook payload (`{"text": ...}`).
+    Slack,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub url: String,
+    /// Envoy cluster to call instead of the URL's host.
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub format: WebhookFormat,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+fn default_webhook_timeout() -> u64 {
+    2000
+}
+fn default_webhook_retries() -> u32 {
+    2
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AlertsConfig {
+    pub rules: Vec<AlertRule>,
+    pub webhooks: Vec<WebhookConfig>,
+    /// Alert keys tracked in shared data (the memory bound).
+    pub max_keys: u32,
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        Self { rules: Vec::new(), webhooks: Vec::new(), max_keys: 4096 }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum EventFormat {
+    #[default]
+    Cef,
+    Json,
+    /// Both lines, CEF then JSON.
+    Both,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SiemConfig {
+    /// Write every security event to Envoy's log (info level, `vigil-event`).
+    pub log: bool,
+    pub format: EventFormat,
+    /// Frame each line as RFC 5424 syslog.
+    pub syslog: bool,
+    /// The syslog HOSTNAME field.
+    pub syslog_hostname: String,
+}
+
+impl Default for SiemConfig {
+    fn default() -> Self {
+        Self { log: true, format: EventFormat::Cef, syslog: false, syslog_hostname: "-".to_string() }
+    }
 }
 
 impl Default for Config {
@@ -84,6 +247,8 @@ impl Default for Config {
             decision_thresholds: DecisionThresholds::default(),
             upstream_headers: true,
             log_record: LogRecord::default(),
+            alerts: AlertsConfig::default(),
+            siem: SiemConfig::default(),
         }
     }
 }
@@ -621,6 +786,34 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     in_range("rate_limit.requests_per_window", r.requests_per_window, 1, 100_000_000)?;
     in_range("rate_limit.window_seconds", r.window_seconds, 1, 86_400)?;
     in_range("rate_limit.max_identities", r.max_identities, 16, 1 << 20)?;
+
+    let a = &c.alerts;
+    in_range("alerts.max_keys", a.max_keys, 16, 1 << 20)?;
+    for (i, r) in a.rules.iter().enumerate() {
+        if r.name.is_empty() || !r.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')) {
+            return Err(ConfigError::new(&format!("alerts.rules[{i}].name"), "must be non-empty letters, digits, `-`, `_` or `.`"));
+        }
+        if a.rules.iter().take(i).any(|o| o.name == r.name) {
+            return Err(ConfigError::new(&format!("alerts.rules[{i}].name"), format!("`{}` is used twice", r.name)));
+        }
+        unit_interval(&format!("alerts.rules[{i}].above"), r.above)?;
+        in_range(&format!("alerts.rules[{i}].cooldown_seconds"), r.cooldown_seconds, 1, 7 * 86_400)?;
+        in_range(&format!("alerts.rules[{i}].escalate_after"), r.escalate_after, 0, 1_000_000)?;
+    }
+    for (i, w) in a.webhooks.iter().enumerate() {
+        ModelUrl::parse(&w.url).map_err(|reason| ConfigError::new(&format!("alerts.webhooks[{i}].url"), reason))?;
+        in_range(&format!("alerts.webhooks[{i}].timeout_ms"), w.timeout_ms, 1, 60_000)?;
+        in_range(&format!("alerts.webhooks[{i}].retries"), w.retries, 0, 10)?;
+        if matches!(&w.cluster, Some(n) if n.trim().is_empty()) {
+            return Err(ConfigError::new(&format!("alerts.webhooks[{i}].cluster"), "must not be empty"));
+        }
+    }
+    if !a.rules.is_empty() && a.webhooks.is_empty() && !c.siem.log {
+        return Err(ConfigError::new("alerts.webhooks", "alert rules are set but nothing would carry them: add a webhook or keep siem.log on"));
+    }
+    if c.siem.syslog_hostname.is_empty() {
+        return Err(ConfigError::new("siem.syslog_hostname", "must not be empty (\"-\" for none)"));
+    }
 
     let d = &c.decision_thresholds;
     unit_interval("decision_thresholds.flag", d.flag)?;

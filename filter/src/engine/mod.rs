@@ -3,14 +3,17 @@
 //! traits in `ports`, so all of it runs (and is tested) natively and in a bare
 //! wasm VM alike.
 
+pub mod alerts;
 pub mod codec;
 pub mod config;
 pub mod decision;
+pub mod events;
 pub mod features;
 pub mod hash;
 pub mod identity;
 pub mod lease;
 pub mod ml;
+pub mod outbox;
 pub mod pipeline;
 pub mod ports;
 pub mod profile;

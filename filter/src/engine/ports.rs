@@ -37,6 +37,8 @@ pub enum Table {
     Traffic,
     /// `async` model answers, per identity.
     Ml,
+    /// Alert keys and when they last fired.
+    Alerts,
 }
 
 /// Every number the engine reports. Kept as an enum so label cardinality is
@@ -91,6 +93,18 @@ pub enum Metric {
     MlLatency(crate::engine::ml::Role),
     /// Requests that ended while waiting for a model.
     MlAbandoned,
+    /// Alerts fired (and escalations), by severity.
+    Alerts(crate::engine::config::Severity),
+    /// A condition held but its key was within its cooldown.
+    AlertsSuppressed,
+    /// Notification deliveries (webhooks), by outcome.
+    Notifications(crate::engine::outbox::Outcome),
+    /// Security events, by kind.
+    Events(crate::engine::events::Kind),
+    /// Decisions above `allow`, by signal that weighed in.
+    DecisionReasons(&'static str),
+    /// Risk score of a request, in thousandths (a histogram, sampled).
+    RiskScore,
 }
 
 pub trait MetricsSink {

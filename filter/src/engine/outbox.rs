@@ -1,0 +1,219 @@
+//! Notifications on their way out (alert webhooks): a bounded per-worker
+//! queue, sent from the tick (the root context, which outlives requests),
+//! retried with backoff, every outcome counted. Nothing here ever waits on
+//! the request path: a receiver that is down costs a counter and a log line.
+
+use super::ml::breaker::backoff_ms;
+use super::ports::{Call, Callouts, Metric, MetricsSink};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+
+/// Posts held per worker; beyond it new ones are dropped and counted.
+const CAPACITY: usize = 256;
+/// Posts sent per tick.
+const SENDS_PER_TICK: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Sent,
+    Retried,
+    Failed,
+    Dropped,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 4] = [Outcome::Sent, Outcome::Retried, Outcome::Failed, Outcome::Dropped];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Sent => "sent",
+            Outcome::Retried => "retried",
+            Outcome::Failed => "failed",
+            Outcome::Dropped => "dropped",
+        }
+    }
+}
+
+/// Where posts go: an Envoy cluster, with `:authority` and `:path`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub cluster: String,
+    pub authority: String,
+    pub path: String,
+    pub timeout_ms: u64,
+    pub retries: u32,
+}
+
+struct Post {
+    target: usize,
+    body: Vec<u8>,
+    tries: u32,
+    due_ms: u64,
+    token: Option<u32>,
+    sent_ms: u64,
+}
+
+pub struct Outbox {
+    targets: Vec<Target>,
+    queue: RefCell<VecDeque<Post>>,
+}
+
+impl Outbox {
+    pub fn new(targets: Vec<Target>) -> Self {
+        Outbox { targets, queue: RefCell::new(VecDeque::new()) }
+    }
+
+    pub fn targets(&self) -> &[Target] {
+        &self.targets
+    }
+
+    /// Queues `body` for every target.
+    pub fn push_all(&self, body: &[u8], now_ms: u64, metrics: &dyn MetricsSink) {
+        for i in 0..self.targets.len() {
+            self.push(i, body.to_vec(), now_ms, metrics);
+        }
+    }
+
+    pub fn push(&self, target: usize, body: Vec<u8>, now_ms: u64, metrics: &dyn MetricsSink) {
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= CAPACITY {
+            metrics.add(Metric::Notifications(Outcome::Dropped), 1);
+            return;
+        }
+        q.push_back(Post { target, body, tries: 0, due_ms: now_ms, token: None, sent_ms: 0 });
+    }
+
+    pub fn pending(&self) -> usize {
+        self.queue.borrow().len()
+    }
+
+    /// Sends what is due. Returns log lines (failures to send at all).
+    pub fn on_tick(&self, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) -> Vec<String> {
+        let mut log = Vec::new();
+        let mut sends = 0;
+        self.queue.borrow_mut().retain_mut(|p| {
+            let Some(t) = self.targets.get(p.target) else { return false };
+            if let Some(_) = p.token {
+                // Envoy answers every call it sent (at the latest at its
+                // timeout); this only keeps the bound should one be lost.
+                if now_ms.saturating_sub(p.sent_ms) > t.timeout_ms + 10_000 {
+                    metrics.add(Metric::Notifications(Outcome::Failed), 1);
+                    return false;
+                }
+                return true;
+            }
+            if p.due_ms > now_ms || sends >= SENDS_PER_TICK {
+                return true;
+            }
+            sends += 1;
+            let call = Call {
+                cluster: &t.cluster,
+                authority: &t.authority,
+                path: &t.path,
+                request_id: "",
+                body: &p.body,
+                timeout_ms: t.timeout_ms,
+            };
+            match callouts.send(&call) {
+                Ok(token) => {
+                    p.token = Some(token);
+                    p.tries += 1;
+                    p.sent_ms = now_ms;
+                    true
+                }
+                Err(status) => {
+                    metrics.add(Metric::Notifications(Outcome::Failed), 1);
+                    log.push(format!("{}: cannot send to cluster {} (status {status}); dropped", t.name, t.cluster));
+                    false
+                }
+            }
+        });
+        log
+    }
+
+    /// The reply to a post: done on 2xx, else retried with backoff, then
+    /// given up. Returns `None` when the token is not one of ours, else the
+    /// log lines worth writing.
+    pub fn on_reply(&self, token: u32, status: Option<u16>, now_ms: u64, metrics: &dyn MetricsSink) -> Option<Vec<String>> {
+        let mut q = self.queue.borrow_mut();
+        let at = q.iter().position(|p| p.token == Some(token))?;
+        let mut post = q.remove(at)?;
+        let name = self.targets.get(post.target).map_or("?", |t| t.name.as_str());
+        let retries = self.targets.get(post.target).map_or(0, |t| t.retries);
+        if matches!(status, Some(200..=299)) {
+            metrics.add(Metric::Notifications(Outcome::Sent), 1);
+            return Some(Vec::new());
+        }
+        let what = status.map_or("no response".to_string(), |s| format!("status {s}"));
+        if post.tries <= retries {
+            metrics.add(Metric::Notifications(Outcome::Retried), 1);
+            post.token = None;
+            post.due_ms = now_ms + backoff_ms(post.tries, u64::from(token)).max(100);
+            q.push_back(post);
+            return Some(Vec::new());
+        }
+        metrics.add(Metric::Notifications(Outcome::Failed), 1);
+        Some(vec![format!("{name}: delivery failed after {} attempts ({what}); dropped", post.tries)])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::ports::memory::{MemoryCallouts, MemoryMetrics};
+
+    fn outbox(retries: u32) -> Outbox {
+        Outbox::new(vec![Target {
+            name: "webhook".into(),
+            cluster: "alerts".into(),
+            authority: "alerts".into(),
+            path: "/hook".into(),
+            timeout_ms: 500,
+            retries,
+        }])
+    }
+
+    #[test]
+    fn a_post_is_sent_from_the_tick_and_counted() {
+        let (o, calls, metrics) = (outbox(2), MemoryCallouts::default(), MemoryMetrics::default());
+        o.push_all(b"{}", 0, &metrics);
+        assert_eq!(calls.count(), 0, "never from the request path");
+        o.on_tick(100, &calls, &metrics);
+        assert_eq!(calls.count(), 1);
+        assert_eq!(o.on_reply(1, Some(204), 120, &metrics), Some(vec![]));
+        assert_eq!(metrics.get(Metric::Notifications(Outcome::Sent)), 1);
+        assert_eq!(o.pending(), 0);
+        assert_eq!(o.on_reply(1, Some(200), 130, &metrics), None, "a token answered once is forgotten");
+    }
+
+    #[test]
+    fn a_receiver_that_is_down_is_retried_with_backoff_then_given_up() {
+        let (o, calls, metrics) = (outbox(2), MemoryCallouts::default(), MemoryMetrics::default());
+        o.push_all(b"{}", 0, &metrics);
+        let mut now = 0;
+        let mut log = Vec::new();
+        for attempt in 1..=3u32 {
+            while calls.count() < attempt as usize {
+                now += 100;
+                o.on_tick(now, &calls, &metrics);
+                assert!(now < 10_000);
+            }
+            log = o.on_reply(calls.last_token(), None, now, &metrics).unwrap();
+        }
+        assert_eq!(metrics.get(Metric::Notifications(Outcome::Retried)), 2);
+        assert_eq!(metrics.get(Metric::Notifications(Outcome::Failed)), 1);
+        assert!(log[0].contains("delivery failed after 3 attempts (no response)"), "{log:?}");
+        assert_eq!(o.pending(), 0);
+    }
+
+    #[test]
+    fn the_queue_is_bounded() {
+        let (o, metrics) = (outbox(0), MemoryMetrics::default());
+        for _ in 0..CAPACITY + 10 {
+            o.push_all(b"{}", 0, &metrics);
+        }
+        assert_eq!(o.pending(), CAPACITY);
+        assert_eq!(metrics.get(Metric::Notifications(Outcome::Dropped)), 10);
+    }
+}
