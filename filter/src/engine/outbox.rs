@@ -94,7 +94,7 @@ impl Outbox {
         let mut sends = 0;
         self.queue.borrow_mut().retain_mut(|p| {
             let Some(t) = self.targets.get(p.target) else { return false };
-            if let Some(_) = p.token {
+            if p.token.is_some() {
                 // Envoy answers every call it sent (at the latest at its
                 // timeout); this only keeps the bound should one be lost.
                 if now_ms.saturating_sub(p.sent_ms) > t.timeout_ms + 10_000 {

@@ -2,8 +2,10 @@
 //! outcome. A failed step goes through its failure mode (open: note it, count
 //! it, carry on) instead of failing the request.
 
-use super::config::{Config, Mode};
+use super::alerts::{self, Alerts};
+use super::config::{Config, EventFormat, Mode};
 use super::decision::{self, Decision};
+use super::events::{self, Event};
 use super::features::{Combine, Features, Method, Signal, ThreatDetail};
 use super::hash::HashKey;
 use super::identity::{self, IdentityKind};
@@ -23,6 +25,15 @@ pub struct Engine {
     profiler: Option<Profiler>,
     traffic: Option<Traffic>,
     ml: Option<Ml>,
+    alerts: Option<Alerts>,
+}
+
+/// What periodic work has to say: problems (logged at warn) and security
+/// events (info, for the SIEM).
+#[derive(Debug, Default)]
+pub struct TickLog {
+    pub warn: Vec<String>,
+    pub events: Vec<String>,
 }
 
 /// Where the identity's profile stands, for headers and logs.
@@ -67,7 +78,8 @@ impl Engine {
         let profiler = config.behavioral_profiling.enable_user_profiling.then(|| Profiler::new(&config.behavioral_profiling));
         let traffic = config.time_series_analysis.enable_traffic_analysis.then(|| Traffic::new(&config.time_series_analysis));
         let ml = Ml::new(&config);
-        Self { config, hash_key, rate_prefix, profiler, traffic, ml }
+        let alerts = Alerts::new(&config.alerts);
+        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -86,6 +98,9 @@ impl Engine {
         if let Some(m) = &self.ml {
             created += m.start(store, metrics)?;
         }
+        if let Some(a) = &self.alerts {
+            created += a.start(store, metrics)?;
+        }
         Ok(created)
     }
 
@@ -103,16 +118,95 @@ impl Engine {
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
         callouts: &dyn Callouts,
-    ) -> Vec<String> {
+    ) -> TickLog {
+        let mut log = TickLog::default();
         if let Some(p) = &self.profiler {
             p.on_tick(now_ms, instance, store, metrics);
         }
         if let Some(m) = &self.ml {
             m.on_tick(now_ms, callouts, metrics);
+            if let Some(a) = &self.alerts {
+                for role in m.take_opened() {
+                    match a.check_breaker(role.as_str(), now_ms, store, metrics) {
+                        Ok(fired) => self.raise(&fired, now_ms, metrics, &mut log.events),
+                        Err(e) => log.warn.push(format!("alerts: state unavailable ({e:?})")),
+                    }
+                }
+            }
         }
-        match &self.traffic {
-            Some(t) => t.on_tick(now_ms, instance, store, metrics),
-            None => Vec::new(),
+        if let Some(t) = &self.traffic {
+            for line in t.on_tick(now_ms, instance, store, metrics) {
+                if line.starts_with("traffic anomaly:") {
+                    metrics.add(Metric::Events(events::Kind::Anomaly), 1);
+                    self.event_lines(&Event::of_anomaly(now_ms, &line), &mut log.events);
+                }
+                log.warn.push(line);
+            }
+        }
+        if let Some(a) = &self.alerts {
+            log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics));
+        }
+        log
+    }
+
+    /// Security events and alerts for a decided request: the lines to log
+    /// (empty for a plain `allow` that fires no alert). Alerts are queued
+    /// for the webhooks; nothing here waits.
+    pub fn after_decision(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
+        let mut lines = Vec::new();
+        if v.decision != Decision::Allow {
+            for s in &v.signals {
+                let weighed_in = match s.combine {
+                    Combine::Strongest => s.score > 0.0,
+                    Combine::Weighted { gate, .. } | Combine::Context { gate, .. } => s.score >= gate,
+                };
+                if weighed_in {
+                    metrics.add(Metric::DecisionReasons(s.name), 1);
+                }
+            }
+        }
+        if let Some(e) = Event::of_decision(v) {
+            metrics.add(Metric::Events(events::Kind::Decision), 1);
+            self.event_lines(&e, &mut lines);
+        }
+        if let Some(a) = &self.alerts {
+            match a.check_request(v, now_ms, store, metrics) {
+                Ok(fired) => self.raise(&fired, now_ms, metrics, &mut lines),
+                Err(_) => metrics.add(Metric::StoreErrors, 1),
+            }
+        }
+        lines
+    }
+
+    /// A reply to an alert webhook (root context). `None` if not ours.
+    pub fn notification_reply(&self, token: u32, status: Option<u16>, now_ms: u64, metrics: &dyn MetricsSink) -> Option<Vec<String>> {
+        self.alerts.as_ref()?.outbox.on_reply(token, status, now_ms, metrics)
+    }
+
+    fn raise(&self, fired: &[alerts::Alert], now_ms: u64, metrics: &dyn MetricsSink, lines: &mut Vec<String>) {
+        let Some(a) = &self.alerts else { return };
+        for alert in fired {
+            a.notify(alert, now_ms, metrics);
+            metrics.add(Metric::Events(events::Kind::Alert), 1);
+            self.event_lines(&alerts::event(alert), lines);
+        }
+    }
+
+    /// An event as the configured log lines (`vigil-event ` + CEF and/or JSON,
+    /// framed as syslog when configured).
+    fn event_lines(&self, e: &Event, out: &mut Vec<String>) {
+        let siem = &self.config.siem;
+        if !siem.log {
+            return;
+        }
+        let bodies = match siem.format {
+            EventFormat::Cef => vec![e.cef()],
+            EventFormat::Json => vec![e.json()],
+            EventFormat::Both => vec![e.cef(), e.json()],
+        };
+        for body in bodies {
+            let line = if siem.syslog { events::syslog::frame(e, &siem.syslog_hostname, &body) } else { body };
+            out.push(format!("vigil-event {line}"));
         }
     }
 
@@ -618,7 +712,7 @@ mod tests {
                 }
                 last = Some(v);
                 now += 50;
-                assert!(e.on_tick(now, 1, &store, &metrics, &NoCallouts).iter().all(|l| failing && l.contains("5xx_rate")));
+                assert!(e.on_tick(now, 1, &store, &metrics, &NoCallouts).warn.iter().all(|l| failing && l.contains("5xx_rate")));
             }
         }
         let v = last.unwrap();
@@ -855,5 +949,36 @@ mod tests {
         assert_eq!(metrics.get(Metric::MlFailures(Role::Behavioral, Failure::QueueFull)), 8);
         e.on_tick(2_100, 1, &store, &metrics, &calls);
         assert_eq!(calls.count(), 4 + 2, "erin's two calls are still in flight and hold places");
+    }
+
+    #[test]
+    fn a_refused_request_becomes_a_cef_event_and_fires_its_alert_once() {
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "rate_limit": {"requests_per_window": 2, "window_seconds": 60},
+                "alerts": {"rules": [{"name": "blocked", "on": "risk", "above": 0.95, "per": "identity",
+                                      "severity": "warning", "cooldown_seconds": 60, "escalate_after": 5}],
+                           "webhooks": [{"url": "http://alerts/hook"}]},
+                "siem": {"format": "both"}}"#,
+        );
+        let mut lines = Vec::new();
+        for i in 0..12u64 {
+            let v = e.on_request(&get("zed"), 1_000 + i, &store, &metrics);
+            lines.extend(e.after_decision(&v, 1_000 + i, &store, &metrics));
+        }
+        let cef: Vec<&String> = lines.iter().filter(|l| l.starts_with("vigil-event CEF:0|Vigil|vigil|")).collect();
+        let json: Vec<&String> = lines.iter().filter(|l| l.starts_with("vigil-event {")).collect();
+        assert!(cef.iter().any(|l| l.contains("|decision|request blocked|9|") && l.contains("externalId=abc-1")));
+        assert_eq!(cef.len(), json.len(), "both formats");
+        // One alert for the key, then one escalation after five more.
+        let alerts: Vec<&&String> = cef.iter().filter(|l| l.contains("|alert|")).collect();
+        assert_eq!(alerts.len(), 2, "{alerts:?}");
+        assert!(alerts[0].contains("|alert blocked|6|") && alerts[1].contains("|alert blocked|9|"));
+        assert_eq!(metrics.get(Metric::Alerts(crate::engine::config::Severity::Warning)), 1);
+        assert_eq!(metrics.get(Metric::Alerts(crate::engine::config::Severity::Critical)), 1);
+        assert_eq!(e.alerts.as_ref().unwrap().outbox.pending(), 2, "both queued for the webhook");
+        assert!(metrics.get(Metric::DecisionReasons("rate")) >= 9);
+        // Plain allows write nothing.
+        let v = e.on_request(&get("quiet"), 5_000, &store, &metrics);
+        assert!(e.after_decision(&v, 5_000, &store, &metrics).is_empty());
     }
 }

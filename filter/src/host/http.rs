@@ -10,6 +10,7 @@ use crate::engine::decision::Decision;
 use crate::engine::features::Features;
 use crate::engine::ml::Exchange;
 use crate::engine::pipeline::Verdict;
+use crate::engine::ports::{Metric, MetricsSink};
 use crate::engine::report;
 use crate::engine::request::{HeaderList, RequestView};
 use proxy_wasm::traits::{Context, HttpContext};
@@ -53,6 +54,9 @@ impl VigilHttp {
             let _ = abi::set_property(&["vigil"], report::log_record(&verdict, self.shared.engine.config.ml_model_config.export_features).as_bytes());
         }
         annotate(client_headers, &verdict, &self.shared);
+        // The request's own time: no extra host call for the clock.
+        let now_ms = verdict.features.time_ms;
+        log_lines(self.shared.engine.after_decision(&verdict, now_ms, &HostStore, &self.shared.metrics));
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
         if self.shared.engine.wants_response_features() {
             self.features = Some(verdict.features);
@@ -134,6 +138,7 @@ impl HttpContext for VigilHttp {
         }
         log_lines(log);
         engine.decide(&mut verdict, &self.shared.metrics);
+        let risk_permille = (verdict.risk * 1000.0).round() as u64;
         let action = self.finish(verdict, client_headers);
 
         // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE is timed.
@@ -142,6 +147,7 @@ impl HttpContext for VigilHttp {
         if n % PROCESSING_TIME_SAMPLE == 1 {
             if let Ok(done) = abi::now_nanos() {
                 self.shared.metrics.record_processing_time(done.saturating_sub(started) / 1_000);
+                self.shared.metrics.record(Metric::RiskScore, risk_permille);
             }
         }
         action

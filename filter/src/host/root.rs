@@ -50,7 +50,13 @@ impl Context for VigilRoot {
         let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
         let mut log = Vec::new();
         let reply_view = reply.as_ref().map(|(status, body)| (*status, body.as_slice()));
-        shared.engine.async_model_reply(token, reply_view, now_ms, &HostStore, &shared.metrics, &mut log);
+        if !shared.engine.async_model_reply(token, reply_view, now_ms, &HostStore, &shared.metrics, &mut log) {
+            // Not a model call: an alert webhook's answer.
+            let status = reply.as_ref().map(|(status, _)| *status);
+            for line in shared.engine.notification_reply(token, status, now_ms, &shared.metrics).unwrap_or_default() {
+                abi::log(abi::LOG_WARN, &format!("alerts: {line}"));
+            }
+        }
         for line in log {
             abi::log(abi::LOG_INFO, &line);
         }
@@ -136,8 +142,12 @@ impl RootContext for VigilRoot {
     fn on_tick(&mut self) {
         if let Some(shared) = &self.shared {
             let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
-            for line in shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics, &HostCallouts) {
+            let log = shared.engine.on_tick(now_ms, shared.instance, &HostStore, &shared.metrics, &HostCallouts);
+            for line in log.warn {
                 abi::log(abi::LOG_WARN, &line);
+            }
+            for line in log.events {
+                abi::log(abi::LOG_INFO, &line);
             }
             self.ticks = self.ticks.wrapping_add(1);
             if self.ticks % METRICS_FLUSH_TICKS == 0 {

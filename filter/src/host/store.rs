@@ -88,6 +88,42 @@ fn ml_metrics() -> (Named, Named, Named) {
     counters.push((Metric::StoreCasConflicts(Table::Ml), "vigil_store_cas_conflicts_total.table.ml".to_string()));
     (counters, gauges, histograms)
 }
+
+/// Alerts, notifications, events, decision reasons and the risk histogram.
+fn reporting_metrics() -> (Named, Named, Named) {
+    use crate::engine::config::Severity;
+    use crate::engine::events::Kind;
+    use crate::engine::outbox::Outcome;
+    let mut counters: Named = Vec::new();
+    for s in Severity::ALL {
+        counters.push((Metric::Alerts(s), format!("vigil_alerts_total.severity.{}", s.as_str())));
+    }
+    counters.push((Metric::AlertsSuppressed, "vigil_alerts_suppressed_total".to_string()));
+    for o in Outcome::ALL {
+        counters.push((Metric::Notifications(o), format!("vigil_notifications_total.outcome.{}", o.as_str())));
+    }
+    for k in Kind::ALL {
+        counters.push((Metric::Events(k), format!("vigil_events_total.kind.{}", k.signature_id())));
+    }
+    // The signals that can weigh in a decision: a fixed set, never per user.
+    for name in [
+        crate::engine::rate::SIGNAL,
+        crate::engine::profile::SIGNAL,
+        crate::engine::traffic::SIGNAL,
+        crate::engine::ml::SIGNAL,
+        crate::engine::ml::FAILURE_SIGNAL,
+    ] {
+        counters.push((Metric::DecisionReasons(name), format!("vigil_decision_reasons_total.reason.{name}")));
+    }
+    counters.push((Metric::StoreCasConflicts(Table::Alerts), "vigil_store_cas_conflicts_total.table.alerts".to_string()));
+    counters.push((Metric::StoreEvictions(Table::Alerts), "vigil_store_evictions_total.table.alerts".to_string()));
+    let gauges = vec![
+        (Metric::StoreSlotsUsed(Table::Alerts), "vigil_store_slots_used.table.alerts".to_string()),
+        (Metric::StoreBytes(Table::Alerts), "vigil_store_bytes.table.alerts".to_string()),
+    ];
+    let histograms = vec![(Metric::RiskScore, "vigil_risk_score_permille".to_string())];
+    (counters, gauges, histograms)
+}
 const PROCESSING_TIME: &str = "vigil_processing_time_us";
 
 /// Envoy stats, batched: requests add to counters in this VM's memory, and
@@ -112,16 +148,17 @@ impl HostMetrics {
         for (m, name) in GAUGES {
             ids.push((m, abi::define_metric(abi::GAUGE, name)?));
         }
-        let (ml_counters, ml_gauges, ml_histograms) = ml_metrics();
-        for (m, name) in ml_counters {
-            ids.push((m, abi::define_metric(abi::COUNTER, &name)?));
-        }
-        for (m, name) in ml_gauges {
-            ids.push((m, abi::define_metric(abi::GAUGE, &name)?));
-        }
         let mut histograms = Vec::new();
-        for (m, name) in ml_histograms {
-            histograms.push((m, abi::define_metric(abi::HISTOGRAM, &name)?));
+        for (counters, gauges, hists) in [ml_metrics(), reporting_metrics()] {
+            for (m, name) in counters {
+                ids.push((m, abi::define_metric(abi::COUNTER, &name)?));
+            }
+            for (m, name) in gauges {
+                ids.push((m, abi::define_metric(abi::GAUGE, &name)?));
+            }
+            for (m, name) in hists {
+                histograms.push((m, abi::define_metric(abi::HISTOGRAM, &name)?));
+            }
         }
         let processing_time = abi::define_metric(abi::HISTOGRAM, PROCESSING_TIME)?;
         let pending = ids.iter().map(|_| Cell::new(0)).collect();

@@ -78,6 +78,8 @@ struct Worker {
     /// Direct-mapped by identity hash: (identity, ms, request kind). A
     /// collision only means one more call; the array never grows.
     asked: Vec<(u64, u64, u32)>,
+    /// Breakers that opened since the tick last looked (for alert rules).
+    opened: Vec<Role>,
 }
 
 /// Identities remembered per worker for `async_min_interval_seconds`.
@@ -149,8 +151,13 @@ impl Ml {
             log_payloads: c.log_payloads,
             log_identities: c.log_identities,
             answers: (c.mode == MlMode::Async).then(|| Answers::new(c.max_identities, c.answer_half_life_seconds)),
-            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new() }),
+            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new(), opened: Vec::new() }),
         })
+    }
+
+    /// The models whose breaker opened on this worker since the last call.
+    pub fn take_opened(&self) -> Vec<Role> {
+        std::mem::take(&mut self.worker.borrow_mut().opened)
     }
 
     pub fn mode(&self) -> MlMode {
@@ -250,6 +257,10 @@ impl Ml {
         match transition {
             Some(Transition::Opened) => {
                 metrics.add(Metric::MlBreakerOpen(m.role), 1);
+                let mut w = self.worker.borrow_mut();
+                if !w.opened.contains(&m.role) {
+                    w.opened.push(m.role);
+                }
                 log.push(format!("ml: {} model circuit breaker open, calls stop for a while, then one probe", m.role.as_str()));
             }
             Some(Transition::Closed) => {
