@@ -15,10 +15,10 @@ def stack_factory(tmp_path):
     started: list[Stack] = []
 
     def start(filter_config: dict | None = None, name: str = "stack", expect_ready: bool = True,
-              model_port: int | None = None) -> Stack:
+              model_port: int | None = None, clusters: dict[str, int] | None = None) -> Stack:
         workdir = tmp_path / f"{name}{len(started)}"
         workdir.mkdir()
-        stack = Stack(workdir, filter_config, model_port=model_port)
+        stack = Stack(workdir, filter_config, model_port=model_port, clusters=clusters)
         started.append(stack)
         return stack.start(expect_ready=expect_ready)
 

@@ -87,9 +87,11 @@ class Stack:
     """One Envoy with Vigil plus its upstreams, on free loopback ports."""
 
     def __init__(self, workdir: Path, filter_config: dict | None = None, concurrency: int = 2,
-                 model_port: int | None = None):
+                 model_port: int | None = None, clusters: dict[str, int] | None = None):
         """`model_port`: point the `vigil_ml` cluster at a model server already
-        running there instead of starting the mock."""
+        running there instead of starting the mock. `clusters`: extra Envoy
+        clusters (name -> loopback port), e.g. alert receivers."""
+        self.extra_clusters = clusters or {}
         self.workdir = workdir
         self.filter_config = filter_config
         self.concurrency = concurrency
@@ -186,7 +188,12 @@ class Stack:
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
         routes.insert(0, {"match": {"prefix": "/direct/"},
                           "direct_response": {"status": 200, "body": {"inline_string": "ok"}}})
-        ports = {"demo_upstream": self.upstream_port, "vigil_ml": self.ml_port}
+        ports = {"demo_upstream": self.upstream_port, "vigil_ml": self.ml_port, **self.extra_clusters}
+        template = doc["static_resources"]["clusters"][0]
+        for name in self.extra_clusters:
+            extra = json.loads(json.dumps(template))
+            extra["name"] = extra["load_assignment"]["cluster_name"] = name
+            doc["static_resources"]["clusters"].append(extra)
         for cluster in doc["static_resources"]["clusters"]:
             for group in cluster["load_assignment"]["endpoints"]:
                 for ep in group["lb_endpoints"]:
