@@ -30,7 +30,12 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                received.append((time.time(), self.path, json.loads(body)))
+                if self.path == "/collector":  # a batch: one JSON object per line
+                    received.append((time.time(), self.path,
+                                     {"auth": self.headers.get("authorization"),
+                                      "events": [json.loads(l) for l in body.decode().splitlines()]}))
+                else:
+                    received.append((time.time(), self.path, json.loads(body)))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -100,6 +105,8 @@ def test_an_attack_alerts_once_per_key_within_30_s_and_blocks_export_as_cef(stac
             {"url": "http://vigil_alerts/slack", "format": "slack"},
             {"url": "http://vigil_alerts_down/hook", "timeout_ms": 500, "retries": 1},
         ]},
+        siem={"collector": {"url": "http://vigil_alerts/collector", "format": "hec", "batch_size": 20,
+                            "headers": {"authorization": "Splunk test-token"}}},
     ), clusters={"vigil_alerts": receiver.port, "vigil_alerts_down": dead_port})
     try:
         onset = {}
@@ -172,6 +179,17 @@ def test_an_attack_alerts_once_per_key_within_30_s_and_blocks_export_as_cef(stac
         assert "rate=" in ext["cs1"] and ext["cs1Label"] == "signals"
         alert_lines = [l for l in stack.envoy_log_text().splitlines() if "vigil-event CEF:" in l and "|alert|" in l]
         assert len(alert_lines) == 2
+
+        # The same events reached the collector in HEC batches, with its token.
+        batches = per_key("/collector")
+        assert batches and all(b["auth"] == "Splunk test-token" and 1 <= len(b["events"]) <= 20 for b in batches)
+        hec = [e for b in batches for e in b["events"]]
+        assert all(e["sourcetype"] == "vigil:event" and e["source"] == "vigil" for e in hec)
+        mine = [e["event"] for e in hec if e["event"].get("request_id") == request_id]
+        assert mine and mine[0]["action"] == "block" and mine[0]["risk_score"] >= 0.95, mine
+        assert sum(e["event"]["kind"] == "alert" for e in hec) == 2
+        decisions = [e for e in hec if e["event"]["kind"] == "decision"]
+        assert len(decisions) == prom_value(prom, "vigil_events_total", kind="decision"), "every event, once"
     finally:
         receiver.stop()
 

@@ -10,7 +10,7 @@
 
 use super::config::{AlertOn, AlertPer, AlertRule, AlertsConfig, ModelUrl, Severity, WebhookFormat};
 use super::events::{Event, Kind};
-use super::outbox::{Outbox, Target};
+use super::outbox::{Channel, Outbox, Target};
 use super::pipeline::Verdict;
 use super::ports::{Metric, MetricsSink, SharedStore, StoreError, Table};
 use super::slots::{Record, SlotTable};
@@ -92,6 +92,7 @@ impl Alerts {
                 path: url.path.clone(),
                 timeout_ms: w.timeout_ms,
                 retries: w.retries,
+                headers: Vec::new(),
             });
             formats.push(w.format);
         }
@@ -103,7 +104,7 @@ impl Alerts {
             slots: cfg.max_keys,
             // A key quiet for two cooldowns has nothing left to de-duplicate.
             ttl_ms: 2 * longest * 1000,
-            outbox: Outbox::new(targets),
+            outbox: Outbox::new(Channel::Webhook, targets),
         })
     }
 

@@ -70,6 +70,18 @@ pub struct Config {
     pub log_record: LogRecord,
     pub alerts: AlertsConfig,
     pub siem: SiemConfig,
+    pub debug: DebugConfig,
+}
+
+/// Diagnostics, off by default: nothing is formatted unless switched on.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DebugConfig {
+    /// Log every decision with each signal's score, weight, gate and whether
+    /// it counted (info level, `vigil-decision`).
+    pub log_decisions: bool,
+    /// Name the identity (kind and keyed hash) in those lines instead of `redacted`.
+    pub log_identities: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -225,12 +237,56 @@ pub struct SiemConfig {
     pub syslog: bool,
     /// The syslog HOSTNAME field.
     pub syslog_hostname: String,
+    /// Also send events, in batches, to an HTTP collector.
+    pub collector: Option<CollectorConfig>,
 }
 
 impl Default for SiemConfig {
     fn default() -> Self {
-        Self { log: true, format: EventFormat::Cef, syslog: false, syslog_hostname: "-".to_string() }
+        Self { log: true, format: EventFormat::Cef, syslog: false, syslog_hostname: "-".to_string(), collector: None }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectorFormat {
+    /// One JSON event per line.
+    #[default]
+    Json,
+    /// Splunk HTTP Event Collector: `{"time", "source", "sourcetype", "event"}` per line.
+    Hec,
+    /// One CEF line per event (syslog-framed with `siem.syslog`).
+    Cef,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    pub url: String,
+    #[serde(default)]
+    pub cluster: Option<String>,
+    #[serde(default)]
+    pub format: CollectorFormat,
+    /// Extra request headers, e.g. `{"authorization": "Splunk <token>"}`.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// A batch goes out when it holds this many events...
+    #[serde(default = "default_batch_size")]
+    pub batch_size: u32,
+    /// ...or its oldest event is this old.
+    #[serde(default = "default_flush_seconds")]
+    pub flush_seconds: u32,
+    #[serde(default = "default_webhook_timeout")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_webhook_retries")]
+    pub retries: u32,
+}
+
+fn default_batch_size() -> u32 {
+    50
+}
+fn default_flush_seconds() -> u32 {
+    1
 }
 
 impl Default for Config {
@@ -249,6 +305,7 @@ impl Default for Config {
             log_record: LogRecord::default(),
             alerts: AlertsConfig::default(),
             siem: SiemConfig::default(),
+            debug: DebugConfig::default(),
         }
     }
 }
@@ -810,6 +867,16 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     }
     if !a.rules.is_empty() && a.webhooks.is_empty() && !c.siem.log {
         return Err(ConfigError::new("alerts.webhooks", "alert rules are set but nothing would carry them: add a webhook or keep siem.log on"));
+    }
+    if let Some(col) = &c.siem.collector {
+        ModelUrl::parse(&col.url).map_err(|reason| ConfigError::new("siem.collector.url", reason))?;
+        in_range("siem.collector.batch_size", col.batch_size, 1, 1000)?;
+        in_range("siem.collector.flush_seconds", col.flush_seconds, 1, 3600)?;
+        in_range("siem.collector.timeout_ms", col.timeout_ms, 1, 60_000)?;
+        in_range("siem.collector.retries", col.retries, 0, 10)?;
+        if let Some(name) = col.headers.keys().find(|n| !is_header_name(n) || n.starts_with(':')) {
+            return Err(ConfigError::new("siem.collector.headers", format!("`{name}` is not a lowercase HTTP header name")));
+        }
     }
     if c.siem.syslog_hostname.is_empty() {
         return Err(ConfigError::new("siem.syslog_hostname", "must not be empty (\"-\" for none)"));

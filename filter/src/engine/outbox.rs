@@ -13,6 +13,15 @@ const CAPACITY: usize = 256;
 /// Posts sent per tick.
 const SENDS_PER_TICK: usize = 16;
 
+/// What an outbox carries: a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    /// Alert webhooks.
+    Webhook,
+    /// Batches of security events to a SIEM collector.
+    Collector,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Sent,
@@ -43,6 +52,8 @@ pub struct Target {
     pub path: String,
     pub timeout_ms: u64,
     pub retries: u32,
+    /// Extra request headers (a collector's token).
+    pub headers: Vec<(String, String)>,
 }
 
 struct Post {
@@ -55,13 +66,18 @@ struct Post {
 }
 
 pub struct Outbox {
+    channel: Channel,
     targets: Vec<Target>,
     queue: RefCell<VecDeque<Post>>,
 }
 
 impl Outbox {
-    pub fn new(targets: Vec<Target>) -> Self {
-        Outbox { targets, queue: RefCell::new(VecDeque::new()) }
+    pub fn new(channel: Channel, targets: Vec<Target>) -> Self {
+        Outbox { channel, targets, queue: RefCell::new(VecDeque::new()) }
+    }
+
+    fn count(&self, metrics: &dyn MetricsSink, outcome: Outcome) {
+        metrics.add(Metric::Outbox(self.channel, outcome), 1);
     }
 
     pub fn targets(&self) -> &[Target] {
@@ -78,7 +94,7 @@ impl Outbox {
     pub fn push(&self, target: usize, body: Vec<u8>, now_ms: u64, metrics: &dyn MetricsSink) {
         let mut q = self.queue.borrow_mut();
         if q.len() >= CAPACITY {
-            metrics.add(Metric::Notifications(Outcome::Dropped), 1);
+            self.count(metrics, Outcome::Dropped);
             return;
         }
         q.push_back(Post { target, body, tries: 0, due_ms: now_ms, token: None, sent_ms: 0 });
@@ -98,7 +114,7 @@ impl Outbox {
                 // Envoy answers every call it sent (at the latest at its
                 // timeout); this only keeps the bound should one be lost.
                 if now_ms.saturating_sub(p.sent_ms) > t.timeout_ms + 10_000 {
-                    metrics.add(Metric::Notifications(Outcome::Failed), 1);
+                    self.count(metrics, Outcome::Failed);
                     return false;
                 }
                 return true;
@@ -114,6 +130,7 @@ impl Outbox {
                 request_id: "",
                 body: &p.body,
                 timeout_ms: t.timeout_ms,
+                headers: &t.headers,
             };
             match callouts.send(&call) {
                 Ok(token) => {
@@ -123,7 +140,7 @@ impl Outbox {
                     true
                 }
                 Err(status) => {
-                    metrics.add(Metric::Notifications(Outcome::Failed), 1);
+                    self.count(metrics, Outcome::Failed);
                     log.push(format!("{}: cannot send to cluster {} (status {status}); dropped", t.name, t.cluster));
                     false
                 }
@@ -142,18 +159,18 @@ impl Outbox {
         let name = self.targets.get(post.target).map_or("?", |t| t.name.as_str());
         let retries = self.targets.get(post.target).map_or(0, |t| t.retries);
         if matches!(status, Some(200..=299)) {
-            metrics.add(Metric::Notifications(Outcome::Sent), 1);
+            self.count(metrics, Outcome::Sent);
             return Some(Vec::new());
         }
         let what = status.map_or("no response".to_string(), |s| format!("status {s}"));
         if post.tries <= retries {
-            metrics.add(Metric::Notifications(Outcome::Retried), 1);
+            self.count(metrics, Outcome::Retried);
             post.token = None;
             post.due_ms = now_ms + backoff_ms(post.tries, u64::from(token)).max(100);
             q.push_back(post);
             return Some(Vec::new());
         }
-        metrics.add(Metric::Notifications(Outcome::Failed), 1);
+        self.count(metrics, Outcome::Failed);
         Some(vec![format!("{name}: delivery failed after {} attempts ({what}); dropped", post.tries)])
     }
 }
@@ -164,14 +181,18 @@ mod tests {
     use crate::engine::ports::memory::{MemoryCallouts, MemoryMetrics};
 
     fn outbox(retries: u32) -> Outbox {
-        Outbox::new(vec![Target {
-            name: "webhook".into(),
-            cluster: "alerts".into(),
-            authority: "alerts".into(),
-            path: "/hook".into(),
-            timeout_ms: 500,
-            retries,
-        }])
+        Outbox::new(
+            Channel::Webhook,
+            vec![Target {
+                name: "webhook".into(),
+                cluster: "alerts".into(),
+                authority: "alerts".into(),
+                path: "/hook".into(),
+                timeout_ms: 500,
+                retries,
+                headers: Vec::new(),
+            }],
+        )
     }
 
     #[test]
@@ -182,7 +203,7 @@ mod tests {
         o.on_tick(100, &calls, &metrics);
         assert_eq!(calls.count(), 1);
         assert_eq!(o.on_reply(1, Some(204), 120, &metrics), Some(vec![]));
-        assert_eq!(metrics.get(Metric::Notifications(Outcome::Sent)), 1);
+        assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Sent)), 1);
         assert_eq!(o.pending(), 0);
         assert_eq!(o.on_reply(1, Some(200), 130, &metrics), None, "a token answered once is forgotten");
     }
@@ -201,8 +222,8 @@ mod tests {
             }
             log = o.on_reply(calls.last_token(), None, now, &metrics).unwrap();
         }
-        assert_eq!(metrics.get(Metric::Notifications(Outcome::Retried)), 2);
-        assert_eq!(metrics.get(Metric::Notifications(Outcome::Failed)), 1);
+        assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Retried)), 2);
+        assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Failed)), 1);
         assert!(log[0].contains("delivery failed after 3 attempts (no response)"), "{log:?}");
         assert_eq!(o.pending(), 0);
     }
@@ -214,6 +235,6 @@ mod tests {
             o.push_all(b"{}", 0, &metrics);
         }
         assert_eq!(o.pending(), CAPACITY);
-        assert_eq!(metrics.get(Metric::Notifications(Outcome::Dropped)), 10);
+        assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Dropped)), 10);
     }
 }

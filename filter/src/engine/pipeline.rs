@@ -26,6 +26,7 @@ pub struct Engine {
     traffic: Option<Traffic>,
     ml: Option<Ml>,
     alerts: Option<Alerts>,
+    collector: Option<events::collector::Collector>,
 }
 
 /// What periodic work has to say: problems (logged at warn) and security
@@ -79,7 +80,9 @@ impl Engine {
         let traffic = config.time_series_analysis.enable_traffic_analysis.then(|| Traffic::new(&config.time_series_analysis));
         let ml = Ml::new(&config);
         let alerts = Alerts::new(&config.alerts);
-        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts }
+        let syslog_host = config.siem.syslog.then(|| config.siem.syslog_hostname.clone());
+        let collector = config.siem.collector.as_ref().and_then(|c| events::collector::Collector::new(c, syslog_host));
+        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts, collector }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -138,13 +141,16 @@ impl Engine {
             for line in t.on_tick(now_ms, instance, store, metrics) {
                 if line.starts_with("traffic anomaly:") {
                     metrics.add(Metric::Events(events::Kind::Anomaly), 1);
-                    self.event_lines(&Event::of_anomaly(now_ms, &line), &mut log.events);
+                    self.emit(&Event::of_anomaly(now_ms, &line), now_ms, metrics, &mut log.events);
                 }
                 log.warn.push(line);
             }
         }
         if let Some(a) = &self.alerts {
-            log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics));
+            log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("alerts: {l}")));
+        }
+        if let Some(c) = &self.collector {
+            log.warn.extend(c.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("siem: {l}")));
         }
         log
     }
@@ -154,6 +160,9 @@ impl Engine {
     /// for the webhooks; nothing here waits.
     pub fn after_decision(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
         let mut lines = Vec::new();
+        if self.config.debug.log_decisions {
+            lines.push(self.explain(v));
+        }
         if v.decision != Decision::Allow {
             for s in &v.signals {
                 let weighed_in = match s.combine {
@@ -167,7 +176,7 @@ impl Engine {
         }
         if let Some(e) = Event::of_decision(v) {
             metrics.add(Metric::Events(events::Kind::Decision), 1);
-            self.event_lines(&e, &mut lines);
+            self.emit(&e, now_ms, metrics, &mut lines);
         }
         if let Some(a) = &self.alerts {
             match a.check_request(v, now_ms, store, metrics) {
@@ -178,9 +187,53 @@ impl Engine {
         lines
     }
 
-    /// A reply to an alert webhook (root context). `None` if not ours.
+    /// Why this score: every signal with its weight and gate, and whether it
+    /// counted (`debug.log_decisions`).
+    fn explain(&self, v: &Verdict) -> String {
+        use std::fmt::Write;
+        let who = if self.config.debug.log_identities { v.features.identity.display() } else { "redacted".to_string() };
+        let mut out = format!(
+            "vigil-decision request_id={} identity={who} route={} risk={:.3} decision={}{}:",
+            v.features.request_id,
+            v.features.route,
+            v.risk,
+            v.decision.as_str(),
+            if v.enforced { " (enforced)" } else { "" }
+        );
+        for s in &v.signals {
+            let _ = match s.combine {
+                Combine::Strongest => write!(out, " {}={:.3} [floor]", s.name, s.score),
+                Combine::Weighted { weight, gate } => write!(
+                    out,
+                    " {}={:.3} [weight {weight:.2}, gate {gate:.2}, {}]",
+                    s.name,
+                    s.score,
+                    if s.score >= gate { "counted" } else { "below gate: counts 0" }
+                ),
+                Combine::Context { weight, gate } => write!(
+                    out,
+                    " {}={:.3} [context weight {weight:.2}, gate {gate:.2}, {}]",
+                    s.name,
+                    s.score,
+                    if s.score >= gate { "counted" } else { "left out" }
+                ),
+            };
+        }
+        if v.signals.is_empty() {
+            out.push_str(" no signal");
+        }
+        out
+    }
+
+    /// A reply to an alert webhook or a SIEM batch (root context). `None`
+    /// if the token is neither's.
     pub fn notification_reply(&self, token: u32, status: Option<u16>, now_ms: u64, metrics: &dyn MetricsSink) -> Option<Vec<String>> {
-        self.alerts.as_ref()?.outbox.on_reply(token, status, now_ms, metrics)
+        let alerts = self.alerts.as_ref().and_then(|a| a.outbox.on_reply(token, status, now_ms, metrics));
+        let alerts = alerts.map(|lines| lines.into_iter().map(|l| format!("alerts: {l}")).collect());
+        alerts.or_else(|| {
+            let lines = self.collector.as_ref()?.outbox.on_reply(token, status, now_ms, metrics)?;
+            Some(lines.into_iter().map(|l| format!("siem: {l}")).collect())
+        })
     }
 
     fn raise(&self, fired: &[alerts::Alert], now_ms: u64, metrics: &dyn MetricsSink, lines: &mut Vec<String>) {
@@ -188,13 +241,17 @@ impl Engine {
         for alert in fired {
             a.notify(alert, now_ms, metrics);
             metrics.add(Metric::Events(events::Kind::Alert), 1);
-            self.event_lines(&alerts::event(alert), lines);
+            self.emit(&alerts::event(alert), now_ms, metrics, lines);
         }
     }
 
-    /// An event as the configured log lines (`vigil-event ` + CEF and/or JSON,
-    /// framed as syslog when configured).
-    fn event_lines(&self, e: &Event, out: &mut Vec<String>) {
+    /// Sends an event where the SIEM configuration says: the collector's
+    /// batch, and the log lines (`vigil-event ` + CEF and/or JSON, framed as
+    /// syslog when configured).
+    fn emit(&self, e: &Event, now_ms: u64, metrics: &dyn MetricsSink, out: &mut Vec<String>) {
+        if let Some(c) = &self.collector {
+            c.push(e, now_ms, metrics);
+        }
         let siem = &self.config.siem;
         if !siem.log {
             return;
@@ -980,5 +1037,22 @@ mod tests {
         // Plain allows write nothing.
         let v = e.on_request(&get("quiet"), 5_000, &store, &metrics);
         assert!(e.after_decision(&v, 5_000, &store, &metrics).is_empty());
+    }
+
+    #[test]
+    fn decision_logging_explains_each_signal_only_when_asked() {
+        let (e, store, metrics) = engine(r#"{"debug": {"log_decisions": true}, "rate_limit": {"requests_per_window": 2}}"#);
+        let mut lines = Vec::new();
+        for i in 0..3 {
+            let v = e.on_request(&get("yan"), 1_000 + i, &store, &metrics);
+            lines = e.after_decision(&v, 1_000 + i, &store, &metrics);
+        }
+        let explained = lines.iter().find(|l| l.starts_with("vigil-decision ")).unwrap();
+        assert!(explained.contains("identity=redacted"), "{explained}");
+        assert!(explained.contains("decision=throttle:") || explained.contains("decision=block:"), "{explained}");
+        assert!(explained.ends_with("decision=throttle: rate=0.900 [floor]"), "{explained}");
+        let (quiet, store, metrics) = engine("{}");
+        let v = quiet.on_request(&get("yan"), 1_000, &store, &metrics);
+        assert!(quiet.after_decision(&v, 1_000, &store, &metrics).is_empty(), "off by default");
     }
 }

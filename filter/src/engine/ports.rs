@@ -97,8 +97,8 @@ pub enum Metric {
     Alerts(crate::engine::config::Severity),
     /// A condition held but its key was within its cooldown.
     AlertsSuppressed,
-    /// Notification deliveries (webhooks), by outcome.
-    Notifications(crate::engine::outbox::Outcome),
+    /// Deliveries (alert webhooks, SIEM batches), by outcome.
+    Outbox(crate::engine::outbox::Channel, crate::engine::outbox::Outcome),
     /// Security events, by kind.
     Events(crate::engine::events::Kind),
     /// Decisions above `allow`, by signal that weighed in.
@@ -126,6 +126,8 @@ pub struct Call<'a> {
     /// A JSON body, POSTed.
     pub body: &'a [u8],
     pub timeout_ms: u64,
+    /// Extra headers (beyond method, path, authority, content type, request id).
+    pub headers: &'a [(String, String)],
 }
 
 pub trait Callouts {

@@ -49,14 +49,17 @@ pub fn read_reply_for(c: &StreamCallouts, num_headers: usize, body_size: usize) 
 
 impl Callouts for HostCallouts {
     fn send(&self, call: &Call) -> Result<u32, u32> {
-        let headers = vec![
+        let mut headers = vec![
             (":method", "POST"),
             (":path", call.path),
             (":authority", call.authority),
             ("content-type", "application/json"),
-            ("x-request-id", call.request_id),
-            ("x-vigil-feature-version", vector::VERSION),
         ];
+        if !call.request_id.is_empty() {
+            headers.push(("x-request-id", call.request_id));
+            headers.push(("x-vigil-feature-version", vector::VERSION));
+        }
+        headers.extend(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         proxy_wasm::hostcalls::dispatch_http_call(
             call.cluster,
             headers,

@@ -54,7 +54,7 @@ impl Context for VigilRoot {
             // Not a model call: an alert webhook's answer.
             let status = reply.as_ref().map(|(status, _)| *status);
             for line in shared.engine.notification_reply(token, status, now_ms, &shared.metrics).unwrap_or_default() {
-                abi::log(abi::LOG_WARN, &format!("alerts: {line}"));
+                abi::log(abi::LOG_WARN, &line);
             }
         }
         for line in log {

@@ -93,14 +93,15 @@ fn ml_metrics() -> (Named, Named, Named) {
 fn reporting_metrics() -> (Named, Named, Named) {
     use crate::engine::config::Severity;
     use crate::engine::events::Kind;
-    use crate::engine::outbox::Outcome;
+    use crate::engine::outbox::{Channel, Outcome};
     let mut counters: Named = Vec::new();
     for s in Severity::ALL {
         counters.push((Metric::Alerts(s), format!("vigil_alerts_total.severity.{}", s.as_str())));
     }
     counters.push((Metric::AlertsSuppressed, "vigil_alerts_suppressed_total".to_string()));
     for o in Outcome::ALL {
-        counters.push((Metric::Notifications(o), format!("vigil_notifications_total.outcome.{}", o.as_str())));
+        counters.push((Metric::Outbox(Channel::Webhook, o), format!("vigil_notifications_total.outcome.{}", o.as_str())));
+        counters.push((Metric::Outbox(Channel::Collector, o), format!("vigil_siem_batches_total.outcome.{}", o.as_str())));
     }
     for k in Kind::ALL {
         counters.push((Metric::Events(k), format!("vigil_events_total.kind.{}", k.signature_id())));

@@ -4,6 +4,7 @@
 //! (Envoy's log, a collector) is the host's and the exporter's business.
 
 pub mod cef;
+pub mod collector;
 pub mod syslog;
 
 use super::decision::Decision;

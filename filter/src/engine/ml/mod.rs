@@ -216,7 +216,7 @@ impl Ml {
     }
 
     fn call<'a>(&'a self, m: &'a Model, request_id: &'a str, body: &'a [u8]) -> Call<'a> {
-        Call { cluster: &m.cluster, authority: &m.authority, path: &m.path, request_id, body, timeout_ms: self.timeout_ms }
+        Call { cluster: &m.cluster, authority: &m.authority, path: &m.path, request_id, body, timeout_ms: self.timeout_ms, headers: &[] }
     }
 
     /// Judges one attempt's outcome, and tells the breaker and the metrics.
