@@ -1040,6 +1040,26 @@ mod tests {
     }
 
     #[test]
+    fn a_model_breaker_opening_fires_the_ml_breaker_alert_from_the_tick() {
+        let json = INLINE.replace("FAILURE_MODE", "allow").replacen(
+            r#"{"mode": "enforce","#,
+            r#"{"mode": "enforce", "alerts": {"rules": [{"name": "model-down", "on": "ml_breaker", "per": "rule", "severity": "critical"}],
+                "webhooks": [{"url": "http://alerts/hook"}]},"#,
+            1,
+        );
+        let (e, store, metrics) = engine(&json);
+        let calls = MemoryCallouts::default();
+        inline_request(&e, &store, &metrics, &calls, 1_000, |_| (1, None));
+        assert_eq!(metrics.get(Metric::MlBreakerOpen(Role::Anomaly)), 1);
+        let log = e.on_tick(1_100, 1, &store, &metrics, &calls);
+        assert!(log.events.iter().any(|l| l.contains("|alert|alert model-down|9|") && l.contains("model anomaly")), "{:?}", log.events);
+        assert_eq!(metrics.get(Metric::Alerts(crate::engine::config::Severity::Critical)), 1);
+        // Sent from that tick: the webhook call is the last one made.
+        assert_eq!(calls.sent.borrow().last().unwrap().2, "/hook");
+        assert!(e.on_tick(1_200, 1, &store, &metrics, &calls).events.is_empty(), "once");
+    }
+
+    #[test]
     fn decision_logging_explains_each_signal_only_when_asked() {
         let (e, store, metrics) = engine(r#"{"debug": {"log_decisions": true}, "rate_limit": {"requests_per_window": 2}}"#);
         let mut lines = Vec::new();
