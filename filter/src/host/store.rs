@@ -2,6 +2,7 @@
 
 use super::abi;
 use std::cell::Cell;
+use std::collections::HashMap;
 use crate::engine::ml::{protocol::Failure, Role};
 use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 use crate::engine::traffic::series::Metric as TrafficMetric;
@@ -133,6 +134,9 @@ const PROCESSING_TIME: &str = "vigil_processing_time_us";
 /// tick of lag in `/stats`.
 pub struct HostMetrics {
     ids: Vec<(Metric, u32)>,
+    /// Where each metric's pending delta is: about a hundred metrics, several
+    /// adds per request, so no linear search.
+    index: HashMap<Metric, usize>,
     /// Histograms are recorded at once (one host call per value).
     histograms: Vec<(Metric, u32)>,
     /// Signed: gauges go down too (counters only ever add).
@@ -163,7 +167,8 @@ impl HostMetrics {
         }
         let processing_time = abi::define_metric(abi::HISTOGRAM, PROCESSING_TIME)?;
         let pending = ids.iter().map(|_| Cell::new(0)).collect();
-        Ok(HostMetrics { ids, histograms, pending, processing_time })
+        let index = ids.iter().enumerate().map(|(i, (m, _))| (*m, i)).collect();
+        Ok(HostMetrics { ids, index, histograms, pending, processing_time })
     }
 
     pub fn record_processing_time(&self, micros: u64) {
@@ -184,7 +189,7 @@ impl HostMetrics {
 
 impl HostMetrics {
     fn change(&self, metric: Metric, delta: i64) {
-        if let Some(i) = self.ids.iter().position(|(m, _)| *m == metric) {
+        if let Some(&i) = self.index.get(&metric) {
             if let Some(pending) = self.pending.get(i) {
                 pending.set(pending.get().saturating_add(delta));
             }
