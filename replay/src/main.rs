@@ -86,6 +86,7 @@ fn params(args: &[String]) -> Result<Params, String> {
             "raw_cap" => p.raw_cap = v,
             "range_tolerance" => p.range_tolerance = v,
             "smooth_alpha" => p.smooth_alpha = v,
+            "slow_alpha" => p.slow_alpha = v,
             "range_samples" => p.range_samples = v,
             "short_samples" => p.short_samples = v,
             "season_bin" => p.season_bin = v,
@@ -176,6 +177,9 @@ fn nab_command(args: &[String]) -> Result<(), String> {
     names.sort();
     names.dedup();
     println!("{:<24} {:>8} {:>10} {:>16} {:>10} {:>8}", "category (standard)", "windows", "at best", "left out (thr)", "at fixed", "hit/fp");
+    // The corpus score with every category scored at the threshold chosen
+    // on the other categories (raw scores add up across categories).
+    let mut left_out_raw = 0.0;
     for c in names {
         let (inside, outside): (Vec<_>, Vec<_>) =
             files.iter().zip(&categories).partition(|(_, k)| *k == c);
@@ -185,14 +189,18 @@ fn nab_command(args: &[String]) -> Result<(), String> {
         if w == 0 {
             let raw = |t| nab::raw_score(&inside, &standard, t);
             let (_, fp) = nab::counts(&inside, &standard, best);
+            left_out_raw += raw(t_out_of(&outside));
             println!("{:<24} {:>8} {:>10.2} {:>9.2} ({:.3}) {:>10.2} raw fp {}", c, w, raw(best), raw(t_out_of(&outside)), t_out_of(&outside), raw(fixed), fp);
             continue;
         }
         let (t_out, _) = nab::best_threshold(&outside, &standard);
         let score = |t| nab::normalise(nab::raw_score(&inside, &standard, t), w, &standard);
         let (hit, fp) = nab::counts(&inside, &standard, best);
+        left_out_raw += nab::raw_score(&inside, &standard, t_out);
         println!("{:<24} {:>8} {:>10.1} {:>9.1} ({:.3}) {:>10.1} {:>4}/{}", c, w, score(best), score(t_out), t_out, score(fixed), hit, fp);
     }
+    println!("leave-one-category-out (standard, each category at the others' best threshold): {:.1}",
+             nab::normalise(left_out_raw, windows, &standard));
     if std::env::var_os("NAB_FILES").is_some() {
         let names: Vec<&String> = spans_of.keys().filter(|n| data.join(n).exists()).collect();
         for (f, n) in files.iter().zip(names) {

@@ -8,7 +8,9 @@ use super::series::{Metric, Series, METRICS};
 use super::tally::{Counts, Tally};
 use crate::engine::codec::{Reader, Writer};
 
-const VERSION: u8 = 1;
+/// Layout version of the state and snapshot (2: the detector keeps a slow
+/// level), so a state written by another build is not misread.
+const VERSION: u8 = 2;
 
 /// What a scope covers.
 #[derive(Debug, Clone, PartialEq, Eq)]

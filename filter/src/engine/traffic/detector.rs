@@ -1,5 +1,5 @@
 //! A streaming anomaly detector for one series, cheap enough to run per
-//! bucket in the filter: O(1) memory (400 bytes of state), a few dozen
+//! bucket in the filter: O(1) memory (424 bytes of state), a few dozen
 //! floating-point operations per sample (about 200 more at the end of each
 //! seasonal bin, i.e. ~20 per sample amortised), no allocation, no
 //! look-ahead.
@@ -30,12 +30,16 @@
 //!    scores at the end of each bin (after ~95 bins of learning); on
 //!    series without a season the best lag is just another short-term
 //!    predictor, and its tail calibrates it.
-//! 3. **Is the series somewhere it has never been?** The value, and a
-//!    smoothed level, are compared with the range they have covered so far
-//!    (widened by `range_tolerance` of its width; the bounds relax slowly
-//!    towards the level, over ~`range_samples`). Leaving it is a novelty,
-//!    `q = 0` (the spatial anomaly of Numenta's NAB detector, extended to a
-//!    smoothed level so that a slow shift out of the range counts too).
+//! 3. **Is the series somewhere it has never been?** The value, a smoothed
+//!    level (~10 samples) and a slow level (~30 samples) are each compared
+//!    with the range they have covered so far (widened by `range_tolerance`
+//!    of its width; the bounds relax slowly towards the level, over
+//!    ~`range_samples`). Leaving it is a novelty, `q = 0` (the spatial
+//!    anomaly of Numenta's NAB detector, extended to levels at two time
+//!    scales: a slow shift out of the range counts too, and so does a lasting
+//!    rise or fall to a level that only short bursts reached before, which
+//!    the value and the fast level cannot see because the bursts widened
+//!    their ranges).
 //!
 //! **Score.** `q` is mapped to [0, 1] on a log scale, `ln(q + 1e-10) /
 //! ln(1e-10)` (0.3 means `q` about 1e-3, 1 a novelty), and the score fades
@@ -64,6 +68,10 @@ pub struct Params {
     pub range_tolerance: f64,
     /// Weight of a new sample in the smoothed level whose range is watched too.
     pub smooth_alpha: f64,
+    /// Weight of a new sample in a slower level (about three times the
+    /// smoothed level's time scale), whose range is watched too (0: none): a
+    /// sustained shift to new ground that short spikes once covered.
+    pub slow_alpha: f64,
     /// The range bounds relax towards the smoothed level over about this many
     /// samples (0: never), so a range left long ago can be news again.
     pub range_samples: f64,
@@ -91,6 +99,7 @@ impl Default for Params {
             raw_cap: 1000.0,
             range_tolerance: 0.02,
             smooth_alpha: 0.1,
+            slow_alpha: 1.0 / 30.0,
             range_samples: 20_000.0,
             short_samples: 3.0,
             season_bin: 12.0,
@@ -114,7 +123,8 @@ pub struct Detector {
     /// threshold `u`, mean raw anomaly, first and second moments of the
     /// excesses over `u`, range of values (lo, hi), smoothed level and its
     /// range (lo, hi), the current (fading) score, the sum of the current
-    /// seasonal bin and the seasonal tail model (as the change one).
+    /// seasonal bin, the seasonal tail model (as the change one), and the
+    /// slow level and its range (lo, hi).
     w: [f64; WORDS],
     /// Means of the last `BINS` completed bins (ring, by bin number).
     ring: [f32; BINS],
@@ -124,7 +134,7 @@ pub struct Detector {
     err: [f32; BINS],
 }
 
-const WORDS: usize = 17;
+const WORDS: usize = 20;
 const LAST: usize = 0;
 const SPREAD: usize = 1;
 /// The tail model of the changes: `u`, then (at `U + 1..=U + 3`) the mean
@@ -143,6 +153,10 @@ const SU: usize = 13;
 const SMEAN: usize = 14;
 const SE1: usize = 15;
 const SE2: usize = 16;
+/// The slow level and its range (lo, hi).
+const SLOW: usize = 17;
+const LLO: usize = 18;
+const LHI: usize = 19;
 /// Bins of the seasonal memory: lags up to `BINS - 2` bins are tried.
 const BINS: usize = 32;
 /// Weight of a new excess in the seasonal tail moments (~10 excesses).
@@ -312,7 +326,7 @@ impl Detector {
         let p = self.params;
         self.n += 1;
         if self.n == 1 {
-            for i in [LAST, LO, HI, SMOOTH, SLO, SHI] {
+            for i in [LAST, LO, HI, SMOOTH, SLO, SHI, SLOW, LLO, LHI] {
                 self.set(i, x);
             }
             self.season(x);
@@ -338,7 +352,8 @@ impl Detector {
             q = q.min(qs);
         }
 
-        // 2. Novelty: the value, or the smoothed level, out of its range.
+        // 2. Novelty: the value, or the smoothed or slow level, out of its
+        // range (each relaxing towards its own level).
         let smooth = self.get(SMOOTH) + p.smooth_alpha * (x - self.get(SMOOTH));
         self.set(SMOOTH, smooth);
         let [mut lo, mut hi, mut slo, mut shi] = [self.get(LO), self.get(HI), self.get(SLO), self.get(SHI)];
@@ -347,7 +362,16 @@ impl Detector {
         for (i, v) in [(LO, lo), (HI, hi), (SLO, slo), (SHI, shi)] {
             self.set(i, v);
         }
-        if out || smooth_out {
+        let mut slow_out = false;
+        if p.slow_alpha > 0.0 {
+            let slow = self.get(SLOW) + p.slow_alpha.min(1.0) * (x - self.get(SLOW));
+            let [mut llo, mut lhi] = [self.get(LLO), self.get(LHI)];
+            slow_out = novel(&mut llo, &mut lhi, slow, p.range_tolerance, slow, relax);
+            for (i, v) in [(SLOW, slow), (LLO, llo), (LHI, lhi)] {
+                self.set(i, v);
+            }
+        }
+        if out || smooth_out || slow_out {
             q = 0.0;
         }
 
@@ -531,6 +555,22 @@ mod tests {
         }
     }
 
+    /// Bursts of 8 samples at 400 every 500 samples, then a rise to 220 (a
+    /// ramp over 30 samples) that lasts 200: every value and every 10-sample
+    /// level has been seen before, only the slow level is on new ground.
+    #[test]
+    fn a_lasting_rise_that_bursts_once_covered_is_flagged_by_the_slow_level() {
+        let series = |i: u64| {
+            let base = if !(4_000..4_200).contains(&i) { 100.0 } else { 100.0 + 4.0 * (i - 4_000).min(30) as f64 };
+            (if (250..258).contains(&(i % 500)) { 400.0 } else { base }) + 5.0 * noise(i)
+        };
+        let s = run((0..5_000).map(series));
+        let first = s.iter().skip(4_000).position(|&x| x >= threshold(0.8));
+        assert!(first.is_some_and(|k| k < 100), "{first:?}");
+        let blind = run_with(Params { slow_alpha: 0.0, ..Params::default() }, (0..5_000).map(series));
+        assert_eq!(alarms(&blind, 4_000), alarms(&blind, 4_200), "caught without the slow level?");
+    }
+
     #[test]
     fn a_slow_drift_raises_few_alarms() {
         // +20 (four noise amplitudes) over 10000 samples: a few alarms as it
@@ -588,7 +628,7 @@ mod tests {
         let mut bytes = Vec::new();
         d.encode(&mut bytes);
         assert_eq!(bytes.len(), ENCODED_LEN);
-        const { assert!(ENCODED_LEN <= 400) };
+        const { assert!(ENCODED_LEN <= 424) };
         let (mut e, used) = Detector::decode(Params::default(), &bytes).unwrap();
         assert_eq!(used, ENCODED_LEN);
         assert_eq!(e, d);
