@@ -17,8 +17,9 @@ from harness import ROOT, config, wait_for
 DASHBOARD = ROOT / "docs" / "grafana" / "vigil.json"
 
 # Labels Vigil's metrics carry through the stats_tags rules in envoy/envoy.yaml,
-# plus `le` on histogram buckets. Labels Envoy itself puts on vigil_ series
-# (read from the exposition) are allowed too; today there are none.
+# plus `le` on histogram buckets. Any other label the exposition shows on a
+# vigil_ series (a newer stats_tags rule; Envoy adds none of its own) is allowed
+# too, but each query may only use labels the metrics it reads really carry.
 VIGIL_LABELS = {"decision", "table", "metric", "model", "reason", "le"}
 HISTOGRAM_PARTS = ("_bucket", "_sum", "_count")
 RANGE_FUNCTIONS = ("rate", "irate", "increase")
@@ -205,7 +206,7 @@ def test_dashboard_is_a_grafana_dashboard_with_a_query_in_every_target():
             assert isinstance(t.get("expr"), str) and t["expr"].strip(), f"{p['title']}: empty expr"
             assert t.get("datasource", {}).get("uid") == "${datasource}", p["title"]
     rows = [p["title"] for p in panels if p.get("type") == "row"]
-    assert rows == ["Risk and decisions", "Anomalies", "ML health", "Overhead"], rows
+    assert rows == ["Risk and decisions", "Anomalies", "ML health", "Overhead", "Alerts and SIEM"], rows
 
 
 def test_every_query_names_metrics_and_labels_a_real_envoy_exposes(stack_factory):

@@ -30,11 +30,13 @@ pub struct VigilHttp {
     /// whether the client sent its own `x-vigil-*` headers.
     waiting: Option<(Verdict, Exchange, bool)>,
     context_id: u32,
+    /// One request in PROCESSING_TIME_SAMPLE feeds the sampled histograms.
+    sampled: bool,
 }
 
 impl VigilHttp {
     pub fn new(shared: Rc<Shared>, context_id: u32) -> Self {
-        Self { shared, features: None, started_ns: 0, waiting: None, context_id }
+        Self { shared, features: None, started_ns: 0, waiting: None, context_id, sampled: false }
     }
 
     fn callouts(&self) -> StreamCallouts {
@@ -56,6 +58,11 @@ impl VigilHttp {
         annotate(client_headers, &verdict, &self.shared);
         // The request's own time: no extra host call for the clock.
         let now_ms = verdict.features.time_ms;
+        // Sampled like the processing time, here so that requests that waited
+        // for a model are in it too.
+        if self.sampled {
+            self.shared.metrics.record(Metric::RiskScore, (verdict.risk * 1000.0).round() as u64);
+        }
         log_lines(self.shared.engine.after_decision(&verdict, now_ms, &HostStore, &self.shared.metrics));
         let action = if verdict.enforced { reply(&verdict) } else { Action::Continue };
         if self.shared.engine.wants_response_features() {
@@ -129,6 +136,9 @@ impl HttpContext for VigilHttp {
         let engine = &self.shared.engine;
         let now_ms = started / 1_000_000;
         self.started_ns = started;
+        let n = self.shared.requests_seen.get().wrapping_add(1);
+        self.shared.requests_seen.set(n);
+        self.sampled = n % PROCESSING_TIME_SAMPLE == 1;
         let mut log = Vec::new();
         let mut verdict = engine.assess(&req, now_ms, &HostStore, &self.shared.metrics, &mut log);
         if let Some(exchange) = engine.ask_models(&mut verdict, now_ms, &self.callouts(), &self.shared.metrics, &mut log) {
@@ -138,16 +148,13 @@ impl HttpContext for VigilHttp {
         }
         log_lines(log);
         engine.decide(&mut verdict, &self.shared.metrics);
-        let risk_permille = (verdict.risk * 1000.0).round() as u64;
         let action = self.finish(verdict, client_headers);
 
-        // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE is timed.
-        let n = self.shared.requests_seen.get().wrapping_add(1);
-        self.shared.requests_seen.set(n);
-        if n % PROCESSING_TIME_SAMPLE == 1 {
+        // Timing costs two host calls, so one request in PROCESSING_TIME_SAMPLE
+        // is timed. (A request that waited for a model is not: its time is the model's.)
+        if self.sampled {
             if let Ok(done) = abi::now_nanos() {
                 self.shared.metrics.record_processing_time(done.saturating_sub(started) / 1_000);
-                self.shared.metrics.record(Metric::RiskScore, risk_permille);
             }
         }
         action
