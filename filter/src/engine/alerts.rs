@@ -116,8 +116,11 @@ impl Alerts {
         self.table(store, metrics).initialize::<KeyState>()
     }
 
-    /// Checks every request rule against a decided request.
-    pub fn check_request(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<Vec<Alert>, StoreError> {
+    /// Checks every request rule against a decided request. A rule whose
+    /// state cannot be updated is counted (`StoreErrors`) and skipped: the
+    /// alerts of the other rules, whose slots now say "fired", must not be
+    /// lost with it.
+    pub fn check_request(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<Alert> {
         let mut out = Vec::new();
         for (i, rule) in self.rules.iter().enumerate() {
             let value = match rule.on {
@@ -135,23 +138,27 @@ impl Alerts {
             };
             let condition = format!("{} >= {}", on_name(rule.on), rule.above);
             let context = (Some(v.features.request_id.clone()), Some(v.features.route.clone()));
-            if let Some(a) = self.step(i, key, condition, value, context, now_ms, store, metrics)? {
-                out.push(a);
+            match self.step(i, key, condition, value, context, now_ms, store, metrics) {
+                Ok(Some(a)) => out.push(a),
+                Ok(None) => {}
+                Err(_) => metrics.add(Metric::StoreErrors, 1),
             }
         }
-        Ok(out)
+        out
     }
 
     /// Checks the `ml_breaker` rules: a model's breaker just opened.
-    pub fn check_breaker(&self, model: &str, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<Vec<Alert>, StoreError> {
+    pub fn check_breaker(&self, model: &str, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<Alert> {
         let mut out = Vec::new();
         for (i, _) in self.rules.iter().enumerate().filter(|(_, r)| r.on == AlertOn::MlBreaker) {
             let key = format!("model {model}");
-            if let Some(a) = self.step(i, key, "circuit breaker open".into(), 1.0, (None, None), now_ms, store, metrics)? {
-                out.push(a);
+            match self.step(i, key, "circuit breaker open".into(), 1.0, (None, None), now_ms, store, metrics) {
+                Ok(Some(a)) => out.push(a),
+                Ok(None) => {}
+                Err(_) => metrics.add(Metric::StoreErrors, 1),
             }
         }
-        Ok(out)
+        out
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -385,6 +392,49 @@ mod tests {
         store.inject_conflicts.set(2);
         assert!(fire(&a, "k", 0, &store, &metrics).is_some());
         assert!(fire(&a, "k", 1, &store, &metrics).is_none());
+    }
+
+    /// A store whose writes fail after the first `ok` ones (start-up excluded).
+    struct FailingWrites {
+        inner: MemoryStore,
+        ok: Cell<u32>,
+    }
+
+    impl SharedStore for FailingWrites {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.inner.get(key)
+        }
+        fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<crate::engine::ports::SetOutcome, StoreError> {
+            if self.ok.get() == 0 {
+                return Err(StoreError::Host(1));
+            }
+            self.ok.set(self.ok.get() - 1);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn a_rule_whose_state_fails_does_not_lose_the_others_alerts() {
+        let mut second = rule(60, 0);
+        second.name = "second".into();
+        let a = Alerts::new(&AlertsConfig { rules: vec![rule(60, 0), second], webhooks: vec![], max_keys: 64 }).unwrap();
+        let metrics = MemoryMetrics::default();
+        let store = FailingWrites { inner: MemoryStore::default(), ok: Cell::new(u32::MAX) };
+        a.start(&store, &metrics).unwrap();
+        // A refused request (risk 1.0) from an engine with a tiny rate ceiling.
+        let e = crate::engine::pipeline::Engine::new(
+            crate::engine::config::parse(br#"{"rate_limit": {"requests_per_window": 1}}"#).unwrap(),
+        );
+        let engine_store = MemoryStore::default();
+        e.start(&engine_store, &metrics).unwrap();
+        let req = crate::engine::request::HeaderList::from_pairs(&[(":path", "/x"), ("x-user-id", "u")]);
+        let v = (0..5).map(|i| e.on_request(&req, i, &engine_store, &metrics)).last().unwrap();
+        assert!(v.risk >= 0.9);
+        // The first rule's write succeeds, the second's fails.
+        store.ok.set(1);
+        let fired = a.check_request(&v, 10, &store, &metrics);
+        assert_eq!(fired.iter().map(|x| x.rule.as_str()).collect::<Vec<_>>(), ["hot"], "the first rule's alert survives");
+        assert_eq!(metrics.get(Metric::StoreErrors), 1);
     }
 
     #[test]

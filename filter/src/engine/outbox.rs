@@ -10,6 +10,9 @@ use std::collections::VecDeque;
 
 /// Posts held per worker; beyond it new ones are dropped and counted.
 const CAPACITY: usize = 256;
+/// And their bytes: linear memory never shrinks, so a receiver that is down
+/// must not hold more than this per worker.
+const MAX_BYTES: usize = 4 << 20;
 /// Posts sent per tick.
 const SENDS_PER_TICK: usize = 16;
 
@@ -69,11 +72,12 @@ pub struct Outbox {
     channel: Channel,
     targets: Vec<Target>,
     queue: RefCell<VecDeque<Post>>,
+    bytes: std::cell::Cell<usize>,
 }
 
 impl Outbox {
     pub fn new(channel: Channel, targets: Vec<Target>) -> Self {
-        Outbox { channel, targets, queue: RefCell::new(VecDeque::new()) }
+        Outbox { channel, targets, queue: RefCell::new(VecDeque::new()), bytes: std::cell::Cell::new(0) }
     }
 
     fn count(&self, metrics: &dyn MetricsSink, outcome: Outcome) {
@@ -93,10 +97,11 @@ impl Outbox {
 
     pub fn push(&self, target: usize, body: Vec<u8>, now_ms: u64, metrics: &dyn MetricsSink) {
         let mut q = self.queue.borrow_mut();
-        if q.len() >= CAPACITY {
+        if q.len() >= CAPACITY || self.bytes.get() + body.len() > MAX_BYTES {
             self.count(metrics, Outcome::Dropped);
             return;
         }
+        self.bytes.set(self.bytes.get() + body.len());
         q.push_back(Post { target, body, tries: 0, due_ms: now_ms, token: None, sent_ms: 0 });
     }
 
@@ -108,45 +113,64 @@ impl Outbox {
     pub fn on_tick(&self, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) -> Vec<String> {
         let mut log = Vec::new();
         let mut sends = 0;
+        let mut freed = 0;
         self.queue.borrow_mut().retain_mut(|p| {
-            let Some(t) = self.targets.get(p.target) else { return false };
-            if p.token.is_some() {
-                // Envoy answers every call it sent (at the latest at its
-                // timeout); this only keeps the bound should one be lost.
-                if now_ms.saturating_sub(p.sent_ms) > t.timeout_ms + 10_000 {
-                    self.count(metrics, Outcome::Failed);
-                    return false;
-                }
-                return true;
+            let keep = self.tick_one(p, now_ms, callouts, metrics, &mut sends, &mut log);
+            if !keep {
+                freed += p.body.len();
             }
-            if p.due_ms > now_ms || sends >= SENDS_PER_TICK {
-                return true;
-            }
-            sends += 1;
-            let call = Call {
-                cluster: &t.cluster,
-                authority: &t.authority,
-                path: &t.path,
-                request_id: "",
-                body: &p.body,
-                timeout_ms: t.timeout_ms,
-                headers: &t.headers,
-            };
-            match callouts.send(&call) {
-                Ok(token) => {
-                    p.token = Some(token);
-                    p.tries += 1;
-                    p.sent_ms = now_ms;
-                    true
-                }
-                Err(status) => {
-                    self.count(metrics, Outcome::Failed);
-                    log.push(format!("{}: cannot send to cluster {} (status {status}); dropped", t.name, t.cluster));
-                    false
-                }
-            }
+            keep
         });
+        self.bytes.set(self.bytes.get().saturating_sub(freed));
         log
+    }
+
+    /// One post's turn in a tick: whether it stays queued.
+    fn tick_one(
+        &self,
+        p: &mut Post,
+        now_ms: u64,
+        callouts: &dyn Callouts,
+        metrics: &dyn MetricsSink,
+        sends: &mut usize,
+        log: &mut Vec<String>,
+    ) -> bool {
+        let Some(t) = self.targets.get(p.target) else { return false };
+        if p.token.is_some() {
+            // Envoy answers every call it sent (at the latest at its
+            // timeout); this only keeps the bound should one be lost.
+            if now_ms.saturating_sub(p.sent_ms) > t.timeout_ms + 10_000 {
+                self.count(metrics, Outcome::Failed);
+                return false;
+            }
+            return true;
+        }
+        if p.due_ms > now_ms || *sends >= SENDS_PER_TICK {
+            return true;
+        }
+        *sends += 1;
+        let call = Call {
+            cluster: &t.cluster,
+            authority: &t.authority,
+            path: &t.path,
+            request_id: "",
+            body: &p.body,
+            timeout_ms: t.timeout_ms,
+            headers: &t.headers,
+        };
+        match callouts.send(&call) {
+            Ok(token) => {
+                p.token = Some(token);
+                p.tries += 1;
+                p.sent_ms = now_ms;
+                true
+            }
+            Err(status) => {
+                self.count(metrics, Outcome::Failed);
+                log.push(format!("{}: cannot send to cluster {} (status {status}); dropped", t.name, t.cluster));
+                false
+            }
+        }
     }
 
     /// The reply to a post: done on 2xx, else retried with backoff, then
@@ -156,6 +180,7 @@ impl Outbox {
         let mut q = self.queue.borrow_mut();
         let at = q.iter().position(|p| p.token == Some(token))?;
         let mut post = q.remove(at)?;
+        self.bytes.set(self.bytes.get().saturating_sub(post.body.len()));
         let name = self.targets.get(post.target).map_or("?", |t| t.name.as_str());
         let retries = self.targets.get(post.target).map_or(0, |t| t.retries);
         if matches!(status, Some(200..=299)) {
@@ -167,6 +192,7 @@ impl Outbox {
             self.count(metrics, Outcome::Retried);
             post.token = None;
             post.due_ms = now_ms + backoff_ms(post.tries, u64::from(token)).max(100);
+            self.bytes.set(self.bytes.get() + post.body.len());
             q.push_back(post);
             return Some(Vec::new());
         }
@@ -229,12 +255,23 @@ mod tests {
     }
 
     #[test]
-    fn the_queue_is_bounded() {
+    fn the_queue_is_bounded_in_posts_and_in_bytes() {
         let (o, metrics) = (outbox(0), MemoryMetrics::default());
         for _ in 0..CAPACITY + 10 {
             o.push_all(b"{}", 0, &metrics);
         }
         assert_eq!(o.pending(), CAPACITY);
         assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Dropped)), 10);
+
+        let (o, metrics, calls) = (outbox(0), MemoryMetrics::default(), MemoryCallouts::default());
+        let big = vec![b'x'; 1 << 20];
+        for _ in 0..6 {
+            o.push_all(&big, 0, &metrics);
+        }
+        assert_eq!(o.pending(), 4, "4 MiB at most");
+        o.on_tick(100, &calls, &metrics);
+        o.on_reply(1, Some(200), 110, &metrics);
+        o.push_all(&big, 120, &metrics);
+        assert_eq!(o.pending(), 4, "a delivered post frees its bytes");
     }
 }

@@ -130,10 +130,8 @@ impl Engine {
             m.on_tick(now_ms, callouts, metrics);
             if let Some(a) = &self.alerts {
                 for role in m.take_opened() {
-                    match a.check_breaker(role.as_str(), now_ms, store, metrics) {
-                        Ok(fired) => self.raise(&fired, now_ms, metrics, &mut log.events),
-                        Err(e) => log.warn.push(format!("alerts: state unavailable ({e:?})")),
-                    }
+                    let fired = a.check_breaker(role.as_str(), now_ms, store, metrics);
+                    self.raise(&fired, now_ms, metrics, &mut log.events);
                 }
             }
         }
@@ -179,10 +177,8 @@ impl Engine {
             self.emit(&e, now_ms, metrics, &mut lines);
         }
         if let Some(a) = &self.alerts {
-            match a.check_request(v, now_ms, store, metrics) {
-                Ok(fired) => self.raise(&fired, now_ms, metrics, &mut lines),
-                Err(_) => metrics.add(Metric::StoreErrors, 1),
-            }
+            let fired = a.check_request(v, now_ms, store, metrics);
+            self.raise(&fired, now_ms, metrics, &mut lines);
         }
         lines
     }
@@ -870,7 +866,7 @@ mod tests {
             ("reset", None, 2, Failure::Reset, 3),
             ("envoy reset", Some((503, b"upstream connect error or disconnect/reset before headers")), 2, Failure::Reset, 3),
             ("5xx", Some((500, b"{}")), 2, Failure::Status, 3),
-            ("429", Some((429, b"slow down")), 2, Failure::Status, 3),
+            ("429", Some((429, b"slow down")), 2, Failure::Status, 1),
             ("400", Some((400, b"{\"error\": \"12 features expected\"}")), 2, Failure::Status, 1),
             ("garbage", Some((200, b"{\"score\": ")), 2, Failure::Malformed, 1),
             ("wrong shape", Some((200, br#"{"outputs":[{"name":"anomaly_score","shape":[1,3],"data":[1,2,3]}]}"#)), 2, Failure::WrongShape, 1),
@@ -1006,6 +1002,32 @@ mod tests {
         assert_eq!(metrics.get(Metric::MlFailures(Role::Behavioral, Failure::QueueFull)), 8);
         e.on_tick(2_100, 1, &store, &metrics, &calls);
         assert_eq!(calls.count(), 4 + 2, "erin's two calls are still in flight and hold places");
+    }
+
+    #[test]
+    fn async_asks_once_per_identity_and_kind_of_request_and_never_for_anonymous() {
+        let (e, store, metrics) = engine(
+            r#"{"enable_ml_models": true, "rate_limit": {"enabled": false},
+                "ml_model_config": {"mode": "async", "behavioral_model_url": "http://ml/v1/score"}}"#,
+        );
+        let calls = MemoryCallouts::default();
+        let upload = HeaderList::from_pairs(&[(":method", "POST"), (":path", "/upload"), ("x-user-id", "kim"), ("content-length", "40000")]);
+        // Alternating two kinds of request: each kind is asked about once per interval.
+        for i in 0..20u64 {
+            let req = if i % 2 == 0 { get("kim") } else { upload.clone() };
+            e.on_request(&req, 1_000 + i, &store, &metrics);
+        }
+        e.on_tick(1_100, 1, &store, &metrics, &calls);
+        assert_eq!(calls.count(), 2);
+        // Anonymous requests share one hash: no answer could be kept, so none is asked for.
+        let anonymous = HeaderList::from_pairs(&[(":method", "GET"), (":path", "/x")]);
+        let (e2, store2, metrics2) = engine(
+            r#"{"enable_ml_models": true, "identity": {"sources": [{"type": "header", "name": "x-user-id"}]},
+                "ml_model_config": {"mode": "async", "behavioral_model_url": "http://ml/v1/score"}}"#,
+        );
+        e2.on_request(&anonymous, 1_000, &store2, &metrics2);
+        e2.on_tick(1_100, 1, &store2, &metrics2, &calls);
+        assert_eq!(calls.count(), 2);
     }
 
     #[test]

@@ -101,6 +101,8 @@ pub enum Metric {
     Outbox(crate::engine::outbox::Channel, crate::engine::outbox::Outcome),
     /// Security events, by kind.
     Events(crate::engine::events::Kind),
+    /// Events not batched for the collector: the worker already held its bound.
+    EventsDropped,
     /// Decisions above `allow`, by signal that weighed in.
     DecisionReasons(&'static str),
     /// Risk score of a request, in thousandths (a histogram, sampled).

@@ -12,16 +12,16 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// answer to that context's `on_http_call_response` (the root's, from a tick).
 pub struct HostCallouts;
 
-/// Sends a waiting request's calls so that Envoy holds them on the root
-/// context while the answer still goes to the stream.
+/// Sends a waiting request's calls on the root context, and reads their
+/// answers there, while the SDK still routes each answer to the stream.
 ///
-/// Why: Envoy cancels the calls a stream owns when the stream ends, and then
-/// no answer ever comes back; the SDK keeps the call's token forever, a few
-/// bytes per abandoned request, without bound under a client that hangs up
-/// on purpose. Owned by the root, the call runs to its answer or timeout;
-/// the SDK then finds the stream gone and drops the answer with the token.
-/// The price: the answer's headers and body sit on the root context, so the
-/// stream reads them with the root as effective context (`read_reply_for`).
+/// Why: a call the stream owned would be cancelled by Envoy when the client
+/// hangs up, and then never answered; the SDK would keep its token forever,
+/// a few bytes per hang-up, without bound. Owned by the root, the call runs
+/// to its answer or timeout, and the SDK then finds the stream gone and drops
+/// the answer with its token. Current proxy-wasm-cpp-host versions already
+/// dispatch on the root context; the explicit switch (two host calls each
+/// way) keeps it so on a host that does not.
 pub struct StreamCallouts {
     pub root: u32,
     pub stream: u32,

@@ -100,6 +100,7 @@ fn reporting_metrics() -> (Named, Named, Named) {
         counters.push((Metric::Alerts(s), format!("vigil_alerts_total.severity.{}", s.as_str())));
     }
     counters.push((Metric::AlertsSuppressed, "vigil_alerts_suppressed_total".to_string()));
+    counters.push((Metric::EventsDropped, "vigil_siem_events_dropped_total".to_string()));
     for o in Outcome::ALL {
         counters.push((Metric::Outbox(Channel::Webhook, o), format!("vigil_notifications_total.outcome.{}", o.as_str())));
         counters.push((Metric::Outbox(Channel::Collector, o), format!("vigil_siem_batches_total.outcome.{}", o.as_str())));

@@ -6,7 +6,7 @@
 
 use super::Event;
 use crate::engine::config::{CollectorConfig, CollectorFormat, ModelUrl};
-use crate::engine::outbox::{Channel, Outbox, Outcome, Target};
+use crate::engine::outbox::{Channel, Outbox, Target};
 use crate::engine::ports::{Callouts, Metric, MetricsSink};
 use std::cell::RefCell;
 
@@ -56,7 +56,7 @@ impl Collector {
         };
         let mut lines = self.lines.borrow_mut();
         if lines.0.len() >= MAX_EVENTS {
-            metrics.add(Metric::Outbox(Channel::Collector, Outcome::Dropped), 1);
+            metrics.add(Metric::EventsDropped, 1);
             return;
         }
         if lines.0.is_empty() {
@@ -65,12 +65,17 @@ impl Collector {
         lines.0.push(line);
     }
 
-    /// Batches what is due and sends from the outbox.
+    /// Batches what is due (every full batch, and the rest once its oldest
+    /// event has waited `flush_seconds`) and sends from the outbox.
     pub fn on_tick(&self, now_ms: u64, callouts: &dyn Callouts, metrics: &dyn MetricsSink) -> Vec<String> {
         {
             let mut lines = self.lines.borrow_mut();
-            let due = !lines.0.is_empty() && (lines.0.len() >= self.batch_size || now_ms.saturating_sub(lines.1) >= self.flush_ms);
-            if due {
+            loop {
+                let full = lines.0.len() >= self.batch_size;
+                let old = !lines.0.is_empty() && now_ms.saturating_sub(lines.1) >= self.flush_ms;
+                if !(full || old) {
+                    break;
+                }
                 let take = lines.0.len().min(self.batch_size);
                 let batch: Vec<String> = lines.0.drain(..take).collect();
                 lines.1 = now_ms;
@@ -140,6 +145,12 @@ mod tests {
         assert_eq!(calls.count(), 1, "the fourth waits for more company");
         c.on_tick(2_200, &calls, &metrics);
         assert_eq!(calls.count(), 2, "...or for flush_seconds");
+        // A burst makes several full batches in one tick, not one per tick.
+        for i in 0..9 {
+            c.push(&event(i), 3_000, &metrics);
+        }
+        c.on_tick(3_100, &calls, &metrics);
+        assert_eq!(calls.count(), 5);
     }
 
     #[test]
@@ -148,6 +159,6 @@ mod tests {
         for i in 0..(MAX_EVENTS as u64 + 5) {
             c.push(&event(i), 0, &metrics);
         }
-        assert_eq!(metrics.get(Metric::Outbox(Channel::Collector, Outcome::Dropped)), 5);
+        assert_eq!(metrics.get(Metric::EventsDropped), 5);
     }
 }

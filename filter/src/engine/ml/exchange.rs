@@ -87,9 +87,14 @@ impl Ml {
             return false;
         };
         match self.judge(a.model, a.sent_ms, now_ms, reply, &a.request_id, metrics, log) {
-            Err(f) if f.retryable() && !refused_for_good(reply) && a.tries <= self.retries => {
-                metrics.add(Metric::MlRetries(self.role(a.model)), 1);
+            // A 429 says "slow down": retrying at once (the request is
+            // waiting, there is no backoff here) would only add load.
+            Err(f) if f.retryable() && !refused_for_good(reply) && !matches!(reply, Some((429, _))) && a.tries <= self.retries => {
                 self.send_attempt(a, now_ms, callouts, metrics);
+                if a.result.is_none() {
+                    // Counted only when it went out (the breaker may have refused it).
+                    metrics.add(Metric::MlRetries(self.role(a.model)), 1);
+                }
             }
             r => a.result = Some(r),
         }

@@ -75,9 +75,9 @@ struct Model {
 struct Worker {
     breakers: Vec<Breaker>,
     jobs: VecDeque<queue::Job>,
-    /// Direct-mapped by identity hash: (identity, ms, request kind). A
+    /// Direct-mapped by identity and request kind: (identity, kind, ms). A
     /// collision only means one more call; the array never grows.
-    asked: Vec<(u64, u64, u32)>,
+    asked: Vec<(u64, u32, u64)>,
     /// Breakers that opened since the tick last looked (for alert rules).
     opened: Vec<Role>,
 }

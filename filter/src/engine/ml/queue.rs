@@ -7,6 +7,10 @@
 use super::breaker::{self, Permit};
 use super::protocol::Failure;
 use super::{refused_for_good, vector, Ml, Worker, ASKED_SLOTS, MAX_SENDS_PER_TICK};
+
+/// While an identity's local risk is in the grey zone or above, it is asked
+/// about again after this long, not after the whole interval.
+const GREY_REASK_MS: u64 = 1_000;
 use crate::engine::features::{Features, Signal, ThreatDetail};
 use crate::engine::identity::IdentityKind;
 use crate::engine::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
@@ -15,8 +19,6 @@ use crate::engine::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreErro
 pub(super) struct Job {
     model: usize,
     identity: u64,
-    /// Answers for anonymous requests are not kept (they share one hash).
-    keep: bool,
     request_id: String,
     body: Vec<u8>,
     tries: u32,
@@ -28,10 +30,11 @@ pub(super) struct Job {
 impl Ml {
     /// Queues a call per model for a request that does not wait. The calls go
     /// out on this worker's next ticks (from the root context, which outlives
-    /// the request). An identity already asked about within
-    /// `async_min_interval_seconds` is not asked again about the same kind of
-    /// request (`vector::fingerprint`), unless its local risk reaches the grey
-    /// zone.
+    /// the request). An identity is asked about a kind of request
+    /// (`vector::fingerprint`) once per `async_min_interval_seconds`, or once a
+    /// second while its local risk is in the grey zone or above. Anonymous
+    /// requests are not asked about: they share one hash, so no answer could
+    /// be kept for them.
     pub fn enqueue(
         &self,
         features: &Features,
@@ -41,9 +44,15 @@ impl Ml {
         metrics: &dyn MetricsSink,
         log: &mut Vec<String>,
     ) {
-        if !self.first_ask_in_interval(features.identity.hash, vector::fingerprint(vector), now_ms) && local_risk < self.grey.0 {
+        if features.identity.kind == IdentityKind::Anonymous {
             return;
         }
+        let kind = vector::fingerprint(vector);
+        let interval = if local_risk >= self.grey.0 { GREY_REASK_MS.min(self.min_interval_ms) } else { self.min_interval_ms };
+        if self.asked_within(features.identity.hash, kind, interval, now_ms) {
+            return;
+        }
+        let mut queued = false;
         for (i, m) in self.models.iter().enumerate() {
             if self.worker.borrow().jobs.len() >= self.max_pending {
                 metrics.add(Metric::MlFailures(m.role, Failure::QueueFull), 1);
@@ -52,7 +61,6 @@ impl Ml {
             let job = Job {
                 model: i,
                 identity: features.identity.hash,
-                keep: features.identity.kind != IdentityKind::Anonymous,
                 request_id: features.request_id.clone(),
                 body: self.body(m, features, vector, log),
                 tries: 0,
@@ -61,25 +69,42 @@ impl Ml {
                 sent_ms: now_ms,
             };
             self.worker.borrow_mut().jobs.push_back(job);
+            queued = true;
+        }
+        // Only a call actually queued counts as asking: a full queue leaves the
+        // identity free to be asked about on its next request.
+        if queued {
+            self.remember_ask(features.identity.hash, kind, now_ms);
         }
     }
 
-    /// Records that `identity` is asked about a request of `kind` now; false
-    /// when it already was within the interval.
-    fn first_ask_in_interval(&self, identity: u64, kind: u32, now_ms: u64) -> bool {
-        if self.min_interval_ms == 0 {
-            return true;
+    /// The slot of (identity, kind): each kind of an identity's requests has
+    /// its own, so alternating kinds do not evict each other.
+    fn ask_slot(identity: u64, kind: u32) -> usize {
+        let mixed = (identity ^ u64::from(kind).rotate_left(17)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        ((mixed >> 32) % ASKED_SLOTS as u64) as usize
+    }
+
+    /// Whether `identity` was asked about a request of `kind` less than
+    /// `interval_ms` ago (on this worker).
+    fn asked_within(&self, identity: u64, kind: u32, interval_ms: u64, now_ms: u64) -> bool {
+        if interval_ms == 0 {
+            return false;
         }
+        let w = self.worker.borrow();
+        w.asked
+            .get(Self::ask_slot(identity, kind))
+            .is_some_and(|&(id, k, at)| id == identity && k == kind && now_ms.saturating_sub(at) < interval_ms)
+    }
+
+    fn remember_ask(&self, identity: u64, kind: u32, now_ms: u64) {
         let mut w = self.worker.borrow_mut();
         if w.asked.is_empty() {
             w.asked = vec![(0, 0, 0); ASKED_SLOTS];
         }
-        let Some(slot) = w.asked.get_mut((identity % ASKED_SLOTS as u64) as usize) else { return true };
-        if slot.0 == identity && slot.2 == kind && now_ms.saturating_sub(slot.1) < self.min_interval_ms {
-            return false;
+        if let Some(slot) = w.asked.get_mut(Self::ask_slot(identity, kind)) {
+            *slot = (identity, kind, now_ms);
         }
-        *slot = (identity, now_ms, kind);
-        true
     }
 
     /// Sends the queued calls that are due (first attempts and retries whose
@@ -151,7 +176,7 @@ impl Ml {
         let role = self.role(job.model);
         match self.judge(job.model, job.sent_ms, now_ms, reply, &job.request_id, metrics, log) {
             Ok(answer) => {
-                if let (Some(answers), true) = (&self.answers, job.keep) {
+                if let Some(answers) = &self.answers {
                     answers.record(job.identity, &answer, now_ms, store, metrics)?;
                 }
             }
