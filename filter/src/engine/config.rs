@@ -877,6 +877,9 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         if let Some(name) = col.headers.keys().find(|n| !is_header_name(n) || n.starts_with(':')) {
             return Err(ConfigError::new("siem.collector.headers", format!("`{name}` is not a lowercase HTTP header name")));
         }
+        if let Some((name, _)) = col.headers.iter().find(|(_, v)| v.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0)) {
+            return Err(ConfigError::new(&format!("siem.collector.headers.{name}"), "must not contain CR, LF or NUL"));
+        }
     }
     if c.siem.syslog_hostname.is_empty() {
         return Err(ConfigError::new("siem.syslog_hostname", "must not be empty (\"-\" for none)"));
@@ -1113,5 +1116,35 @@ mod tests {
         let u = ModelUrl::parse("http://ml/v2/models/iforest/versions/3/infer").unwrap();
         assert_eq!(u.oip_model_name(), Some("iforest"));
         assert_eq!(ModelUrl::parse("http://ml/v1/score").unwrap().oip_model_name(), None);
+    }
+
+    #[test]
+    fn alerts_and_siem_options_are_validated_naming_the_field() {
+        let ok = parse(
+            br#"{"alerts": {"rules": [{"name": "a", "on": "traffic", "above": 0.9, "per": "route"}],
+                            "webhooks": [{"url": "http://hooks/x", "format": "slack"}]},
+                 "siem": {"format": "both", "syslog": true, "collector": {"url": "http://splunk:8088/services/collector", "format": "hec",
+                          "headers": {"authorization": "Splunk t"}}}}"#,
+        )
+        .unwrap();
+        assert_eq!(ok.alerts.rules[0].per, AlertPer::Route);
+        let e = err(r#"{"alerts": {"rules": [{"name": "a b"}], "webhooks": [{"url": "http://h/x"}]}}"#);
+        assert_eq!(e.field, "alerts.rules[0].name");
+        let e = err(r#"{"alerts": {"rules": [{"name": "a"}, {"name": "a"}], "webhooks": [{"url": "http://h/x"}]}}"#);
+        assert_eq!(e.field, "alerts.rules[1].name");
+        let e = err(r#"{"alerts": {"rules": [{"name": "a", "above": 2}], "webhooks": [{"url": "http://h/x"}]}}"#);
+        assert_eq!(e.field, "alerts.rules[0].above");
+        let e = err(r#"{"alerts": {"rules": [{"name": "a"}]}, "siem": {"log": false}}"#);
+        assert_eq!(e.field, "alerts.webhooks");
+        let e = err(r#"{"alerts": {"webhooks": [{"url": "ftp://h/x"}]}}"#);
+        assert_eq!(e.field, "alerts.webhooks[0].url");
+        let e = err(r#"{"siem": {"collector": {"url": "http://s/c", "headers": {"Authorization": "x"}}}}"#);
+        assert_eq!(e.field, "siem.collector.headers");
+        let e = err(r#"{"siem": {"collector": {"url": "http://s/c", "headers": {"x-token": "a\r\nx-evil: 1"}}}}"#);
+        assert_eq!(e.field, "siem.collector.headers.x-token");
+        let e = err(r#"{"siem": {"format": "xml"}}"#);
+        assert_eq!(e.field, "siem.format");
+        let e = err(r#"{"debug": {"log_everything": true}}"#);
+        assert!(e.field.starts_with("debug"), "{e}");
     }
 }
