@@ -8,7 +8,8 @@
 //! the slot to "fired" is the one that notifies, so a key alerts once per
 //! cooldown however many workers see the condition.
 
-use super::config::{AlertOn, AlertPer, AlertRule, AlertsConfig, ModelUrl, Severity, WebhookFormat};
+use super::codec::{Reader, Writer};
+use super::config::{AlertOn, AlertPer, AlertRule, AlertsConfig, ClusterUrl, Severity, WebhookFormat};
 use super::events::{Event, Kind};
 use super::outbox::{Channel, Outbox, Target};
 use super::pipeline::Verdict;
@@ -43,17 +44,15 @@ struct KeyState {
 
 impl Record for KeyState {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.last_fired_ms.to_le_bytes());
-        out.extend_from_slice(&self.repeats.to_le_bytes());
-        out.push(u8::from(self.escalated));
+        let mut w = Writer(out);
+        w.u64(self.last_fired_ms);
+        w.u32(self.repeats);
+        w.u8(u8::from(self.escalated));
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        Some(KeyState {
-            last_fired_ms: u64::from_le_bytes(b.get(0..8)?.try_into().ok()?),
-            repeats: u32::from_le_bytes(b.get(8..12)?.try_into().ok()?),
-            escalated: *b.get(12)? == 1,
-        })
+        let mut r = Reader(b);
+        Some(KeyState { last_fired_ms: r.u64()?, repeats: r.u32()?, escalated: r.u8()? == 1 })
     }
 }
 
@@ -84,10 +83,10 @@ impl Alerts {
         let mut formats = Vec::new();
         for (i, w) in cfg.webhooks.iter().enumerate() {
             // Validated at load.
-            let Ok(url) = ModelUrl::parse(&w.url) else { continue };
+            let Ok(url) = ClusterUrl::parse(&w.url) else { continue };
             targets.push(Target {
                 name: format!("alerts.webhooks[{i}]"),
-                cluster: w.cluster.clone().unwrap_or_else(|| url.host.clone()),
+                cluster: url.cluster(w.cluster.as_ref()),
                 authority: url.authority.clone(),
                 path: url.path.clone(),
                 timeout_ms: w.timeout_ms,
@@ -136,9 +135,8 @@ impl Alerts {
                 AlertPer::Route => format!("route {}", v.features.route),
                 AlertPer::Rule => "rule".to_string(),
             };
-            let condition = format!("{} >= {}", on_name(rule.on), rule.above);
             let context = (Some(v.features.request_id.clone()), Some(v.features.route.clone()));
-            match self.step(i, key, condition, value, context, now_ms, store, metrics) {
+            match self.step(i, key, value, context, now_ms, store, metrics) {
                 Ok(Some(a)) => out.push(a),
                 Ok(None) => {}
                 Err(_) => metrics.add(Metric::StoreErrors, 1),
@@ -152,7 +150,7 @@ impl Alerts {
         let mut out = Vec::new();
         for (i, _) in self.rules.iter().enumerate().filter(|(_, r)| r.on == AlertOn::MlBreaker) {
             let key = format!("model {model}");
-            match self.step(i, key, "circuit breaker open".into(), 1.0, (None, None), now_ms, store, metrics) {
+            match self.step(i, key, 1.0, (None, None), now_ms, store, metrics) {
                 Ok(Some(a)) => out.push(a),
                 Ok(None) => {}
                 Err(_) => metrics.add(Metric::StoreErrors, 1),
@@ -166,7 +164,6 @@ impl Alerts {
         &self,
         rule_index: usize,
         key: String,
-        condition: String,
         value: f64,
         context: (Option<String>, Option<String>),
         now_ms: u64,
@@ -196,7 +193,7 @@ impl Alerts {
             severity,
             escalated,
             key,
-            condition,
+            condition: condition(rule),
             value,
             repeats: updated.record.repeats,
             time_ms: now_ms,
@@ -232,14 +229,16 @@ fn advance(current: Option<&KeyState>, rule: &AlertRule, cooldown_ms: u64, now_m
     }
 }
 
-fn on_name(on: AlertOn) -> &'static str {
-    match on {
+/// The rule's condition in words, for the notification (built only when it fires).
+fn condition(rule: &AlertRule) -> String {
+    let on = match rule.on {
         AlertOn::Risk => "risk",
         AlertOn::Behavior => "behavioral_score",
         AlertOn::Traffic => "traffic_anomaly_score",
         AlertOn::Ml => "user_deviation_score",
-        AlertOn::MlBreaker => "ml_breaker",
-    }
+        AlertOn::MlBreaker => return "circuit breaker open".to_string(),
+    };
+    format!("{on} >= {}", rule.above)
 }
 
 /// FNV-1a of the rule and the key, never 0 (0 marks a free slot).
@@ -353,7 +352,7 @@ mod tests {
     }
 
     fn fire(a: &Alerts, key: &str, now: u64, store: &MemoryStore, metrics: &MemoryMetrics) -> Option<Alert> {
-        a.step(0, key.into(), "risk >= 0.9".into(), 0.97, (Some("r".into()), None), now, store, metrics).unwrap()
+        a.step(0, key.into(), 0.97, (Some("r".into()), None), now, store, metrics).unwrap()
     }
 
     #[test]

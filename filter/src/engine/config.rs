@@ -721,7 +721,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         ("ml_model_config.anomaly_model_url", &m.anomaly_model_url),
     ] {
         if let Some(url) = url {
-            ModelUrl::parse(url).map_err(|reason| ConfigError::new(field, reason))?;
+            ClusterUrl::parse(url).map_err(|reason| ConfigError::new(field, reason))?;
         }
     }
     for (field, cluster) in [
@@ -755,7 +755,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         ("ml_model_config.anomaly_model.protocol", &m.anomaly_model_url, &m.anomaly_model),
     ] {
         if let (Some(url), Protocol::Oip) = (url, o.protocol) {
-            if !ModelUrl::parse(url).is_ok_and(|u| u.oip_model_name().is_some()) {
+            if !ClusterUrl::parse(url).is_ok_and(|u| u.oip_model_name().is_some()) {
                 return Err(ConfigError::new(field, format!("is oip but `{url}` is not .../v2/models/{{name}}/infer")));
             }
         }
@@ -858,7 +858,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         in_range(&format!("alerts.rules[{i}].escalate_after"), r.escalate_after, 0, 1_000_000)?;
     }
     for (i, w) in a.webhooks.iter().enumerate() {
-        ModelUrl::parse(&w.url).map_err(|reason| ConfigError::new(&format!("alerts.webhooks[{i}].url"), reason))?;
+        ClusterUrl::parse(&w.url).map_err(|reason| ConfigError::new(&format!("alerts.webhooks[{i}].url"), reason))?;
         in_range(&format!("alerts.webhooks[{i}].timeout_ms"), w.timeout_ms, 1, 60_000)?;
         in_range(&format!("alerts.webhooks[{i}].retries"), w.retries, 0, 10)?;
         if matches!(&w.cluster, Some(n) if n.trim().is_empty()) {
@@ -869,7 +869,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         return Err(ConfigError::new("alerts.webhooks", "alert rules are set but nothing would carry them: add a webhook or keep siem.log on"));
     }
     if let Some(col) = &c.siem.collector {
-        ModelUrl::parse(&col.url).map_err(|reason| ConfigError::new("siem.collector.url", reason))?;
+        ClusterUrl::parse(&col.url).map_err(|reason| ConfigError::new("siem.collector.url", reason))?;
         in_range("siem.collector.batch_size", col.batch_size, 1, 1000)?;
         in_range("siem.collector.flush_seconds", col.flush_seconds, 1, 3600)?;
         in_range("siem.collector.timeout_ms", col.timeout_ms, 1, 60_000)?;
@@ -906,17 +906,23 @@ fn is_header_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
 }
 
-/// A model URL split into what `dispatch_http_call` needs: the host names the
-/// Envoy cluster (unless a cluster override is set) and doubles as `:authority`.
+/// A model's, webhook's or collector's URL, split into what
+/// `dispatch_http_call` needs: the host names the Envoy cluster (unless a
+/// cluster override is set) and the authority and path go on the call.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ModelUrl {
+pub struct ClusterUrl {
     pub scheme: String,
     pub authority: String,
     pub host: String,
     pub path: String,
 }
 
-impl ModelUrl {
+impl ClusterUrl {
+    /// The Envoy cluster to call: the override if set, else the URL's host.
+    pub fn cluster(&self, over: Option<&String>) -> String {
+        over.cloned().unwrap_or_else(|| self.host.clone())
+    }
+
     /// `{name}` when the path is the Open Inference Protocol's
     /// `/v2/models/{name}[/versions/{v}]/infer`.
     pub fn oip_model_name(&self) -> Option<&str> {
@@ -925,7 +931,7 @@ impl ModelUrl {
         (!name.is_empty()).then_some(name)
     }
 
-    pub fn parse(url: &str) -> Result<ModelUrl, String> {
+    pub fn parse(url: &str) -> Result<ClusterUrl, String> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("`{url}` is not an absolute http(s) URL"))?;
@@ -943,7 +949,7 @@ impl ModelUrl {
         if host.is_empty() || host.contains(['@', ' ']) {
             return Err(format!("`{url}` has no usable host"));
         }
-        Ok(ModelUrl {
+        Ok(ClusterUrl {
             scheme: scheme.to_string(),
             authority: authority.to_string(),
             host: host.to_string(),
@@ -1073,11 +1079,11 @@ mod tests {
         assert_eq!(e.field, "enable_ml_models");
         let e = err(r#"{"ml_model_config": {"anomaly_model_url": "ftp://x/y"}}"#);
         assert_eq!(e.field, "ml_model_config.anomaly_model_url");
-        let u = ModelUrl::parse("http://ml-mock:8080/v2/models/m/infer").unwrap();
+        let u = ClusterUrl::parse("http://ml-mock:8080/v2/models/m/infer").unwrap();
         assert_eq!(u.host, "ml-mock");
         assert_eq!(u.authority, "ml-mock:8080");
         assert_eq!(u.path, "/v2/models/m/infer");
-        assert_eq!(ModelUrl::parse("https://scorer").unwrap().path, "/");
+        assert_eq!(ClusterUrl::parse("https://scorer").unwrap().path, "/");
     }
 
     #[test]
@@ -1113,9 +1119,9 @@ mod tests {
         assert_eq!(e.field, "ml_model_config.circuit_breaker.consecutive_failures");
         let e = err(r#"{"ml_model_config": {"max_pending_calls": 0}}"#);
         assert_eq!(e.field, "ml_model_config.max_pending_calls");
-        let u = ModelUrl::parse("http://ml/v2/models/iforest/versions/3/infer").unwrap();
+        let u = ClusterUrl::parse("http://ml/v2/models/iforest/versions/3/infer").unwrap();
         assert_eq!(u.oip_model_name(), Some("iforest"));
-        assert_eq!(ModelUrl::parse("http://ml/v1/score").unwrap().oip_model_name(), None);
+        assert_eq!(ClusterUrl::parse("http://ml/v1/score").unwrap().oip_model_name(), None);
     }
 
     #[test]

@@ -84,17 +84,6 @@ impl Outbox {
         metrics.add(Metric::Outbox(self.channel, outcome), 1);
     }
 
-    pub fn targets(&self) -> &[Target] {
-        &self.targets
-    }
-
-    /// Queues `body` for every target.
-    pub fn push_all(&self, body: &[u8], now_ms: u64, metrics: &dyn MetricsSink) {
-        for i in 0..self.targets.len() {
-            self.push(i, body.to_vec(), now_ms, metrics);
-        }
-    }
-
     pub fn push(&self, target: usize, body: Vec<u8>, now_ms: u64, metrics: &dyn MetricsSink) {
         let mut q = self.queue.borrow_mut();
         if q.len() >= CAPACITY || self.bytes.get() + body.len() > MAX_BYTES {
@@ -224,7 +213,7 @@ mod tests {
     #[test]
     fn a_post_is_sent_from_the_tick_and_counted() {
         let (o, calls, metrics) = (outbox(2), MemoryCallouts::default(), MemoryMetrics::default());
-        o.push_all(b"{}", 0, &metrics);
+        o.push(0, b"{}".to_vec(), 0, &metrics);
         assert_eq!(calls.count(), 0, "never from the request path");
         o.on_tick(100, &calls, &metrics);
         assert_eq!(calls.count(), 1);
@@ -237,7 +226,7 @@ mod tests {
     #[test]
     fn a_receiver_that_is_down_is_retried_with_backoff_then_given_up() {
         let (o, calls, metrics) = (outbox(2), MemoryCallouts::default(), MemoryMetrics::default());
-        o.push_all(b"{}", 0, &metrics);
+        o.push(0, b"{}".to_vec(), 0, &metrics);
         let mut now = 0;
         let mut log = Vec::new();
         for attempt in 1..=3u32 {
@@ -258,7 +247,7 @@ mod tests {
     fn the_queue_is_bounded_in_posts_and_in_bytes() {
         let (o, metrics) = (outbox(0), MemoryMetrics::default());
         for _ in 0..CAPACITY + 10 {
-            o.push_all(b"{}", 0, &metrics);
+            o.push(0, b"{}".to_vec(), 0, &metrics);
         }
         assert_eq!(o.pending(), CAPACITY);
         assert_eq!(metrics.get(Metric::Outbox(Channel::Webhook, Outcome::Dropped)), 10);
@@ -266,12 +255,12 @@ mod tests {
         let (o, metrics, calls) = (outbox(0), MemoryMetrics::default(), MemoryCallouts::default());
         let big = vec![b'x'; 1 << 20];
         for _ in 0..6 {
-            o.push_all(&big, 0, &metrics);
+            o.push(0, big.clone(), 0, &metrics);
         }
         assert_eq!(o.pending(), 4, "4 MiB at most");
         o.on_tick(100, &calls, &metrics);
         o.on_reply(1, Some(200), 110, &metrics);
-        o.push_all(&big, 120, &metrics);
+        o.push(0, big.clone(), 120, &metrics);
         assert_eq!(o.pending(), 4, "a delivered post frees its bytes");
     }
 }

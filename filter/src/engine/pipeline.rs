@@ -136,13 +136,13 @@ impl Engine {
             }
         }
         if let Some(t) = &self.traffic {
-            for line in t.on_tick(now_ms, instance, store, metrics) {
-                if line.starts_with("traffic anomaly:") {
-                    metrics.add(Metric::Events(events::Kind::Anomaly), 1);
-                    self.emit(&Event::of_anomaly(now_ms, &line), now_ms, metrics, &mut log.events);
-                }
-                log.warn.push(line);
+            let report = t.on_tick(now_ms, instance, store, metrics);
+            for onset in report.onsets {
+                metrics.add(Metric::Events(events::Kind::Anomaly), 1);
+                self.emit(&Event::of_anomaly(now_ms, &onset), now_ms, metrics, &mut log.events);
+                log.warn.push(onset);
             }
+            log.warn.extend(report.problems);
         }
         if let Some(a) = &self.alerts {
             log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("alerts: {l}")));
@@ -303,12 +303,12 @@ impl Engine {
         };
 
         self.traffic_step(&mut v, now_ms);
-        let steps = [
-            self.rate_step(&mut v, now_ms, store, metrics),
-            self.profile_step(&mut v, store, metrics),
-            self.stored_answer_step(&mut v, now_ms, store, metrics),
-        ];
-        for outcome in steps {
+        let local_steps = [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)];
+        // The local risk, before the model's own earlier verdict joins it: an
+        // identity the model flagged is not asked about on every request.
+        let local_risk = decision::risk(&v.signals);
+        let model_step = self.stored_answer_step(&mut v, now_ms, store, metrics);
+        for outcome in local_steps.into_iter().chain([model_step]) {
             if let Outcome::Failed { step, error } = outcome {
                 // Fail open: a store problem must not take the API down with it.
                 metrics.add(Metric::StoreErrors, 1);
@@ -322,10 +322,7 @@ impl Engine {
             v.ml_vector = Some(self.vector(&v));
         }
         if let (true, Some(m), Some(vec)) = (asks_async, &self.ml, &v.ml_vector) {
-            // The local risk, without the model's own earlier verdict: an
-            // identity the model flagged is not asked about on every request.
-            let local: Vec<Signal> = v.signals.iter().filter(|s| s.name != ml::SIGNAL).copied().collect();
-            m.enqueue(&v.features, vec, decision::risk(&local), now_ms, metrics, log);
+            m.enqueue(&v.features, vec, local_risk, now_ms, metrics, log);
         }
         v
     }

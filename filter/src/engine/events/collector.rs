@@ -5,7 +5,7 @@
 //! worker holds are dropped and counted, never slowing a request.
 
 use super::Event;
-use crate::engine::config::{CollectorConfig, CollectorFormat, ModelUrl};
+use crate::engine::config::{CollectorConfig, CollectorFormat, ClusterUrl};
 use crate::engine::outbox::{Channel, Outbox, Target};
 use crate::engine::ports::{Callouts, Metric, MetricsSink};
 use std::cell::RefCell;
@@ -25,10 +25,10 @@ pub struct Collector {
 
 impl Collector {
     pub fn new(c: &CollectorConfig, syslog_host: Option<String>) -> Option<Collector> {
-        let url = ModelUrl::parse(&c.url).ok()?;
+        let url = ClusterUrl::parse(&c.url).ok()?;
         let target = Target {
             name: "siem.collector".to_string(),
-            cluster: c.cluster.clone().unwrap_or_else(|| url.host.clone()),
+            cluster: url.cluster(c.cluster.as_ref()),
             authority: url.authority,
             path: url.path,
             timeout_ms: c.timeout_ms,
@@ -88,12 +88,11 @@ impl Collector {
 
 /// One Splunk HEC event: time in seconds, the event as JSON.
 fn hec(e: &Event) -> String {
-    let event: serde_json::Value = serde_json::from_str(&e.json()).unwrap_or(serde_json::Value::Null);
     serde_json::json!({
         "time": e.time_ms as f64 / 1000.0,
         "source": "vigil",
         "sourcetype": "vigil:event",
-        "event": event,
+        "event": e.json_value(),
     })
     .to_string()
 }

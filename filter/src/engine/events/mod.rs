@@ -113,6 +113,10 @@ impl Event {
     }
 
     pub fn json(&self) -> String {
+        self.json_value().to_string()
+    }
+
+    pub fn json_value(&self) -> serde_json::Value {
         serde_json::json!({
             "kind": self.kind.signature_id(),
             "name": self.name,
@@ -129,7 +133,6 @@ impl Event {
             "reasons": self.reasons,
             "message": self.message,
         })
-        .to_string()
     }
 
     pub fn cef(&self) -> String {

@@ -4,6 +4,7 @@
 //! slots, never grows memory.
 
 use super::protocol::Answer;
+use crate::engine::codec::{Reader, Writer};
 use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
 use crate::engine::slots::{Record, SlotTable};
 
@@ -17,15 +18,15 @@ pub struct Stored {
 
 impl Record for Stored {
     fn encode(&self, out: &mut Vec<u8>) {
-        out.extend_from_slice(&self.score.to_le_bytes());
-        out.extend_from_slice(&self.confidence.to_le_bytes());
-        out.extend_from_slice(&self.at_ms.to_le_bytes());
+        let mut w = Writer(out);
+        w.f32(self.score);
+        w.f32(self.confidence);
+        w.u64(self.at_ms);
     }
 
     fn decode(b: &[u8]) -> Option<Self> {
-        let score = f32::from_le_bytes(b.get(0..4)?.try_into().ok()?);
-        let confidence = f32::from_le_bytes(b.get(4..8)?.try_into().ok()?);
-        let at_ms = u64::from_le_bytes(b.get(8..16)?.try_into().ok()?);
+        let mut r = Reader(b);
+        let (score, confidence, at_ms) = (r.f32()?, r.f32()?, r.u64()?);
         // Whatever is in shared data is checked before it can weigh on a decision.
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
         (unit(score) && unit(confidence)).then_some(Stored { score, confidence, at_ms })

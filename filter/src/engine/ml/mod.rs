@@ -22,7 +22,7 @@ pub mod vector;
 
 pub use exchange::Exchange;
 
-use crate::engine::config::{Config, MlMode, ModelOptions, ModelUrl, Protocol};
+use crate::engine::config::{Config, MlMode, ModelOptions, ClusterUrl, Protocol};
 use crate::engine::features::{Combine, Features, Signal, ThreatDetail};
 use crate::engine::ports::{Call, Metric, MetricsSink, SharedStore, StoreError};
 use answers::Answers;
@@ -116,7 +116,7 @@ impl Ml {
             (Role::Anomaly, &c.anomaly_model_url, &c.anomaly_model_cluster, &c.anomaly_model),
         ] {
             // Validated at load: an unusable URL never gets here.
-            let Some(url) = url.as_deref().and_then(|u| ModelUrl::parse(u).ok()) else { continue };
+            let Some(url) = url.as_deref().and_then(|u| ClusterUrl::parse(u).ok()) else { continue };
             let oip_name = url.oip_model_name().map(str::to_string);
             let wire = match (options.protocol, oip_name) {
                 (Protocol::Native, _) | (Protocol::Auto, None) => Wire::Native,
@@ -125,7 +125,7 @@ impl Ml {
             };
             models.push(Model {
                 role,
-                cluster: cluster.clone().unwrap_or_else(|| url.host.clone()),
+                cluster: url.cluster(cluster.as_ref()),
                 authority: url.authority.clone(),
                 path: url.path.clone(),
                 wire,

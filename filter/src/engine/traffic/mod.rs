@@ -57,6 +57,14 @@ pub struct Assessment {
     pub detail: Option<String>,
 }
 
+/// What a tick has to say: anomaly onsets (each a security event too) and
+/// problems with shared data.
+#[derive(Debug, Default)]
+pub struct TickReport {
+    pub onsets: Vec<String>,
+    pub problems: Vec<String>,
+}
+
 pub struct Traffic {
     settings: Settings,
     keys: Keys,
@@ -169,9 +177,8 @@ impl Traffic {
     }
 
     /// Periodic work: hand finished seconds to shared data, analyse when due
-    /// and this VM holds the lease, refresh the snapshot copy. Returns lines
-    /// worth logging (anomaly onsets).
-    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
+    /// and this VM holds the lease, refresh the snapshot copy.
+    pub fn on_tick(&self, now_ms: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> TickReport {
         let now_s = now_ms / 1000;
         {
             let mut local = self.local.borrow_mut();
@@ -179,25 +186,25 @@ impl Traffic {
                 local.roll(now_s);
             }
         }
-        let mut lines = Vec::new();
+        let mut report = TickReport::default();
         if let Err(e) = self.flush(store, metrics) {
             // Kept for the next tick; the analysis of what others handed in goes on.
-            lines.push(format!("traffic: cannot hand counts to shared data: {e:?}"));
+            report.problems.push(format!("traffic: cannot hand counts to shared data: {e:?}"));
         }
         let due = now_s.saturating_sub(1 + GRACE_S);
         // Until a newer second is due, this worker's snapshot copy is current:
         // no analysis to try, nothing to read.
         if self.view.borrow().snapshot.second >= due {
-            return lines;
+            return report;
         }
         match self.analyze(due, now_ms, instance, store, metrics) {
-            Ok(found) => lines.extend(found),
-            Err(e) => lines.push(format!("traffic: analysis failed: {e:?}")),
+            Ok(onsets) => report.onsets = onsets,
+            Err(e) => report.problems.push(format!("traffic: analysis failed: {e:?}")),
         }
         if let Err(e) = self.refresh(store) {
-            lines.push(format!("traffic: cannot read the snapshot: {e:?}"));
+            report.problems.push(format!("traffic: cannot read the snapshot: {e:?}"));
         }
-        lines
+        report
     }
 
     /// Merges this worker's finished seconds into the pending record.
@@ -473,7 +480,8 @@ mod tests {
                 }
                 self.now_ms += 100;
                 for (k, w) in self.workers.iter().enumerate() {
-                    lines.extend(w.on_tick(self.now_ms, k as u64 + 1, &self.store, &self.metrics));
+                    let report = w.on_tick(self.now_ms, k as u64 + 1, &self.store, &self.metrics);
+                    lines.extend(report.onsets.into_iter().chain(report.problems));
                 }
             }
             lines
