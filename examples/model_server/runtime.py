@@ -69,6 +69,8 @@ class VigilAnomalyModel(MLModel):
         self._width = len(artifact["features"])
         self._confidence = float(artifact["confidence"])
         self._kind = artifact["kind"]
+        # Features the model was trained without (held at 0.5): likewise here.
+        self._ignored = list(artifact.get("ignored", []))
         self._score = self._model.decision_function
         if self._kind == "isolation_forest":
             self._score = self._fast_or_exact(self._model)
@@ -89,6 +91,9 @@ class VigilAnomalyModel(MLModel):
     async def predict(self, payload: InferenceRequest) -> InferenceResponse:
         self._check_version(payload)
         x = self._features(payload)
+        if self._ignored:
+            x = np.array(x, dtype=float, copy=True)
+            x[:, self._ignored] = 0.5
         scores = self._score(x)
         n = len(scores)
         return InferenceResponse(

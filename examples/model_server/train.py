@@ -155,6 +155,18 @@ def describe(name, scores):
     return {k: float(v) for k, v in zip(["min", "p1", "p5", "p25", "p50", "p75", "p95", "p99", "max"], q)}
 
 
+NEUTRAL = 0.5
+
+
+def neutralise(x, columns):
+    """A copy of x with the given columns held at NEUTRAL."""
+    if not columns:
+        return x
+    x = np.array(x, dtype=float, copy=True)
+    x[:, columns] = NEUTRAL
+    return x
+
+
 def write_model(out, name, kind, model, x, scores_summary, args):
     """One MLServer model folder: the artifact and its model-settings.json."""
     folder = os.path.join(out, name)
@@ -170,6 +182,8 @@ def write_model(out, name, kind, model, x, scores_summary, args):
         "trained_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sklearn_version": sklearn.__version__,
         "contamination": args.contamination,
+        # Columns held at NEUTRAL: the runtime does the same to every request.
+        "ignored": list(args.ignored),
         "seed": args.seed,
     }
     # Write then rename, so a server reloading the model never reads half a file.
@@ -210,6 +224,9 @@ def main(argv=None):
     p.add_argument("--exclude-decision", action="append", default=[], metavar="DECISION",
                    help="skip records with this Vigil decision (repeatable), e.g. block, so known abuse "
                         "does not become 'normal'")
+    p.add_argument("--ignore-features", default="", metavar="NAMES",
+                   help="comma-separated features held at 0.5 in training and scoring, e.g. hour_sin,hour_cos "
+                        "when the training traffic spans less than a day (otherwise every later hour is new)")
     p.add_argument("--lof", action="store_true",
                    help="also train LocalOutlierFactor(novelty=True), served as vigil-lof")
     args = p.parse_args(argv)
@@ -228,6 +245,14 @@ def main(argv=None):
     if len(x) < args.min_rows:
         print(f"error: {len(x)} rows is fewer than --min-rows {args.min_rows}", file=sys.stderr)
         return 2
+    ignored = [n for n in args.ignore_features.split(",") if n]
+    unknown = [n for n in ignored if n not in FEATURES]
+    if unknown:
+        print(f"error: --ignore-features: unknown {unknown}; features are {FEATURES}", file=sys.stderr)
+        return 2
+    ignored = [FEATURES.index(n) for n in ignored]
+    x = neutralise(x, ignored)
+    args.ignored = ignored
     unique = len(np.unique(x, axis=0))
     if unique < len(x):
         print(f"distinct rows: {unique}")
