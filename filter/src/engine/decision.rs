@@ -1,7 +1,8 @@
 //! From signals to one risk score and a decision.
 
 use super::config::DecisionThresholds;
-use super::features::{Combine, Signal};
+use super::features::Signal;
+use super::scoring;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Decision {
@@ -34,45 +35,6 @@ impl Decision {
     }
 }
 
-/// The risk score: the strongest local signal, or the weighted mean of the
-/// detectors that have an opinion (a per-identity detector below its gate
-/// adds 0 but its weight still counts; a context signal below its gate is
-/// left out), whichever is higher. With one detector alone its
-/// score is the risk. (Confidence weighting comes with the ensemble issue.)
-pub fn risk(signals: &[Signal]) -> f64 {
-    weighted_risk(signals, true)
-}
-
-fn weighted_risk(signals: &[Signal], with_context: bool) -> f64 {
-    let finite = |s: &&Signal| s.score.is_finite();
-    let strongest = signals
-        .iter()
-        .filter(finite)
-        .filter(|s| s.combine == Combine::Strongest)
-        .map(|s| s.score)
-        .fold(0.0, f64::max);
-    let (mut sum, mut weights) = (0.0, 0.0);
-    for s in signals.iter().filter(finite) {
-        match s.combine {
-            Combine::Weighted { weight, gate } => {
-                weights += weight;
-                if s.score >= gate {
-                    sum += weight * s.score.clamp(0.0, 1.0);
-                }
-            }
-            // Context weighs in only when it has something to say: quiet
-            // traffic must not dilute what the identity's detectors found.
-            Combine::Context { weight, gate } if with_context && s.score >= gate => {
-                weights += weight;
-                sum += weight * s.score.clamp(0.0, 1.0);
-            }
-            Combine::Context { .. } | Combine::Strongest => {}
-        }
-    }
-    let ensemble = if weights > 0.0 { sum / weights } else { 0.0 };
-    strongest.max(ensemble).clamp(0.0, 1.0)
-}
-
 /// The decision for a request whose `risk` came from `signals`. Context
 /// (the traffic of its route) can flag a request, but a refusal needs the
 /// requester's own risk to reach it: refusing everyone on a route because
@@ -80,7 +42,7 @@ fn weighted_risk(signals: &[Signal], with_context: bool) -> f64 {
 pub fn decide_for(risk: f64, signals: &[Signal], t: &DecisionThresholds) -> Decision {
     let decision = decide(risk, t);
     if decision > Decision::Flag {
-        decide(weighted_risk(signals, false), t).max(Decision::Flag)
+        decide(scoring::own_risk(signals), t).max(Decision::Flag)
     } else {
         decision
     }
@@ -101,6 +63,7 @@ pub fn decide(risk: f64, t: &DecisionThresholds) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::features::Combine;
 
     #[test]
     fn thresholds_partition_the_unit_interval() {
@@ -114,30 +77,11 @@ mod tests {
     }
 
     #[test]
-    fn risk_is_the_strongest_finite_signal() {
-        let s = |score| Signal::local("x", score);
-        assert_eq!(risk(&[]), 0.0);
-        assert_eq!(risk(&[s(0.2), s(0.7)]), 0.7);
-        assert_eq!(risk(&[s(f64::NAN), s(0.3)]), 0.3);
-        assert_eq!(risk(&[s(7.0)]), 1.0);
-    }
-
-    #[test]
-    fn weighted_detectors_count_from_their_gate_as_a_weighted_mean() {
-        let d = |score, weight| Signal { name: "d", score, combine: Combine::Weighted { weight, gate: 0.7 } };
-        assert_eq!(risk(&[d(0.69, 0.4)]), 0.0, "below its gate a detector adds nothing");
-        assert!((risk(&[d(0.9, 0.4)]) - 0.9).abs() < 1e-12, "alone, its score is the risk");
-        // Two detectors, one quiet: the deviation is diluted by the other's weight.
-        assert!((risk(&[d(0.9, 0.4), d(0.1, 0.4)]) - 0.45).abs() < 1e-12);
-        // A local rule still sets a floor.
-        assert_eq!(risk(&[d(0.9, 0.4), d(0.0, 0.4), Signal::local("rate", 0.8)]), 0.8);
-    }
-
-    #[test]
     fn context_weighs_in_only_past_its_gate_and_alone_never_refuses() {
         let t = DecisionThresholds::default();
-        let traffic = |score| Signal { name: "traffic", score, combine: Combine::Context { weight: 0.3, gate: 0.34 } };
-        let behaviour = |score| Signal { name: "behavior", score, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        let traffic = |score| Signal { name: "traffic", score, confidence: 1.0, combine: Combine::Context { weight: 0.3, gate: 0.34 } };
+        let behaviour = |score| Signal { name: "behavior", score, confidence: 1.0, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        let risk = |s: &[Signal]| scoring::risk(s, 0.0).score;
         // Quiet context does not dilute the identity's deviation.
         assert!((risk(&[behaviour(0.9), traffic(0.1)]) - 0.9).abs() < 1e-12);
         // Context alone: the risk says so, the decision stops at flag.

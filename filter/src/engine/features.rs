@@ -83,6 +83,9 @@ pub struct Features {
 pub struct Signal {
     pub name: &'static str,
     pub score: f64,
+    /// How sure the detector is, in [0, 1]: scales its weight in the
+    /// ensemble and narrows the risk interval (see `scoring`).
+    pub confidence: f64,
     pub combine: Combine,
 }
 
@@ -102,7 +105,7 @@ pub enum Combine {
 
 impl Signal {
     pub fn local(name: &'static str, score: f64) -> Self {
-        Signal { name, score, combine: Combine::Strongest }
+        Signal { name, score, confidence: 1.0, combine: Combine::Strongest }
     }
 }
 

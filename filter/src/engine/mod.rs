@@ -21,5 +21,6 @@ pub mod rate;
 pub mod report;
 pub mod request;
 pub mod route;
+pub mod scoring;
 pub mod slots;
 pub mod traffic;

@@ -13,6 +13,7 @@ use super::ml::{self, vector, Exchange, Ml};
 use super::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
 use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
+use super::scoring;
 use super::request::RequestView;
 use super::route;
 use super::traffic::{self, Traffic};
@@ -52,6 +53,8 @@ pub struct Verdict {
     pub signals: Vec<Signal>,
     pub threat_details: Vec<ThreatDetail>,
     pub risk: f64,
+    /// The risk's interval: what the missing and unsure evidence leaves open.
+    pub interval: (f64, f64),
     pub decision: Decision,
     /// The decision is acted on (enforce mode and a refusing decision).
     pub enforced: bool,
@@ -294,6 +297,7 @@ impl Engine {
             signals: Vec::with_capacity(2),
             threat_details: Vec::new(),
             risk: 0.0,
+            interval: (0.0, 0.0),
             decision: Decision::Allow,
             enforced: false,
             rate_count: None,
@@ -306,7 +310,7 @@ impl Engine {
         let local_steps = [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)];
         // The local risk, before the model's own earlier verdict joins it: an
         // identity the model flagged is not asked about on every request.
-        let local_risk = decision::risk(&v.signals);
+        let local_risk = scoring::risk(&v.signals, 0.0).score;
         let model_step = self.stored_answer_step(&mut v, now_ms, store, metrics);
         for outcome in local_steps.into_iter().chain([model_step]) {
             if let Outcome::Failed { step, error } = outcome {
@@ -329,7 +333,9 @@ impl Engine {
 
     /// Turns the signals into the risk score and the decision.
     pub fn decide(&self, v: &mut Verdict, metrics: &dyn MetricsSink) {
-        v.risk = decision::risk(&v.signals);
+        let risk = scoring::risk(&v.signals, self.missing_weight(v));
+        v.risk = risk.score;
+        v.interval = (risk.low, risk.high);
         v.decision = decision::decide_for(v.risk, &v.signals, &self.config.decision_thresholds);
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
         v.features.refused = v.enforced;
@@ -347,6 +353,20 @@ impl Engine {
         }
     }
 
+    /// The weight of configured detectors with nothing to say about this
+    /// request: a profile still cold (or none: anonymous), no model answer.
+    fn missing_weight(&self, v: &Verdict) -> f64 {
+        let w = &self.config.ml_scoring_weights;
+        let mut missing = 0.0;
+        if self.profiler.is_some() && v.features.behavioral_score.is_none() {
+            missing += w.behavioral_deviation;
+        }
+        if self.ml.is_some() && v.features.user_deviation_score.is_none() {
+            missing += w.user_anomaly;
+        }
+        missing
+    }
+
     /// For a request that waits for the models (`inline`, or `cascade` in the
     /// grey zone): sends the calls. `None` when it does not wait after all
     /// (no call could be sent: the failure modes are applied already).
@@ -359,7 +379,7 @@ impl Engine {
         log: &mut Vec<String>,
     ) -> Option<Exchange> {
         let m = self.ml.as_ref()?;
-        if !m.waits_for(decision::risk(&v.signals)) {
+        if !m.waits_for(scoring::risk(&v.signals, 0.0).score) {
             return None;
         }
         let vec = match v.ml_vector {
@@ -506,6 +526,7 @@ impl Engine {
         v.signals.push(Signal {
             name: traffic::SIGNAL,
             score: a.score,
+            confidence: 1.0,
             combine: Combine::Context { weight: self.config.ml_scoring_weights.traffic_anomaly, gate: t.threshold() },
         });
         if let Some(reason) = a.detail {
@@ -554,6 +575,7 @@ impl Engine {
                 v.signals.push(Signal {
                     name: profile::SIGNAL,
                     score: d.score,
+                    confidence: scoring::profile_confidence(d.weight, self.config.behavioral_profiling.min_observations),
                     combine: Combine::Weighted { weight: self.config.ml_scoring_weights.behavioral_deviation, gate },
                 });
                 if d.score >= gate {
@@ -647,7 +669,7 @@ mod tests {
         assert_eq!(v.rate_count, Some(1));
         assert_eq!(metrics.get(Metric::Requests), 1);
         assert_eq!(metrics.get(Metric::DecisionAllow), 1);
-        assert!(report::signals(&v).starts_with("rate=0.000;rate_count=1;identity=user:"));
+        assert!(report::signals(&v).starts_with("rate=0.000;risk_interval=0.000..0.000;rate_count=1;identity=user:"), "{}", report::signals(&v));
     }
 
     #[test]

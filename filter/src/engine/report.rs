@@ -17,6 +17,7 @@ pub fn signals(v: &Verdict) -> String {
     for s in &v.signals {
         let _ = write!(out, "{}={:.3};", s.name, s.score);
     }
+    let _ = write!(out, "risk_interval={:.3}..{:.3};", v.interval.0, v.interval.1);
     if let Some(n) = v.rate_count {
         let _ = write!(out, "rate_count={n};");
     }
@@ -62,6 +63,7 @@ pub fn log_record(v: &Verdict, with_features: bool) -> String {
         "route": v.features.route,
         "method": v.features.method.as_str(),
         "risk_score": (v.risk * 1000.0).round() / 1000.0,
+        "risk_interval": [(v.interval.0 * 1000.0).round() / 1000.0, (v.interval.1 * 1000.0).round() / 1000.0],
         "behavioral_score": v.features.behavioral_score.map(|s| (s * 1000.0).round() / 1000.0),
         "traffic_anomaly_score": v.features.traffic_anomaly_score.map(|s| (s * 1000.0).round() / 1000.0),
         "user_deviation_score": v.features.user_deviation_score.map(|s| (s * 1000.0).round() / 1000.0),

@@ -134,7 +134,12 @@ impl Ml {
             }
         }
         if let Some((role, a)) = best {
-            self.apply(Some(role), a.score, a.confidence, features, signals, details);
+            // A model that stood in for one that failed is less evidence than
+            // every configured model agreeing: its confidence is scaled by the
+            // share that answered.
+            let answered = ex.attempts.iter().filter(|a| matches!(a.result, Some(Ok(_)))).count();
+            let share = answered as f64 / ex.attempts.len().max(1) as f64;
+            self.apply(Some(role), a.score, a.confidence * share, features, signals, details);
         }
         if fail_closed {
             signals.push(Signal::local(FAILURE_SIGNAL, 1.0));

@@ -204,8 +204,8 @@ impl Ml {
         details: &mut Vec<ThreatDetail>,
     ) {
         features.user_deviation_score = Some(score);
-        // Confidence scales the model's weight against the other detectors.
-        signals.push(Signal { name: SIGNAL, score, combine: Combine::Weighted { weight: self.weight * confidence, gate: GATE } });
+        // Confidence scales the model's weight against the other detectors (see `scoring`).
+        signals.push(Signal { name: SIGNAL, score, confidence, combine: Combine::Weighted { weight: self.weight, gate: GATE } });
         if score >= GATE {
             let reason = match role {
                 Some(r) => format!("{} model scored {score:.2} (confidence {confidence:.2})", r.as_str()),

@@ -100,6 +100,8 @@ pub struct Deviation {
     /// `behavioral_score`, in [0, 1].
     pub score: f64,
     pub observations: u32,
+    /// The profile's decayed request count: how much evidence it rests on.
+    pub weight: f64,
     /// Every component that had evidence to score, with its score.
     pub parts: Vec<(Component, f64)>,
     /// Why, for the components at or above `REASON_AT`, strongest first.
@@ -132,6 +134,7 @@ pub fn assess_and_learn(
     Assessment::Scored(Deviation {
         score: score.clamp(0.0, 1.0),
         observations: profile.observations,
+        weight: f64::from(profile.weight),
         parts: parts.iter().map(|(c, s, _)| (*c, *s)).collect(),
         reasons,
     })
