@@ -27,6 +27,10 @@ const PENDING_CAP: usize = 2 * MAX_PENDING;
 pub enum Event {
     Request(Observation),
     Status(u16),
+    /// A decided request's risk, and whether its behaviour deviated.
+    Risk { at_ms: u64, risk: f32, deviated: bool },
+    /// The profile was rebased after a drift.
+    Rebase { at_ms: u64 },
 }
 
 #[derive(Debug, Clone)]

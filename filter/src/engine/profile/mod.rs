@@ -15,6 +15,7 @@
 pub mod cache;
 pub mod model;
 pub mod score;
+pub mod standing;
 pub mod stats;
 
 use super::config::BehavioralProfiling;
@@ -42,6 +43,11 @@ pub const SWEEP_PER_TICK: u32 = 32;
 /// in slices, never in one stall.
 const SYNC_SLICE: usize = 8;
 const LEASE_MS: u64 = 5_000;
+/// After a drift, old history keeps this share of its weight.
+pub const REBASE_KEEP: f32 = 0.1;
+/// Two workers that saw the same drift rebase once: a rebase within this
+/// many seconds of the last is not replayed onto the shared copy.
+const REBASE_GUARD_S: u64 = 60;
 /// Eviction ranks profiles by weight halved every day idle.
 const KEEP_HALF_LIFE_MS: f64 = 24.0 * 3_600_000.0;
 
@@ -175,6 +181,62 @@ impl Profiler {
         Ok(assessment)
     }
 
+    /// Records a decided request's risk in the identity's standing (history,
+    /// trend, drift). Returns true when this request completes a drift: the
+    /// profile has been rebased and the caller reports it. No host call.
+    pub fn record_risk(&self, owner: u64, at_ms: u64, risk: f64, deviated: bool, drift_ms: u64) -> bool {
+        let mut cache = self.cache.borrow_mut();
+        let Some(entry) = cache.peek_mut(owner) else { return false };
+        entry.profile.standing.record(at_ms, risk, deviated);
+        entry.push(Event::Risk { at_ms, risk: risk as f32, deviated });
+        if !entry.profile.standing.drifted(at_ms, drift_ms) {
+            return false;
+        }
+        entry.profile.rebase(REBASE_KEEP);
+        entry.profile.standing.rebased(at_ms);
+        entry.push(Event::Rebase { at_ms });
+        true
+    }
+
+    /// This worker's view of what operators said about the identity: its
+    /// threshold offset and the marked pattern this request matches, if any.
+    /// No host call (the cached profile, at most a sync old).
+    pub fn standing_for(&self, owner: u64, route: u32, mask: u16) -> (f64, Option<standing::Pattern>) {
+        let mut cache = self.cache.borrow_mut();
+        match cache.peek_mut(owner) {
+            Some(e) => (f64::from(e.profile.standing.offset), e.profile.standing.pattern_for(route, mask)),
+            None => (0.0, None),
+        }
+    }
+
+    /// Applies an operator's verdict to the identity's profile in shared
+    /// data (and this worker's copy): `change` edits it. Other workers see it
+    /// at their next sync, within about `SYNC_MS`. `Ok(false)` when the
+    /// identity has no profile.
+    pub fn apply_feedback(
+        &self,
+        owner: u64,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+        change: impl Fn(&mut Profile),
+    ) -> Result<bool, StoreError> {
+        let table = self.table(store, metrics);
+        let Some((_, slot)) = table.read_at::<Profile>(owner, None)? else { return Ok(false) };
+        let updated = table.update_at(owner, Some(slot), now_ms, |shared: Option<&Profile>| {
+            let mut p = shared.cloned().unwrap_or_default();
+            change(&mut p);
+            p
+        })?;
+        if let Some(entry) = self.cache.borrow_mut().peek_mut(owner) {
+            // Pending events are replayed onto the shared copy at the next
+            // sync; until then this worker's copy takes the change directly.
+            change(&mut entry.profile);
+            entry.slot = Some(updated.index);
+        }
+        Ok(true)
+    }
+
     /// Learns the status the identity's request got.
     pub fn observe_status(&self, owner: u64, status: u16) {
         if let Some(entry) = self.cache.borrow_mut().get_mut(owner) {
@@ -242,6 +304,13 @@ impl Profiler {
                     match event {
                         Event::Request(obs) => p.learn(obs, learning),
                         Event::Status(s) => p.learn_status(*s),
+                        Event::Risk { at_ms, risk, deviated } => p.standing.record(*at_ms, f64::from(*risk), *deviated),
+                        // Another worker may have rebased for the same drift already.
+                        Event::Rebase { at_ms } if u64::from(p.standing.rebased_s) + REBASE_GUARD_S < at_ms / 1000 => {
+                            p.rebase(REBASE_KEEP);
+                            p.standing.rebased(*at_ms);
+                        }
+                        Event::Rebase { .. } => {}
                     }
                 }
                 p

@@ -6,6 +6,7 @@
 //! smoothly. "Recent" weights fade per request instead (the last ~10), which
 //! is what the recent mix is compared against.
 
+use super::standing::Standing;
 use super::stats::Moments;
 use crate::engine::features::Method;
 use crate::engine::codec::{Reader, Writer};
@@ -35,12 +36,14 @@ pub const MAX_ENCODED: usize = 1
     + STATUS_CLASSES * 4 + 4
     + 4 + 8 + 4 + 12 * 3
     + 1 + TOP_COUNTRIES * 6 + 2 + 8
-    + 1 + TOP_ASNS * 8;
+    + 1 + TOP_ASNS * 8
+    + super::standing::MAX_ENCODED;
 
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
 
-const VERSION: u8 = 1;
+/// 2 added the standing (risk history, feedback, drift); 1 is still read.
+const VERSION: u8 = 2;
 
 /// What one request contributes to its identity's profile.
 #[derive(Debug, Clone, PartialEq)]
@@ -109,6 +112,7 @@ pub struct Profile {
     pub last_country: u16,
     pub last_country_ms: u64,
     pub asns: Vec<Weighted<u32>>,
+    pub standing: Standing,
 }
 
 pub fn method_index(m: Method) -> usize {
@@ -256,6 +260,47 @@ impl Profile {
         }
     }
 
+    /// The normal has shifted for good (a drift): old history keeps `keep`
+    /// of its weight, so what the identity does now becomes its baseline
+    /// within a few requests. The recent mix and the standing are kept.
+    pub fn rebase(&mut self, keep: f32) {
+        self.weight *= keep;
+        for r in &mut self.routes {
+            r.long *= keep;
+        }
+        self.other_route.long *= keep;
+        for w in self.methods.iter_mut().chain(self.hours.iter_mut()).chain(self.status.iter_mut()) {
+            *w *= keep;
+        }
+        for m in [&mut self.gap, &mut self.size, &mut self.session_requests, &mut self.session_minutes, &mut self.session_rate] {
+            m.w *= keep;
+        }
+        for c in &mut self.countries {
+            c.long *= keep;
+        }
+        for a in &mut self.asns {
+            a.long *= keep;
+        }
+    }
+
+    /// An operator said requests on `route` are this identity's normal (a
+    /// false positive): the route gains `weight` requests' worth of history.
+    pub fn accept_route(&mut self, route: u32, weight: f32) {
+        bump(&mut self.routes, &mut self.other_route, route, TOP_ROUTES, 0.0);
+        if let Some(r) = self.routes.iter_mut().find(|r| r.key == route) {
+            r.long += (weight - 1.0).max(0.0);
+        }
+        self.weight += weight;
+    }
+
+    /// An operator confirmed a threat on `route`: it is not this identity's
+    /// normal, so its history there loses half its weight.
+    pub fn doubt_route(&mut self, route: u32) {
+        if let Some(r) = self.routes.iter_mut().find(|r| r.key == route) {
+            r.long *= 0.5;
+        }
+    }
+
     /// Learns the status of an answered request.
     pub fn learn_status(&mut self, status: u16) {
         let class = status_class(status);
@@ -317,11 +362,13 @@ impl Profile {
             w.u32(a.key);
             w.f32(a.long);
         }
+        self.standing.encode(&mut w);
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        let version = r.u8()?;
+        if version != VERSION && version != 1 {
             return None;
         }
         let mut p = Profile { observations: r.u32()?, last_ms: r.u64()?, weight: r.f32()?, ..Profile::default() };
@@ -362,6 +409,9 @@ impl Profile {
         }
         for _ in 0..n {
             p.asns.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
+        }
+        if version == VERSION {
+            p.standing = Standing::decode(&mut r)?;
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
@@ -444,12 +494,47 @@ mod tests {
             o.request_bytes = i * 10;
             p.learn(&o, &l);
             p.learn_status([200, 404, 500, 401][i as usize % 4]);
+            p.standing.record(1_000 + i * 1_000, 0.3, i % 2 == 0);
+        }
+        for i in 0..9 {
+            let pattern = super::super::standing::Pattern {
+                route: i,
+                mask: 1,
+                label: super::super::standing::Label::FalsePositive,
+                ceiling: 600,
+                decision: 1,
+                at_s: 5,
+            };
+            p.standing.learn_feedback(pattern.label, 0.05, (-0.1, 0.2), Some(pattern));
         }
         assert_eq!(p.routes.len(), TOP_ROUTES);
         let mut bytes = Vec::new();
         p.encode(&mut bytes);
         assert_eq!(bytes.len(), MAX_ENCODED, "all lists full");
-        assert_eq!(Profile::decode(&bytes), Some(p));
+        assert_eq!(Profile::decode(&bytes), Some(p.clone()));
+        // A version-1 record (before the standing) is still read.
+        let mut v1 = bytes[..MAX_ENCODED - super::super::standing::MAX_ENCODED].to_vec();
+        v1[0] = 1;
+        let old = Profile::decode(&v1).expect("a version-1 profile");
+        assert_eq!(old.standing, Standing::default());
+        assert_eq!(old.routes, p.routes);
+    }
+
+    #[test]
+    fn a_rebase_keeps_a_tenth_of_history_and_feedback_moves_routes() {
+        let mut p = Profile::default();
+        let l = learning();
+        for i in 0..100u64 {
+            p.learn(&obs(1_000 + i * 1_000, 1), &l);
+        }
+        let before = p.weight;
+        p.rebase(0.1);
+        assert!((p.weight - before * 0.1).abs() < 1e-3);
+        p.accept_route(9, 20.0);
+        let r9 = p.routes.iter().find(|r| r.key == 9).map(|r| r.long);
+        assert_eq!(r9, Some(20.0));
+        p.doubt_route(9);
+        assert_eq!(p.routes.iter().find(|r| r.key == 9).map(|r| r.long), Some(10.0));
     }
 
     #[test]

@@ -1,0 +1,336 @@
+//! What an identity's profile keeps besides its behaviour: its recent risk
+//! scores (history and trend), what operators said about it (a threshold
+//! offset and up to `PATTERNS` marked patterns), and whether its normal has
+//! drifted. It travels inside the profile record, so it is bounded like the
+//! profiles and reaches every worker on the same sync, at no extra host call.
+
+use crate::engine::codec::{Reader, Writer};
+
+/// Recent risk scores kept per identity.
+pub const HISTORY: usize = 8;
+/// Operator-marked patterns kept per identity (the oldest makes room).
+pub const PATTERNS: usize = 4;
+/// Per-request smoothing of the risk: fast (~3 requests) and slow (~30).
+const FAST_ALPHA: f32 = 0.3;
+const SLOW_ALPHA: f32 = 0.03;
+/// Per-request smoothing of "this request deviated" (~10 requests).
+const DEVIATING_ALPHA: f32 = 0.1;
+/// The share of recent requests deviating that counts as a shifted normal.
+pub const DRIFT_SHARE: f32 = 0.5;
+
+/// The largest encoding, checked by a test.
+pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4;
+
+/// An operator's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Label {
+    FalsePositive,
+    ConfirmedThreat,
+}
+
+impl Label {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Label::FalsePositive => "false_positive",
+            Label::ConfirmedThreat => "confirmed_threat",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Label> {
+        match s {
+            "false_positive" => Some(Label::FalsePositive),
+            "confirmed_threat" => Some(Label::ConfirmedThreat),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Scored {
+    pub at_s: u32,
+    pub permille: u16,
+}
+
+/// A decision an operator marked: the route (hash), the detectors that
+/// weighed in (a bit mask, see `feedback::mask`), and what to do when the
+/// same pattern comes back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pattern {
+    pub route: u32,
+    pub mask: u16,
+    pub label: Label,
+    /// False positive: the pattern is allowed up to this risk (the marked
+    /// risk plus a margin); above it, it is no longer the same pattern.
+    pub ceiling: u16,
+    /// Confirmed threat: the decision the pattern gets at least.
+    pub decision: u8,
+    pub at_s: u32,
+}
+
+impl Pattern {
+    /// Whether a request on `route` whose detectors `mask` weighed in is
+    /// this pattern: the same route, and nothing weighed in that did not
+    /// then (a false positive) or something that did then (a threat).
+    pub fn matches(&self, route: u32, mask: u16) -> bool {
+        self.route == route
+            && match self.label {
+                Label::FalsePositive => mask & !self.mask == 0,
+                Label::ConfirmedThreat => mask & self.mask != 0,
+            }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Standing {
+    /// Newest last.
+    pub history: Vec<Scored>,
+    pub fast: f32,
+    pub slow: f32,
+    /// Added to the decision thresholds for this identity (feedback).
+    pub offset: f32,
+    pub false_positives: u16,
+    pub threats: u16,
+    pub patterns: Vec<Pattern>,
+    /// Smoothed share of requests whose behaviour deviated.
+    pub deviating: f32,
+    /// Since when that share has been at or above `DRIFT_SHARE` (0: not).
+    pub deviating_since_s: u32,
+    pub drifts: u16,
+    pub rebased_s: u32,
+}
+
+impl Standing {
+    /// Records a decided request's risk, and whether its behaviour deviated.
+    pub fn record(&mut self, at_ms: u64, risk: f64, deviated: bool) {
+        let risk = risk.clamp(0.0, 1.0) as f32;
+        if self.history.len() >= HISTORY {
+            self.history.remove(0);
+        }
+        let at_s = (at_ms / 1000) as u32;
+        self.history.push(Scored { at_s, permille: (risk * 1000.0).round() as u16 });
+        if self.history.len() == 1 && self.fast == 0.0 && self.slow == 0.0 {
+            (self.fast, self.slow) = (risk, risk);
+        } else {
+            self.fast += FAST_ALPHA * (risk - self.fast);
+            self.slow += SLOW_ALPHA * (risk - self.slow);
+        }
+        self.deviating += DEVIATING_ALPHA * (if deviated { 1.0 } else { 0.0 } - self.deviating);
+        if self.deviating < DRIFT_SHARE {
+            self.deviating_since_s = 0;
+        } else if self.deviating_since_s == 0 {
+            self.deviating_since_s = at_s.max(1);
+        }
+    }
+
+    /// Rising (> 0) or falling risk: the fast average over the slow one.
+    pub fn trend(&self) -> f64 {
+        f64::from(self.fast - self.slow)
+    }
+
+    /// Whether the identity has deviated for `drift_ms` on end: its normal
+    /// has shifted for good. The caller rebases the profile and reports it.
+    pub fn drifted(&self, at_ms: u64, drift_ms: u64) -> bool {
+        self.deviating_since_s != 0 && at_ms / 1000 >= u64::from(self.deviating_since_s) + drift_ms / 1000
+    }
+
+    /// The profile was rebased at `at_ms`: the drift is over.
+    pub fn rebased(&mut self, at_ms: u64) {
+        self.drifts = self.drifts.saturating_add(1);
+        self.rebased_s = (at_ms / 1000) as u32;
+        self.deviating = 0.0;
+        self.deviating_since_s = 0;
+    }
+
+    /// Takes an operator's verdict: moves the offset by `step` (up for a
+    /// false positive, down for a threat) within `bounds`, and keeps the
+    /// pattern if there is one.
+    pub fn learn_feedback(&mut self, label: Label, step: f64, bounds: (f64, f64), pattern: Option<Pattern>) {
+        let delta = match label {
+            Label::FalsePositive => {
+                self.false_positives = self.false_positives.saturating_add(1);
+                step
+            }
+            Label::ConfirmedThreat => {
+                self.threats = self.threats.saturating_add(1);
+                -step
+            }
+        };
+        self.offset = (f64::from(self.offset) + delta).clamp(bounds.0, bounds.1) as f32;
+        if let Some(p) = pattern {
+            self.patterns.retain(|q| !(q.route == p.route && q.mask == p.mask));
+            if self.patterns.len() >= PATTERNS {
+                self.patterns.remove(0);
+            }
+            self.patterns.push(p);
+        }
+    }
+
+    /// The newest marked pattern this request matches.
+    pub fn pattern_for(&self, route: u32, mask: u16) -> Option<Pattern> {
+        self.patterns.iter().rev().find(|p| p.matches(route, mask)).copied()
+    }
+
+    pub fn encode(&self, w: &mut Writer) {
+        w.u8(self.history.len().min(HISTORY) as u8);
+        for s in self.history.iter().take(HISTORY) {
+            w.u32(s.at_s);
+            w.u16(s.permille);
+        }
+        w.f32(self.fast);
+        w.f32(self.slow);
+        w.f32(self.offset);
+        w.u16(self.false_positives);
+        w.u16(self.threats);
+        w.u8(self.patterns.len().min(PATTERNS) as u8);
+        for p in self.patterns.iter().take(PATTERNS) {
+            w.u32(p.route);
+            w.u16(p.mask);
+            w.u8(match p.label {
+                Label::FalsePositive => 0,
+                Label::ConfirmedThreat => 1,
+            });
+            w.u16(p.ceiling);
+            w.u8(p.decision);
+            w.u32(p.at_s);
+        }
+        w.f32(self.deviating);
+        w.u32(self.deviating_since_s);
+        w.u16(self.drifts);
+        w.u32(self.rebased_s);
+    }
+
+    pub fn decode(r: &mut Reader) -> Option<Standing> {
+        let n = usize::from(r.u8()?);
+        if n > HISTORY {
+            return None;
+        }
+        let mut s = Standing::default();
+        for _ in 0..n {
+            s.history.push(Scored { at_s: r.u32()?, permille: r.u16()?.min(1000) });
+        }
+        (s.fast, s.slow, s.offset) = (r.f32()?, r.f32()?, r.f32()?);
+        (s.false_positives, s.threats) = (r.u16()?, r.u16()?);
+        let n = usize::from(r.u8()?);
+        if n > PATTERNS {
+            return None;
+        }
+        for _ in 0..n {
+            let route = r.u32()?;
+            let mask = r.u16()?;
+            let label = match r.u8()? {
+                0 => Label::FalsePositive,
+                1 => Label::ConfirmedThreat,
+                _ => return None,
+            };
+            s.patterns.push(Pattern { route, mask, label, ceiling: r.u16()?.min(1000), decision: r.u8()?.min(3), at_s: r.u32()? });
+        }
+        s.deviating = r.f32()?;
+        s.deviating_since_s = r.u32()?;
+        s.drifts = r.u16()?;
+        s.rebased_s = r.u32()?;
+        let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
+        (unit(s.fast) && unit(s.slow) && unit(s.deviating) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn history_is_bounded_and_the_trend_follows_the_risk() {
+        let mut s = Standing::default();
+        for i in 0..50 {
+            s.record(i * 1000, 0.1, false);
+        }
+        assert_eq!(s.history.len(), HISTORY);
+        assert!(s.trend().abs() < 0.01);
+        for i in 50..55 {
+            s.record(i * 1000, 0.9, false);
+        }
+        assert!(s.trend() > 0.3, "rising: {}", s.trend());
+        assert_eq!(s.history.last(), Some(&Scored { at_s: 54, permille: 900 }));
+    }
+
+    #[test]
+    fn sustained_deviation_is_a_drift_a_passing_one_is_not() {
+        let drift_ms = 600_000;
+        let mut s = Standing::default();
+        // A burst of 20 deviating requests in a minute, then normal again.
+        for i in 0..20 {
+            s.record(i * 3000, 0.6, true);
+        }
+        for i in 20..200 {
+            s.record(i * 3000, 0.1, false);
+            assert!(!s.drifted(i * 3000, drift_ms));
+        }
+        // Deviating on end: a drift once drift_ms has passed, not before.
+        let t0 = 200 * 3000;
+        let mut first = None;
+        for i in 0..400u64 {
+            let t = t0 + i * 3000;
+            s.record(t, 0.6, true);
+            if s.drifted(t, drift_ms) {
+                first = Some(t);
+                s.rebased(t);
+                break;
+            }
+        }
+        let first = first.expect("a drift");
+        assert!(first - t0 >= drift_ms && first - t0 < drift_ms + 60_000, "{}", first - t0);
+        assert_eq!(s.drifts, 1);
+        assert!(!s.drifted(first + 1000, drift_ms));
+    }
+
+    #[test]
+    fn feedback_moves_the_offset_within_bounds_and_keeps_few_patterns() {
+        let mut s = Standing::default();
+        for i in 0..20 {
+            let p = Pattern { route: i, mask: 2, label: Label::FalsePositive, ceiling: 700, decision: 1, at_s: i };
+            s.learn_feedback(Label::FalsePositive, 0.05, (-0.1, 0.2), Some(p));
+        }
+        assert!((s.offset - 0.2).abs() < 1e-6);
+        assert_eq!(s.patterns.len(), PATTERNS);
+        assert_eq!(s.patterns.last().map(|p| p.route), Some(19));
+        for _ in 0..20 {
+            s.learn_feedback(Label::ConfirmedThreat, 0.05, (-0.1, 0.2), None);
+        }
+        assert!((s.offset + 0.1).abs() < 1e-6);
+        assert_eq!((s.false_positives, s.threats), (20, 20));
+    }
+
+    #[test]
+    fn a_false_positive_pattern_matches_only_with_nothing_new() {
+        let fp = Pattern { route: 7, mask: 0b0010, label: Label::FalsePositive, ceiling: 700, decision: 1, at_s: 0 };
+        assert!(fp.matches(7, 0b0010));
+        assert!(fp.matches(7, 0));
+        assert!(!fp.matches(7, 0b0110), "a new detector weighed in");
+        assert!(!fp.matches(8, 0b0010));
+        let threat = Pattern { label: Label::ConfirmedThreat, ..fp };
+        assert!(threat.matches(7, 0b0110));
+        assert!(!threat.matches(7, 0b0100));
+    }
+
+    #[test]
+    fn encoding_round_trips_and_refuses_nonsense() {
+        let mut s = Standing::default();
+        for i in 0..12 {
+            s.record(i * 1000, 0.5, i % 2 == 0);
+        }
+        for i in 0..6 {
+            let p = Pattern { route: i, mask: 3, label: Label::ConfirmedThreat, ceiling: 1000, decision: 3, at_s: 9 };
+            s.learn_feedback(Label::ConfirmedThreat, 0.05, (-0.1, 0.2), Some(p));
+        }
+        let mut bytes = Vec::new();
+        s.encode(&mut Writer(&mut bytes));
+        assert_eq!(bytes.len(), MAX_ENCODED);
+        let mut r = Reader(&bytes);
+        assert_eq!(Standing::decode(&mut r), Some(s.clone()));
+        assert!(r.is_empty());
+        let mut bad = s;
+        bad.offset = f32::NAN;
+        let mut bytes = Vec::new();
+        bad.encode(&mut Writer(&mut bytes));
+        assert_eq!(Standing::decode(&mut Reader(&bytes)), None);
+    }
+}
