@@ -71,6 +71,87 @@ pub struct Config {
     pub alerts: AlertsConfig,
     pub siem: SiemConfig,
     pub debug: DebugConfig,
+    pub adaptive_thresholds: AdaptiveThresholds,
+    pub admin: AdminConfig,
+}
+
+/// Thresholds that move: per route group toward a target false-positive
+/// rate (when `enabled`), and by operator feedback (always, through the
+/// admin API). See docs/scoring.md.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptiveThresholds {
+    /// The automatic controller. Feedback moves thresholds whether or not.
+    pub enabled: bool,
+    /// The share of benign requests an operator accepts being flagged.
+    pub target_false_positive_rate: f64,
+    /// Route templates grouped by prefix, first match wins; the rest are `default`.
+    pub route_groups: Vec<RouteGroup>,
+    /// Bounds on the offset added to every decision threshold, for a group
+    /// and for an identity alike.
+    pub min_offset: f64,
+    pub max_offset: f64,
+    /// How far one adjustment moves a group's offset.
+    pub step: f64,
+    /// How far one feedback moves the offset of its group and identity.
+    pub feedback_step: f64,
+    /// The controller looks at each group this often.
+    pub adjust_seconds: u32,
+    /// A group needs this many requests in a period before it is adjusted.
+    pub min_requests: u32,
+}
+
+impl Default for AdaptiveThresholds {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            target_false_positive_rate: 0.01,
+            route_groups: Vec::new(),
+            min_offset: -0.1,
+            max_offset: 0.2,
+            step: 0.02,
+            feedback_step: 0.05,
+            adjust_seconds: 60,
+            min_requests: 200,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteGroup {
+    pub name: String,
+    /// Route-template prefixes, e.g. `/api/export`.
+    pub routes: Vec<String>,
+}
+
+/// The admin API: feedback, profiles, thresholds, model performance. Off
+/// unless at least one token hash is configured.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 of each accepted bearer token, in hex (`sha256sum`).
+    pub token_sha256: Vec<String>,
+    /// Served only to requests that arrived on this local port: a listener
+    /// of its own, never the public one.
+    pub port: Option<u16>,
+    pub path_prefix: String,
+    /// Calls per minute, all callers and workers together.
+    pub requests_per_minute: u32,
+    /// Recent flagged or refused decisions kept for feedback by request id.
+    pub recent_decisions: u32,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self { token_sha256: Vec::new(), port: None, path_prefix: "/vigil/admin".into(), requests_per_minute: 60, recent_decisions: 4096 }
+    }
+}
+
+impl AdminConfig {
+    pub fn enabled(&self) -> bool {
+        !self.token_sha256.is_empty()
+    }
 }
 
 /// Diagnostics, off by default: nothing is formatted unless switched on.
@@ -306,6 +387,8 @@ impl Default for Config {
             alerts: AlertsConfig::default(),
             siem: SiemConfig::default(),
             debug: DebugConfig::default(),
+            adaptive_thresholds: AdaptiveThresholds::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -496,6 +579,9 @@ pub struct BehavioralProfiling {
     pub cache_entries: u32,
     pub session: SessionConfig,
     pub geo: GeoConfig,
+    /// An identity deviating from its profile on end for this long has a
+    /// new normal: its profile is rebased and the drift reported.
+    pub drift_minutes: u32,
 }
 
 impl Default for BehavioralProfiling {
@@ -510,6 +596,7 @@ impl Default for BehavioralProfiling {
             cache_entries: 4096,
             session: SessionConfig::default(),
             geo: GeoConfig::default(),
+            drift_minutes: 60,
         }
     }
 }
@@ -712,7 +799,64 @@ fn in_range<T: PartialOrd + fmt::Display + Copy>(field: &str, v: T, lo: T, hi: T
     }
 }
 
+fn validate_adaptive(a: &AdaptiveThresholds) -> Result<(), ConfigError> {
+    let f = |k: &str| format!("adaptive_thresholds.{k}");
+    if !(a.target_false_positive_rate.is_finite() && a.target_false_positive_rate > 0.0 && a.target_false_positive_rate < 1.0) {
+        return Err(ConfigError::new(&f("target_false_positive_rate"), format!("must be within (0, 1), got {}", a.target_false_positive_rate)));
+    }
+    if !(a.min_offset.is_finite() && (-0.5..=0.0).contains(&a.min_offset)) {
+        return Err(ConfigError::new(&f("min_offset"), format!("must be within [-0.5, 0], got {}", a.min_offset)));
+    }
+    if !(a.max_offset.is_finite() && (0.0..=0.5).contains(&a.max_offset)) {
+        return Err(ConfigError::new(&f("max_offset"), format!("must be within [0, 0.5], got {}", a.max_offset)));
+    }
+    for (k, v) in [("step", a.step), ("feedback_step", a.feedback_step)] {
+        if !(v.is_finite() && v > 0.0 && v <= 0.25) {
+            return Err(ConfigError::new(&f(k), format!("must be within (0, 0.25], got {v}")));
+        }
+    }
+    in_range(&f("adjust_seconds"), a.adjust_seconds, 1, 86_400)?;
+    in_range(&f("min_requests"), a.min_requests, 1, 100_000_000)?;
+    if a.route_groups.len() > crate::engine::feedback::MAX_GROUPS {
+        return Err(ConfigError::new(&f("route_groups"), format!("at most {} groups", crate::engine::feedback::MAX_GROUPS)));
+    }
+    for (i, g) in a.route_groups.iter().enumerate() {
+        if g.name.is_empty() || g.name.len() > 64 || !g.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+            return Err(ConfigError::new(&f(&format!("route_groups[{i}].name")), "must be 1-64 characters of [A-Za-z0-9_-]"));
+        }
+        if g.name == "default" || a.route_groups.iter().take(i).any(|o| o.name == g.name) {
+            return Err(ConfigError::new(&f(&format!("route_groups[{i}].name")), format!("`{}` is taken", g.name)));
+        }
+        if g.routes.is_empty() || g.routes.iter().any(|r| !r.starts_with('/')) {
+            return Err(ConfigError::new(&f(&format!("route_groups[{i}].routes")), "must list route prefixes starting with `/`"));
+        }
+    }
+    Ok(())
+}
+
+fn validate_admin(a: &AdminConfig) -> Result<(), ConfigError> {
+    for (i, h) in a.token_sha256.iter().enumerate() {
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(ConfigError::new(&format!("admin.token_sha256[{i}]"), "must be a SHA-256 digest in hex (64 characters), not a token"));
+        }
+    }
+    if a.enabled() && a.port.is_none() {
+        return Err(ConfigError::new("admin.port", "must name the admin listener's port when tokens are configured (the API is never served on the public listener)"));
+    }
+    if a.port == Some(0) {
+        return Err(ConfigError::new("admin.port", "must be a port number"));
+    }
+    if !a.path_prefix.starts_with('/') || a.path_prefix.len() < 2 || a.path_prefix.ends_with('/') {
+        return Err(ConfigError::new("admin.path_prefix", "must start with `/` and not end with one"));
+    }
+    in_range("admin.requests_per_minute", a.requests_per_minute, 1, 100_000)?;
+    in_range("admin.recent_decisions", a.recent_decisions, 16, 1 << 20)?;
+    Ok(())
+}
+
 fn validate(c: &Config) -> Result<(), ConfigError> {
+    validate_adaptive(&c.adaptive_thresholds)?;
+    validate_admin(&c.admin)?;
     let m = &c.ml_model_config;
     in_range("ml_model_config.model_timeout_ms", m.model_timeout_ms, 1, 60_000)?;
     in_range("ml_model_config.model_retry_count", m.model_retry_count, 0, 10)?;
@@ -782,6 +926,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         in_range("behavioral_profiling.profile_ttl_hours", ttl, 1, 24 * 365)?;
     }
     in_range("behavioral_profiling.cache_entries", p.cache_entries, 16, 1 << 16)?;
+    in_range("behavioral_profiling.drift_minutes", p.drift_minutes, 1, 7 * 24 * 60)?;
     in_range("behavioral_profiling.session.inactivity_minutes", p.session.inactivity_minutes, 1, 24 * 60)?;
     in_range("behavioral_profiling.geo.impossible_travel_minutes", p.geo.impossible_travel_minutes, 1, 7 * 24 * 60)?;
     for (field, name) in [

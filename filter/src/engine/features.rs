@@ -76,6 +76,9 @@ pub struct Features {
     /// or of the identity's recent requests (`async`), in [0, 1]; `None` when
     /// no model answered.
     pub user_deviation_score: Option<f64>,
+    /// Which model gave `user_deviation_score` (`None` for a stored `async`
+    /// answer, whichever model gave it), for feedback's per-model accuracy.
+    pub ml_model: Option<crate::engine::ml::Role>,
 }
 
 /// One detector's opinion: a score in [0, 1].

@@ -9,6 +9,7 @@ pub mod config;
 pub mod decision;
 pub mod events;
 pub mod features;
+pub mod feedback;
 pub mod hash;
 pub mod identity;
 pub mod lease;

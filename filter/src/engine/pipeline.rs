@@ -7,6 +7,7 @@ use super::config::{Config, EventFormat, Mode};
 use super::decision::{self, Decision};
 use super::events::{self, Event};
 use super::features::{Combine, Features, Method, Signal, ThreatDetail};
+use super::feedback::{self, decisions::Decided, Feedback};
 use super::hash::HashKey;
 use super::identity::{self, IdentityKind};
 use super::ml::{self, vector, Exchange, Ml};
@@ -28,6 +29,7 @@ pub struct Engine {
     ml: Option<Ml>,
     alerts: Option<Alerts>,
     collector: Option<events::collector::Collector>,
+    feedback: Feedback,
 }
 
 /// What periodic work has to say: problems (logged at warn) and security
@@ -58,6 +60,12 @@ pub struct Verdict {
     pub decision: Decision,
     /// The decision is acted on (enforce mode and a refusing decision).
     pub enforced: bool,
+    /// The request's route group (`adaptive_thresholds.route_groups`, 0 = default).
+    pub group: u8,
+    /// Detectors that weighed in (`feedback::mask`).
+    pub mask: u16,
+    /// What the group's and the identity's feedback added to the thresholds.
+    pub threshold_offset: f64,
     /// Exact count of this identity's requests in its current rate window.
     pub rate_count: Option<u32>,
     /// Seconds until the identity is back within its ceiling, for `retry-after`.
@@ -85,7 +93,8 @@ impl Engine {
         let alerts = Alerts::new(&config.alerts);
         let syslog_host = config.siem.syslog.then(|| config.siem.syslog_hostname.clone());
         let collector = config.siem.collector.as_ref().and_then(|c| events::collector::Collector::new(c, syslog_host));
-        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts, collector }
+        let feedback = Feedback::new(&config.adaptive_thresholds, config.admin.enabled().then_some(config.admin.recent_decisions));
+        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts, collector, feedback }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -107,6 +116,7 @@ impl Engine {
         if let Some(a) = &self.alerts {
             created += a.start(store, metrics)?;
         }
+        created += self.feedback.start(store, metrics)?;
         Ok(created)
     }
 
@@ -147,6 +157,13 @@ impl Engine {
             }
             log.warn.extend(report.problems);
         }
+        match self.feedback.thresholds.on_tick(now_ms, store, metrics) {
+            Ok(changes) => {
+                metrics.add(Metric::ThresholdAdjustments, changes.len() as u64);
+                log.events.extend(changes.into_iter().map(|c| format!("vigil-{c}")));
+            }
+            Err(e) => log.warn.push(format!("thresholds: cannot hand counts to shared data ({e:?}), kept for the next tick")),
+        }
         if let Some(a) = &self.alerts {
             log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("alerts: {l}")));
         }
@@ -161,6 +178,7 @@ impl Engine {
     /// for the webhooks; nothing here waits.
     pub fn after_decision(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
         let mut lines = Vec::new();
+        self.remember(v, now_ms, store, metrics, &mut lines);
         if self.config.debug.log_decisions {
             lines.push(self.explain(v));
         }
@@ -184,6 +202,60 @@ impl Engine {
             self.raise(&fired, now_ms, metrics, &mut lines);
         }
         lines
+    }
+
+    /// What the adaptive thresholds, feedback and risk history keep of a
+    /// decided request: the group's counts (local), the identity's risk
+    /// (its cached profile), and a flagged or refused decision (shared data,
+    /// for feedback by request id: the only host call, and only for those).
+    fn remember(&self, v: &Verdict, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink, lines: &mut Vec<String>) {
+        let flagged = v.decision > Decision::Allow;
+        self.feedback.thresholds.count(usize::from(v.group), flagged);
+        let anonymous = v.features.identity.kind == IdentityKind::Anonymous;
+        if let (Some(p), false) = (&self.profiler, anonymous) {
+            let deviated = v.features.behavioral_score.is_some_and(|s| s >= self.config.behavioral_profiling.deviation_threshold);
+            let drift_ms = u64::from(self.config.behavioral_profiling.drift_minutes) * 60_000;
+            if p.record_risk(v.features.identity.hash, now_ms, v.risk, deviated, drift_ms) {
+                metrics.add(Metric::Drift("identity"), 1);
+                let message = format!(
+                    "identity {} deviated from its profile for {} min on end: its normal has shifted; profile rebased (old history keeps {:.0}%)",
+                    v.features.identity.display(),
+                    self.config.behavioral_profiling.drift_minutes,
+                    profile::REBASE_KEEP * 100.0
+                );
+                let mut e = Event::notice(events::Kind::Drift, "baseline drift", 4, now_ms, "drift", message);
+                e.identity = Some(v.features.identity.display());
+                metrics.add(Metric::Events(events::Kind::Drift), 1);
+                self.emit(&e, now_ms, metrics, lines);
+            }
+        }
+        if flagged && self.feedback.decisions.is_some() {
+            let d = Decided {
+                identity: v.features.identity.hash,
+                identity_display: v.features.identity.display(),
+                anonymous,
+                route: v.features.route.clone(),
+                route_hash: self.hash_key.hash(&[v.features.route.as_bytes()]) as u32,
+                group: v.group,
+                mask: v.mask,
+                risk_permille: (v.risk.clamp(0.0, 1.0) * 1000.0).round() as u16,
+                decision: feedback::decision_code(v.decision),
+                at_ms: now_ms,
+            };
+            if self.feedback.keep(self.request_hash(&v.features.request_id), d, store, metrics).is_err() {
+                // Feedback on this one will say "unknown": the request itself is unaffected.
+                metrics.add(Metric::StoreErrors, 1);
+            }
+        }
+    }
+
+    /// The key a decision is kept under: a keyed hash of its request id.
+    pub fn request_hash(&self, request_id: &str) -> u64 {
+        self.hash_key.hash(&[b"request\x00", request_id.as_bytes()]) | 1
+    }
+
+    pub fn feedback(&self) -> &Feedback {
+        &self.feedback
     }
 
     /// Why this score: every signal with its weight and gate, and whether it
@@ -300,6 +372,9 @@ impl Engine {
             interval: (0.0, 0.0),
             decision: Decision::Allow,
             enforced: false,
+            group: 0,
+            mask: 0,
+            threshold_offset: 0.0,
             rate_count: None,
             retry_after_s: None,
             profile: None,
@@ -336,7 +411,26 @@ impl Engine {
         let risk = scoring::risk(&v.signals, self.missing_weight(v));
         v.risk = risk.score;
         v.interval = (risk.low, risk.high);
-        v.decision = decision::decide_for(v.risk, &v.signals, &self.config.decision_thresholds);
+        let base = &self.config.decision_thresholds;
+        let thresholds = &self.feedback.thresholds;
+        let group = thresholds.group_of(&v.features.route);
+        v.group = group as u8;
+        v.mask = feedback::mask(&v.signals, v.features.ml_model, base.flag);
+        // What operators said about this identity, from its cached profile.
+        let (identity_offset, pattern) = match (&self.profiler, v.features.identity.kind) {
+            (Some(p), kind) if kind != IdentityKind::Anonymous => {
+                let route = self.hash_key.hash(&[v.features.route.as_bytes()]) as u32;
+                p.standing_for(v.features.identity.hash, route, v.mask)
+            }
+            _ => (0.0, None),
+        };
+        v.threshold_offset = thresholds.bounded(thresholds.offset(group) + identity_offset);
+        let decided = decision::decide_for(v.risk, &v.signals, &feedback::shifted(base, v.threshold_offset));
+        let (decided, why) = feedback::apply_pattern(decided, v.risk, pattern);
+        if let Some(reason) = why {
+            v.threat_details.push(ThreatDetail { signal: "feedback", reason });
+        }
+        v.decision = decided;
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
         v.features.refused = v.enforced;
         metrics.add(
@@ -515,6 +609,7 @@ impl Engine {
             behavioral_score: None,
             traffic_anomaly_score: None,
             user_deviation_score: None,
+            ml_model: None,
         }
     }
 

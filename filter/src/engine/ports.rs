@@ -39,6 +39,10 @@ pub enum Table {
     Ml,
     /// Alert keys and when they last fired.
     Alerts,
+    /// Recent flagged or refused decisions, for feedback by request id.
+    Decisions,
+    /// Route groups' thresholds and feedback accuracy.
+    Feedback,
 }
 
 /// Every number the engine reports. Kept as an enum so label cardinality is
@@ -107,6 +111,17 @@ pub enum Metric {
     DecisionReasons(&'static str),
     /// Risk score of a request, in thousandths (a histogram, sampled).
     RiskScore,
+    /// Operator feedback taken, by verdict and target.
+    Feedback(crate::engine::profile::standing::Label, &'static str),
+    /// Precision and recall from feedback, in thousandths (gauges).
+    Precision(crate::engine::feedback::Detector),
+    Recall(crate::engine::feedback::Detector),
+    /// A baseline that followed a lasting shift, by scope (`identity`, `route`).
+    Drift(&'static str),
+    /// The controller moved a route group's thresholds.
+    ThresholdAdjustments,
+    /// Admin API calls, by outcome (`ok`, `unauthorized`, `bad_request`, `rate_limited`, ...).
+    AdminCalls(&'static str),
 }
 
 pub trait MetricsSink {

@@ -18,10 +18,14 @@ pub enum Kind {
     Anomaly,
     /// An alert rule fired.
     Alert,
+    /// An operator's feedback on a decision, identity or route.
+    Feedback,
+    /// A baseline followed a lasting shift (an identity's or a route's).
+    Drift,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Decision, Kind::Anomaly, Kind::Alert];
+    pub const ALL: [Kind; 5] = [Kind::Decision, Kind::Anomaly, Kind::Alert, Kind::Feedback, Kind::Drift];
 
     /// The CEF signature id and the syslog MSGID.
     pub fn signature_id(self) -> &'static str {
@@ -29,6 +33,8 @@ impl Kind {
             Kind::Decision => "decision",
             Kind::Anomaly => "anomaly",
             Kind::Alert => "alert",
+            Kind::Feedback => "feedback",
+            Kind::Drift => "drift",
         }
     }
 }
@@ -95,12 +101,18 @@ impl Event {
 
     /// The event for a traffic anomaly onset (`line` is the analysis' own).
     pub fn of_anomaly(time_ms: u64, line: &str) -> Event {
+        Event::notice(Kind::Anomaly, "traffic anomaly", 6, time_ms, "anomaly", line.to_string())
+    }
+
+    /// An event about no request in particular; the caller fills in the
+    /// identity, route or request it concerns.
+    pub fn notice(kind: Kind, name: &str, severity: u8, time_ms: u64, action: &str, message: String) -> Event {
         Event {
-            kind: Kind::Anomaly,
-            name: "traffic anomaly".to_string(),
-            severity: 6,
+            kind,
+            name: name.to_string(),
+            severity,
             time_ms,
-            action: "anomaly".to_string(),
+            action: action.to_string(),
             request_id: None,
             identity: None,
             method: None,
@@ -108,7 +120,7 @@ impl Event {
             risk: None,
             signals: String::new(),
             reasons: Vec::new(),
-            message: line.to_string(),
+            message,
         }
     }
 

@@ -204,6 +204,7 @@ impl Ml {
         details: &mut Vec<ThreatDetail>,
     ) {
         features.user_deviation_score = Some(score);
+        features.ml_model = role;
         // Confidence scales the model's weight against the other detectors (see `scoring`).
         signals.push(Signal { name: SIGNAL, score, confidence, combine: Combine::Weighted { weight: self.weight, gate: GATE } });
         if score >= GATE {

@@ -101,6 +101,7 @@ mod tests {
             behavioral_score: None,
             traffic_anomaly_score: None,
             user_deviation_score: None,
+            ml_model: None,
         }
     }
 

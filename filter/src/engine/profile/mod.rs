@@ -387,6 +387,7 @@ mod tests {
             refused: false,
             traffic_anomaly_score: None,
             user_deviation_score: None,
+            ml_model: None,
             behavioral_score: None,
         }
     }

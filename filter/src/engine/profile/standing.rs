@@ -22,7 +22,7 @@ pub const DRIFT_SHARE: f32 = 0.5;
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4;
 
 /// An operator's verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Label {
     FalsePositive,
     ConfirmedThreat,
