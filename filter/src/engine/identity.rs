@@ -73,7 +73,7 @@ pub fn resolve(sources: &[IdentitySource], key: &HashKey, req: &dyn RequestView)
     Identity { kind: IdentityKind::Anonymous, hash: hash_identity(key, IdentityKind::Anonymous, b"") }
 }
 
-fn hash_identity(key: &HashKey, kind: IdentityKind, value: &[u8]) -> u64 {
+pub fn hash_identity(key: &HashKey, kind: IdentityKind, value: &[u8]) -> u64 {
     key.hash(&[kind.as_str().as_bytes(), b"\x00", value]) | 1
 }
 

@@ -3,6 +3,7 @@
 //! traits in `ports`, so all of it runs (and is tested) natively and in a bare
 //! wasm VM alike.
 
+pub mod admin;
 pub mod alerts;
 pub mod codec;
 pub mod config;

@@ -141,6 +141,9 @@ impl Engine {
         }
         if let Some(m) = &self.ml {
             m.on_tick(now_ms, callouts, metrics);
+            if let Err(e) = m.flush_latency(now_ms, store, metrics) {
+                log.warn.push(format!("ml: cannot hand latencies to shared data ({e:?})"));
+            }
             if let Some(a) = &self.alerts {
                 for role in m.take_opened() {
                     let fired = a.check_breaker(role.as_str(), now_ms, store, metrics);
@@ -247,6 +250,33 @@ impl Engine {
                 metrics.add(Metric::StoreErrors, 1);
             }
         }
+    }
+
+    /// An identity's keyed hash, as requests would resolve it (admin API).
+    pub fn identity_hash(&self, kind: IdentityKind, value: &[u8]) -> u64 {
+        identity::hash_identity(&self.hash_key, kind, value)
+    }
+
+    /// Applies an operator's verdict (admin API): see `feedback::Feedback::apply`.
+    /// A false positive gives its route half the cold-start count of history
+    /// in the identity's profile.
+    pub fn apply_feedback(
+        &self,
+        target: &feedback::Target,
+        label: crate::engine::profile::standing::Label,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+    ) -> Result<feedback::Applied, feedback::FeedbackError> {
+        let accept = (self.config.behavioral_profiling.min_observations as f32 / 2.0).max(1.0);
+        self.feedback.apply(target, label, now_ms, |id| self.request_hash(id), self.profiler.as_ref(), accept, store, metrics)
+    }
+
+    /// The log lines for an event, and the collector's copy (see `emit`).
+    pub fn emit_event(&self, e: &Event, now_ms: u64, metrics: &dyn MetricsSink) -> Vec<String> {
+        let mut lines = Vec::new();
+        self.emit(e, now_ms, metrics, &mut lines);
+        lines
     }
 
     /// The key a decision is kept under: a keyed hash of its request id.

@@ -16,6 +16,7 @@
 pub mod answers;
 pub mod breaker;
 mod exchange;
+pub mod latency;
 pub mod protocol;
 mod queue;
 pub mod vector;
@@ -80,6 +81,7 @@ struct Worker {
     asked: Vec<(u64, u32, u64)>,
     /// Breakers that opened since the tick last looked (for alert rules).
     opened: Vec<Role>,
+    latency: latency::Local,
 }
 
 /// Identities remembered per worker for `async_min_interval_seconds`.
@@ -151,8 +153,35 @@ impl Ml {
             log_payloads: c.log_payloads,
             log_identities: c.log_identities,
             answers: (c.mode == MlMode::Async).then(|| Answers::new(c.max_identities, c.answer_half_life_seconds)),
-            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new(), opened: Vec::new() }),
+            worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new(), opened: Vec::new(), latency: latency::Local::default() }),
         })
+    }
+
+    /// Hands this worker's model latencies in (once a second).
+    pub fn flush_latency(&self, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
+        self.worker.borrow_mut().latency.flush(now_ms, store, metrics)
+    }
+
+    /// Each configured model: where it is called, and its response time
+    /// across workers (admin API).
+    pub fn latency_summary(&self, store: &dyn SharedStore) -> serde_json::Value {
+        let timings = latency::read(store).unwrap_or_default();
+        let models: Vec<serde_json::Value> = self
+            .models
+            .iter()
+            .map(|m| {
+                let t = latency::of(&timings, m.role);
+                serde_json::json!({
+                    "model": m.role.as_str(),
+                    "cluster": m.cluster,
+                    "path": m.path,
+                    "timed_calls": t.calls,
+                    "mean_ms": t.mean_ms().map(|x| (x * 10.0).round() / 10.0),
+                    "max_ms": (t.calls > 0).then_some(t.max_ms),
+                })
+            })
+            .collect();
+        serde_json::Value::Array(models)
     }
 
     /// The models whose breaker opened on this worker since the last call.
@@ -235,6 +264,7 @@ impl Ml {
         let Some(m) = self.models.get(model) else { return Err(Failure::Dispatch) };
         let elapsed = now_ms.saturating_sub(sent_ms);
         metrics.record(Metric::MlLatency(m.role), elapsed);
+        self.worker.borrow_mut().latency.record(m.role, elapsed);
         let late = elapsed + TIMEOUT_SLACK_MS >= self.timeout_ms;
         let result = match reply {
             None if late => Err(Failure::Timeout),
