@@ -146,6 +146,7 @@ fn traffic_detector_and_analysis_in_wasm() {
         threshold: threshold(0.8),
         max_routes: 4,
         idle_s: 120,
+        drift_s: 600,
     };
     let mut state = State::new(0, &settings);
     let second = |t: u64, failing: bool| {
@@ -157,10 +158,10 @@ fn traffic_detector_and_analysis_in_wasm() {
         c
     };
     for t in 1..=100 {
-        let (_, onsets) = state.analyze(t, &second(t, false), &settings);
+        let onsets = state.analyze(t, &second(t, false), &settings).onsets;
         assert!(onsets.is_empty(), "steady second {t}: {onsets:?}");
     }
-    let (_, onsets) = state.analyze(101, &second(101, true), &settings);
+    let onsets = state.analyze(101, &second(101, true), &settings).onsets;
     assert!(onsets.iter().any(|o| o.scope == Scope::Route("/b".into()) && o.metric == Series::ServerErrorRate), "{onsets:?}");
     let mut bytes = Vec::new();
     state.encode(&mut bytes);

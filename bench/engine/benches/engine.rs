@@ -257,6 +257,7 @@ fn traffic_scoring(c: &mut Criterion) {
         threshold: traffic::detector::threshold(0.8),
         max_routes: 16,
         idle_s: 3_600,
+        drift_s: 600,
     };
     let mut second = Counts::default();
     for i in 0..2_000u64 {

@@ -649,11 +649,20 @@ pub struct TimeSeriesAnalysis {
     pub anomaly_sensitivity: f64,
     /// Route templates analysed on their own; the rest count as "other".
     pub max_routes: u32,
+    /// A series anomalous this long (short breaks aside) has drifted: its
+    /// baseline is re-learned at the new level and the drift reported.
+    pub drift_minutes: u32,
 }
 
 impl Default for TimeSeriesAnalysis {
     fn default() -> Self {
-        Self { enable_traffic_analysis: false, analysis_window_minutes: 60, anomaly_sensitivity: 0.8, max_routes: 16 }
+        Self {
+            enable_traffic_analysis: false,
+            analysis_window_minutes: 60,
+            anomaly_sensitivity: 0.8,
+            max_routes: 16,
+            drift_minutes: 10,
+        }
     }
 }
 
@@ -948,6 +957,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     in_range("time_series_analysis.analysis_window_minutes", t.analysis_window_minutes, 1, 24 * 60)?;
     unit_interval("time_series_analysis.anomaly_sensitivity", t.anomaly_sensitivity)?;
     in_range("time_series_analysis.max_routes", t.max_routes, 1, 64)?;
+    in_range("time_series_analysis.drift_minutes", t.drift_minutes, 1, 24 * 60)?;
 
     let w = &c.ml_scoring_weights;
     unit_interval("ml_scoring_weights.behavioral_deviation", w.behavioral_deviation)?;
@@ -1125,6 +1135,7 @@ mod tests {
         assert!(!c.time_series_analysis.enable_traffic_analysis);
         assert_eq!(c.time_series_analysis.analysis_window_minutes, 60);
         assert_eq!(c.time_series_analysis.anomaly_sensitivity, 0.8);
+        assert_eq!(c.time_series_analysis.drift_minutes, 10);
         assert_eq!(c.ml_scoring_weights.behavioral_deviation, 0.4);
         assert_eq!(c.ml_scoring_weights.traffic_anomaly, 0.3);
         assert_eq!(c.ml_scoring_weights.user_anomaly, 0.5);
@@ -1180,6 +1191,23 @@ mod tests {
         assert_eq!(e.field, "time_series_analysis.max_routes");
         let e = err(r#"{"time_series_analysis": {"max_routes": 65}}"#);
         assert_eq!(e.field, "time_series_analysis.max_routes");
+    }
+
+    #[test]
+    fn drift_minutes_is_validated_naming_the_field() {
+        let c = parse(br#"{"time_series_analysis": {"drift_minutes": 1}}"#).unwrap();
+        assert_eq!(c.time_series_analysis.drift_minutes, 1);
+        let c = parse(br#"{"time_series_analysis": {"drift_minutes": 1440}}"#).unwrap();
+        assert_eq!(c.time_series_analysis.drift_minutes, 1440);
+        for bad in ["0", "1441"] {
+            let e = err(&format!(r#"{{"time_series_analysis": {{"drift_minutes": {bad}}}}}"#));
+            assert_eq!(e.field, "time_series_analysis.drift_minutes", "{bad}: {e}");
+            assert!(e.to_string().contains("[1, 1440]"), "{e}");
+        }
+        for bad in ["-1", "2.5", "\"10\""] {
+            let e = err(&format!(r#"{{"time_series_analysis": {{"drift_minutes": {bad}}}}}"#));
+            assert_eq!(e.field, "time_series_analysis.drift_minutes", "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -108,11 +108,12 @@ impl RootContext for VigilRoot {
             abi::log(
                 abi::LOG_INFO,
                 &format!(
-                    "traffic analysis: anomaly threshold {:.3} (anomaly_sensitivity {}), baseline {} min, {} routes",
+                    "traffic analysis: anomaly threshold {:.3} (anomaly_sensitivity {}), baseline {} min, {} routes, drift after {} min",
                     t.threshold(),
                     ts.anomaly_sensitivity,
                     ts.analysis_window_minutes,
-                    ts.max_routes
+                    ts.max_routes,
+                    ts.drift_minutes
                 ),
             );
         }

@@ -8,9 +8,13 @@ use super::series::{Metric, Series, METRICS};
 use super::tally::{Counts, Tally};
 use crate::engine::codec::{Reader, Writer};
 
-/// Layout version of the state and snapshot (2: the detector keeps a slow
-/// level), so a state written by another build is not misread.
-const VERSION: u8 = 2;
+/// Layout version of the state, so a state written by another build is not
+/// misread: 3 adds each series' drift run; 2 (the detector keeps a slow
+/// level) is still read, with no run in progress.
+const VERSION: u8 = 3;
+const VERSION_WITHOUT_RUNS: u8 = 2;
+/// Layout version of the snapshot (unchanged by drift detection).
+const SNAPSHOT_VERSION: u8 = 2;
 
 /// What a scope covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,6 +67,9 @@ pub struct Settings {
     pub max_routes: usize,
     /// A tracked route idle this long gives its place to a new one.
     pub idle_s: u64,
+    /// A series anomalous this long (short breaks aside) has drifted: its
+    /// baseline is re-learned and the drift reported.
+    pub drift_s: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -92,6 +99,30 @@ pub struct Onset {
     pub baseline: f64,
 }
 
+/// A series whose normal shifted for good: anomalous for the drift time (or,
+/// where only a rise counts, as far below its baseline), its baseline was
+/// re-learned at the new level (reported once per drift).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drift {
+    pub scope: Scope,
+    pub metric: Metric,
+    /// The baseline before the anomaly began.
+    pub from: f64,
+    /// The level the series settled on, now its baseline.
+    pub to: f64,
+    /// How long it was anomalous (at least the drift time).
+    pub seconds: u64,
+}
+
+/// What the analysis of one second concludes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Analysis {
+    /// Every scope's most anomalous series.
+    pub scores: Vec<ScopeScore>,
+    pub onsets: Vec<Onset>,
+    pub drifts: Vec<Drift>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct State {
     /// The last second analysed.
@@ -116,7 +147,7 @@ impl State {
     }
 
     /// Analyses `second`, whose merged traffic is `counts`.
-    pub fn analyze(&mut self, second: u64, counts: &Counts, s: &Settings) -> (Vec<ScopeScore>, Vec<Onset>) {
+    pub fn analyze(&mut self, second: u64, counts: &Counts, s: &Settings) -> Analysis {
         // Place every route first (it may track new ones), then tally by place.
         let places: Vec<Option<usize>> = counts.routes.iter().map(|(route, _)| self.place(route, second, s)).collect();
         let mut tallies: Vec<Tally> = vec![Tally::default(); self.tracked.len()];
@@ -136,6 +167,7 @@ impl State {
 
         let mut scores = Vec::with_capacity(self.tracked.len());
         let mut onsets = Vec::new();
+        let mut drifts = Vec::new();
         for (tracked, tally) in self.tracked.iter_mut().zip(&tallies) {
             if tally.requests > 0 {
                 tracked.last_seen = second;
@@ -143,7 +175,13 @@ impl State {
             // The most anomalous series; on a tie (all zero), the first: volume, always there.
             let mut best: Option<ScopeScore> = None;
             for (series, metric) in tracked.series.iter_mut().zip(METRICS) {
-                let Some(r) = series.observe(metric, tally, s.alpha) else { continue };
+                let reading = series.observe(metric, tally, s.alpha);
+                // This second still scores as observed; the re-learned baseline
+                // scores the next.
+                if let Some(shift) = series.track(reading.as_ref(), second, s.threshold, s.drift_s) {
+                    drifts.push(Drift { scope: tracked.scope.clone(), metric, from: shift.from, to: shift.to, seconds: shift.seconds });
+                }
+                let Some(r) = reading else { continue };
                 if r.score >= s.threshold && !series.active {
                     series.active = true;
                     onsets.push(Onset { scope: tracked.scope.clone(), metric, score: r.score, value: r.value, baseline: r.baseline });
@@ -163,7 +201,7 @@ impl State {
             scores.extend(best);
         }
         self.cursor = second;
-        (scores, onsets)
+        Analysis { scores, onsets, drifts }
     }
 
     /// The index of `route`'s scope, tracking it if there is room (a free
@@ -207,13 +245,16 @@ impl State {
         }
     }
 
-    /// `None` for bytes this version did not write, or that break the
-    /// invariants (listener and other first, at most `max_routes` routes).
+    /// `None` for bytes this version did not write (the layout before drift
+    /// detection is read too), or that break the invariants (listener and
+    /// other first, at most `max_routes` routes).
     pub fn decode(bytes: &[u8], s: &Settings) -> Option<State> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
-            return None;
-        }
+        let with_runs = match r.u8()? {
+            VERSION => true,
+            VERSION_WITHOUT_RUNS => false,
+            _ => return None,
+        };
         let cursor = r.u64()?;
         let n = usize::from(r.u8()?);
         if !(2..=s.max_routes + 2).contains(&n) {
@@ -231,7 +272,7 @@ impl State {
                 return None;
             }
             let last_seen = r.u64()?;
-            let series = METRICS.iter().map(|_| Series::decode(s.params, &mut r)).collect::<Option<Vec<_>>>()?;
+            let series = METRICS.iter().map(|_| Series::decode(s.params, &mut r, with_runs)).collect::<Option<Vec<_>>>()?;
             tracked.push(Tracked { scope, last_seen, series });
         }
         r.is_empty().then_some(State { cursor, tracked })
@@ -249,7 +290,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn encode(&self, out: &mut Vec<u8>) {
         let mut w = Writer(out);
-        w.u8(VERSION);
+        w.u8(SNAPSHOT_VERSION);
         w.u64(self.second);
         w.u8(self.scopes.len().min(255) as u8);
         for s in self.scopes.iter().take(255) {
@@ -263,7 +304,7 @@ impl Snapshot {
 
     pub fn decode(bytes: &[u8]) -> Option<Snapshot> {
         let mut r = Reader(bytes);
-        if r.u8()? != VERSION {
+        if r.u8()? != SNAPSHOT_VERSION {
             return None;
         }
         let second = r.u64()?;
@@ -298,6 +339,7 @@ impl Snapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::traffic::series::SERIES_ENCODED_LEN;
 
     fn settings() -> Settings {
         Settings {
@@ -306,6 +348,7 @@ mod tests {
             threshold: 0.5,
             max_routes: 2,
             idle_s: 60,
+            drift_s: 600,
         }
     }
 
@@ -325,7 +368,7 @@ mod tests {
         let mut st = State::new(0, &s);
         st.analyze(1, &second(&[("/a", 5, 0), ("/b", 5, 0), ("/c", 5, 0)]), &s);
         assert_eq!(st.routes(), 2);
-        let (scores, _) = st.analyze(2, &second(&[("/c", 5, 0)]), &s);
+        let scores = st.analyze(2, &second(&[("/c", 5, 0)]), &s).scores;
         assert_eq!(scores.get(1).map(|x| x.value), Some(5.0), "/c counted in other");
         // /b goes quiet for longer than idle_s: /c takes its place.
         for t in 3..100 {
@@ -341,13 +384,13 @@ mod tests {
         let s = settings();
         let mut st = State::new(0, &s);
         for t in 1..=120 {
-            let (scores, onsets) = st.analyze(t, &second(&[("/a", 50 + t % 5, 0), ("/b", 30 + t % 3, 0)]), &s);
+            let Analysis { scores, onsets, .. } = st.analyze(t, &second(&[("/a", 50 + t % 5, 0), ("/b", 30 + t % 3, 0)]), &s);
             assert!(onsets.is_empty(), "steady second {t}: {onsets:?}");
             assert!(scores.iter().all(|x| x.score < 0.5), "{scores:?}");
         }
         let mut all = Vec::new();
         for t in 121..=130 {
-            let (scores, onsets) = st.analyze(t, &second(&[("/a", 50, 0), ("/b", 30, 15)]), &s);
+            let Analysis { scores, onsets, .. } = st.analyze(t, &second(&[("/a", 50, 0), ("/b", 30, 15)]), &s);
             all.extend(onsets);
             if t == 121 {
                 let b = scores.iter().find(|x| x.scope == Scope::Route("/b".into())).unwrap();
@@ -367,8 +410,7 @@ mod tests {
         let mut st = State::new(0, &s);
         let mut snap = Snapshot::default();
         for t in 1..40 {
-            let (scores, _) = st.analyze(t, &second(&[("/a", 5, 1), ("/b", 7, 0)]), &s);
-            snap = Snapshot { second: t, scopes: scores };
+            snap = Snapshot { second: t, scopes: st.analyze(t, &second(&[("/a", 5, 1), ("/b", 7, 0)]), &s).scores };
         }
         let mut buf = Vec::new();
         st.encode(&mut buf);
@@ -381,5 +423,164 @@ mod tests {
         assert_eq!(Snapshot::decode(&buf), Some(snap.clone()));
         assert_eq!(snap.for_route("/zzz").1.map(|x| &x.scope), Some(&Scope::Other));
         assert_eq!(Snapshot::decode(&[1, 2, 3]), None);
+    }
+
+    /// The defaults of `Traffic::new` for a 60-minute window, drift after 10.
+    fn hour() -> Settings {
+        Settings {
+            params: Params { warmup: 600, long_samples: 3_600.0, ..Params::default() },
+            alpha: 1.0 / 3_600.0,
+            threshold: super::super::detector::threshold(0.8),
+            max_routes: 4,
+            idle_s: 3_600,
+            drift_s: 600,
+        }
+    }
+
+    /// Deterministic, roughly uniform in [-1, 1].
+    fn noise(i: u64) -> f64 {
+        let h = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        (h as f64 / (1u64 << 53) as f64) * 2.0 - 1.0
+    }
+
+    /// `level` requests a second to /a with Poisson-sized noise, and a steady /b.
+    fn volume(t: u64, level: f64) -> Counts {
+        let a = (level + level.sqrt() * noise(t)).round().max(0.0) as u64;
+        second(&[("/a", a, 0), ("/b", 20 + t % 3, 0)])
+    }
+
+    fn score_of(a: &Analysis, route: &str) -> f32 {
+        a.scores.iter().find(|x| x.scope == Scope::Route(route.into())).map_or(0.0, |x| x.score)
+    }
+
+    /// Drifts and /a's scores, each with its second.
+    type Run = (Vec<(u64, Drift)>, Vec<(u64, f32)>);
+
+    /// Runs `level(t)` for /a over seconds `from..=end`.
+    fn run(s: &Settings, st: &mut State, from: u64, end: u64, level: impl Fn(u64) -> f64) -> Run {
+        let mut drifts = Vec::new();
+        let mut scores = Vec::new();
+        for t in from..=end {
+            let a = st.analyze(t, &volume(t, level(t)), s);
+            scores.push((t, score_of(&a, "/a")));
+            drifts.extend(a.drifts.into_iter().map(|d| (t, d)));
+        }
+        (drifts, scores)
+    }
+
+    #[test]
+    fn a_lasting_step_in_volume_is_one_drift_after_the_drift_time_then_scores_low() {
+        let s = hour();
+        let mut st = State::new(0, &s);
+        // Warm-up and 5 quiet minutes at 40 rps, then 400 rps for good from 1000.
+        let (drifts, scores) = run(&s, &mut st, 1, 3_600, |t| if t < 1_000 { 40.0 } else { 400.0 });
+        let on_a: Vec<_> = drifts.iter().filter(|(_, d)| d.scope == Scope::Route("/a".into())).collect();
+        assert_eq!(on_a.len(), 1, "{drifts:?}");
+        let (at, d) = on_a.first().copied().unwrap();
+        assert_eq!(d.metric, Metric::Requests);
+        assert!((1_599..=1_610).contains(at), "drift reported at {at}, the step was at 1000");
+        assert!(d.seconds >= 600 && (35.0..45.0).contains(&d.from) && (380.0..420.0).contains(&d.to), "{d:?}");
+        // The listener carries the same step; /b and other never drift.
+        assert_eq!(drifts.iter().filter(|(_, d)| d.scope == Scope::Listener && d.metric == Metric::Requests).count(), 1, "{drifts:?}");
+        assert_eq!(drifts.len(), 2, "{drifts:?}");
+        // Flagged from the step until the drift, low ever after.
+        let flagged = scores.iter().filter(|(t, x)| (1_000..=*at).contains(t) && f64::from(*x) >= s.threshold).count();
+        assert!(flagged as u64 >= *at - 1_000 - 5, "{flagged} seconds flagged before the drift");
+        let late: Vec<_> = scores.iter().filter(|(t, x)| *t > *at && f64::from(*x) >= s.threshold).collect();
+        assert!(late.is_empty(), "flagged after the drift: {late:?}");
+    }
+
+    #[test]
+    fn a_spike_and_a_three_minute_burst_are_not_drifts() {
+        let s = hour();
+        let mut st = State::new(0, &s);
+        let level = |t: u64| if t == 1_000 || (2_000..2_180).contains(&t) { 400.0 } else { 40.0 };
+        let (drifts, scores) = run(&s, &mut st, 1, 4_000, level);
+        assert!(drifts.is_empty(), "{drifts:?}");
+        // Both were anomalies all the same.
+        let flagged = |from, to| scores.iter().filter(|(t, x)| (from..to).contains(t) && f64::from(*x) >= s.threshold).count();
+        assert!(flagged(1_000, 1_001) == 1 && flagged(2_000, 2_180) >= 170, "{} {}", flagged(1_000, 1_001), flagged(2_000, 2_180));
+        // A burst just short of the drift time is not a drift either.
+        let (drifts, _) = run(&s, &mut st, 4_001, 6_000, |t| if (4_500..5_095).contains(&t) { 400.0 } else { 40.0 });
+        assert!(drifts.is_empty(), "{drifts:?}");
+    }
+
+    #[test]
+    fn steady_noise_is_not_a_drift() {
+        let s = hour();
+        let mut st = State::new(0, &s);
+        // Three hours of a noisy /a (±50%) and 5xx blips on the side.
+        for t in 1..=3 * 3_600 {
+            let a = (60.0 + 30.0 * noise(t)).round() as u64;
+            let a = st.analyze(t, &second(&[("/a", a, 0), ("/b", 20 + t % 3, u64::from(t % 50 == 0))]), &s);
+            assert!(a.drifts.is_empty(), "second {t}: {:?}", a.drifts);
+        }
+    }
+
+    #[test]
+    fn drift_state_stays_bounded_and_the_old_layout_is_still_read() {
+        let s = hour();
+        let mut st = State::new(0, &s);
+        run(&s, &mut st, 1, 700, |_| 40.0);
+        let mut before = Vec::new();
+        st.encode(&mut before);
+        // Step, drift, a burst in progress: runs come and go, the size stays.
+        let (drifts, _) = run(&s, &mut st, 701, 2_500, |t| if t < 1_000 { 40.0 } else if t < 2_400 { 400.0 } else { 4_000.0 });
+        assert!(!drifts.is_empty());
+        assert!(st.tracked.iter().flat_map(|t| &t.series).any(|x| *x != Series::new(s.params)), "state moved");
+        let mut after = Vec::new();
+        st.encode(&mut after);
+        assert_eq!(after.len(), before.len());
+        // Tag, a one-byte length, the name.
+        let scope = |name: &str| 1 + 1 + name.len() + 8 + 6 * SERIES_ENCODED_LEN;
+        assert_eq!(after.len(), 1 + 8 + 1 + 2 * (1 + 8 + 6 * SERIES_ENCODED_LEN) + scope("/a") + scope("/b"));
+        assert_eq!(State::decode(&after, &s), Some(st.clone()));
+
+        // The layout before drift detection (version 2, no runs) still decodes,
+        // with the learned baselines and no run in progress.
+        let mut old = Vec::new();
+        let mut w = Writer(&mut old);
+        w.u8(VERSION_WITHOUT_RUNS);
+        w.u64(st.cursor);
+        w.u8(st.tracked.len() as u8);
+        for t in &st.tracked {
+            t.scope.encode(&mut w);
+            w.u64(t.last_seen);
+            for x in &t.series {
+                let mut one = Vec::new();
+                x.encode(&mut Writer(&mut one));
+                w.0.extend_from_slice(one.get(..one.len() - super::super::series::RUN_ENCODED_LEN).unwrap());
+            }
+        }
+        let back = State::decode(&old, &s).expect("version 2 decodes");
+        assert_eq!(back.cursor, st.cursor);
+        let mut again = Vec::new();
+        back.encode(&mut again);
+        assert_eq!(again.len(), after.len());
+        assert_eq!(State::decode(&[9, 0, 0], &s), None, "unknown version");
+    }
+
+    #[test]
+    fn an_outage_for_good_drifts_and_so_does_the_recovery() {
+        let s = hour();
+        let mut st = State::new(0, &s);
+        // /a fails half its requests from 1000 to 2000 (a drift at 1600), then
+        // recovers (the baseline comes back down by 2600), then fails again.
+        let errors = |t: u64| if (1_000..2_000).contains(&t) || t >= 3_000 { 20 } else { 0 };
+        let mut drifts = Vec::new();
+        let mut again = Vec::new();
+        for t in 1..=3_100u64 {
+            let a = st.analyze(t, &second(&[("/a", 40, errors(t)), ("/b", 20 + t % 3, 0)]), &s);
+            drifts.extend(a.drifts.iter().filter(|d| d.scope == Scope::Route("/a".into())).map(|d| (t, d.metric, d.from, d.to)));
+            if t >= 3_000 {
+                again.push(score_of(&a, "/a"));
+            }
+        }
+        let rate: Vec<_> = drifts.iter().filter(|d| d.1 == Metric::ServerErrorRate).collect();
+        assert_eq!(rate.len(), 2, "{drifts:?}");
+        assert!(rate.first().is_some_and(|d| (1_599..1_610).contains(&d.0) && d.2 < 0.01 && (d.3 - 0.5).abs() < 0.01), "{rate:?}");
+        assert!(rate.get(1).is_some_and(|d| (2_599..2_610).contains(&d.0) && (d.2 - 0.5).abs() < 0.05 && d.3 < 0.01), "{rate:?}");
+        // The baseline is back at 0%: the next outage is flagged at once.
+        assert!(again.first().is_some_and(|&x| f64::from(x) >= s.threshold), "{again:?}");
     }
 }

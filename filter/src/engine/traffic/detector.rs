@@ -192,6 +192,22 @@ impl Detector {
         self.n
     }
 
+    /// The recent level of the series: the smoothed level (~10 samples; 60
+    /// samples after a step it is within 0.2% of the new level, where the
+    /// slow level is still 13% short). Not a score: for a caller that wants
+    /// to know where the series has settled.
+    pub fn level(&self) -> f64 {
+        self.get(SMOOTH)
+    }
+
+    /// The recent standard deviation of the series around its level,
+    /// estimated from the running mean absolute change between consecutive
+    /// samples (~20 samples): for independent noise of deviation σ that mean
+    /// is 2σ/√π, so σ is it times √π/2.
+    pub fn recent_sd(&self) -> f64 {
+        self.get(SPREAD) * core::f64::consts::PI.sqrt() / 2.0
+    }
+
     fn get(&self, i: usize) -> f64 {
         self.w.get(i).copied().unwrap_or(0.0)
     }

@@ -57,12 +57,24 @@ pub struct Assessment {
     pub detail: Option<String>,
 }
 
-/// What a tick has to say: anomaly onsets (each a security event too) and
-/// problems with shared data.
+/// What a tick has to say: anomaly onsets (each a security event too),
+/// drifts and problems with shared data.
 #[derive(Debug, Default)]
 pub struct TickReport {
     pub onsets: Vec<String>,
+    /// Series whose normal shifted for good (anomalous for the drift time):
+    /// their baselines were re-learned at the new level. One line per drift,
+    /// from the VM that ran the analysis only:
+    /// `traffic: drift on {scope} ({metric}): {old} -> {new} for {n} min; baseline re-learned`.
+    pub drifts: Vec<String>,
     pub problems: Vec<String>,
+}
+
+/// What the lease holder's analysis found, as lines for people.
+#[derive(Debug, Default)]
+struct Found {
+    onsets: Vec<String>,
+    drifts: Vec<String>,
 }
 
 pub struct Traffic {
@@ -107,6 +119,7 @@ impl Traffic {
             threshold: detector::threshold(cfg.anomaly_sensitivity),
             max_routes: cfg.max_routes as usize,
             idle_s: window_s,
+            drift_s: u64::from(cfg.drift_minutes) * 60,
         };
         // Settings that change the state's shape get their own keys.
         let prefix = format!("vigil/traffic/{}/{}/", cfg.max_routes, cfg.analysis_window_minutes);
@@ -198,7 +211,10 @@ impl Traffic {
             return report;
         }
         match self.analyze(due, now_ms, instance, store, metrics) {
-            Ok(onsets) => report.onsets = onsets,
+            Ok(found) => {
+                report.onsets = found.onsets;
+                report.drifts = found.drifts;
+            }
             Err(e) => report.problems.push(format!("traffic: analysis failed: {e:?}")),
         }
         if let Err(e) = self.refresh(store) {
@@ -250,10 +266,10 @@ impl Traffic {
         instance: u64,
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
-    ) -> Result<Vec<String>, StoreError> {
+    ) -> Result<Found, StoreError> {
         let lease = Lease { key: &self.keys.lease, holder: instance, duration_ms: LEASE_MS };
         if lease.acquire(store, now_ms)?.is_none() {
-            return Ok(Vec::new());
+            return Ok(Found::default());
         }
         let s = &self.settings;
         let (mut state, state_cas, state_len) = match store.get(&self.keys.state)? {
@@ -265,7 +281,7 @@ impl Traffic {
             None => (State::new(due.saturating_sub(1), s), 0, None),
         };
         if state.cursor >= due {
-            return Ok(Vec::new());
+            return Ok(Found::default());
         }
         let from = state.cursor.max(due.saturating_sub(CATCH_UP_S)) + 1;
         let drained = cas_update(store, metrics, &self.keys.pending, |pending| {
@@ -285,14 +301,14 @@ impl Traffic {
         }
         metrics.add(Metric::TrafficRequests, requests);
 
-        let mut lines = Vec::new();
+        let mut found = Found::default();
         let mut snapshot = Snapshot::default();
         for (second, counts) in (from..=due).zip(&per_second) {
-            let (scores, onsets) = state.analyze(second, counts, s);
+            let analysis = state.analyze(second, counts, s);
             metrics.add(Metric::TrafficSeconds, 1);
-            for o in onsets {
+            for o in analysis.onsets {
                 metrics.add(Metric::TrafficAnomalies(o.metric), 1);
-                lines.push(format!(
+                found.onsets.push(format!(
                     "traffic anomaly: {} on {} scored {:.2} ({} vs baseline {})",
                     o.metric.as_str(),
                     o.scope.as_str(),
@@ -301,14 +317,27 @@ impl Traffic {
                     number(o.baseline as f32)
                 ));
             }
-            snapshot = Snapshot { second, scopes: scores };
+            for d in analysis.drifts {
+                found.drifts.push(format!(
+                    "traffic: drift on {} ({}): {} -> {} for {} min; baseline re-learned",
+                    d.scope.as_str(),
+                    d.metric.as_str(),
+                    level(d.metric, d.from),
+                    level(d.metric, d.to),
+                    d.seconds / 60
+                ));
+            }
+            snapshot = Snapshot { second, scopes: analysis.scores };
         }
         let mut bytes = Vec::new();
         state.encode(&mut bytes);
         if store.set(&self.keys.state, &bytes, state_cas)? == SetOutcome::CasMismatch {
             // Another VM advanced the state (the lease lapsed under us): its word stands.
+            // Our re-learned baselines are discarded with our state, so our
+            // drifts did not happen: the state that stands reports its own.
             metrics.add(Metric::StoreCasConflicts(Table::Traffic), 1);
-            return Ok(lines);
+            found.drifts.clear();
+            return Ok(found);
         }
         resized(metrics, &self.keys.state, state_len, bytes.len());
         let (snapshot_len, snapshot_cas) = match store.get(&self.keys.snapshot)? {
@@ -320,7 +349,7 @@ impl Traffic {
         if store.set(&self.keys.snapshot, &bytes, snapshot_cas)? == SetOutcome::Written {
             resized(metrics, &self.keys.snapshot, snapshot_len, bytes.len());
         }
-        Ok(lines)
+        Ok(found)
     }
 
     /// Reads the published snapshot if it changed since this worker's copy.
@@ -429,6 +458,16 @@ fn decode_pending(bytes: &[u8]) -> Option<Vec<(u64, Counts)>> {
     r.is_empty().then_some(out)
 }
 
+/// A series' level for people, with its unit.
+fn level(metric: series::Metric, v: f64) -> String {
+    use series::Metric as M;
+    match metric {
+        M::Requests => format!("{} req/s", number(v as f32)),
+        M::LatencyP50 | M::LatencyP95 | M::LatencyP99 => format!("{} ms", number(v as f32)),
+        M::ClientErrorRate | M::ServerErrorRate => format!("{:.1}%", 100.0 * v),
+    }
+}
+
 /// A value for people: no more digits than it deserves.
 fn number(v: f32) -> String {
     if v.abs() >= 100.0 {
@@ -447,7 +486,7 @@ mod tests {
     use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
 
     fn cfg() -> TimeSeriesAnalysis {
-        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4 }
+        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4, drift_minutes: 10 }
     }
 
     /// Two workers, each seeing half the traffic, ticking every 100 ms.
@@ -460,7 +499,10 @@ mod tests {
 
     impl Two {
         fn new() -> Self {
-            let c = cfg();
+            Two::with(cfg())
+        }
+
+        fn with(c: TimeSeriesAnalysis) -> Self {
             let t = Two { store: MemoryStore::default(), metrics: MemoryMetrics::default(), workers: [Traffic::new(&c), Traffic::new(&c)], now_ms: 1_700_000_000_000 };
             t.workers.iter().for_each(|w| { w.start(&t.store, &t.metrics).unwrap(); });
             t
@@ -481,7 +523,7 @@ mod tests {
                 self.now_ms += 100;
                 for (k, w) in self.workers.iter().enumerate() {
                     let report = w.on_tick(self.now_ms, k as u64 + 1, &self.store, &self.metrics);
-                    lines.extend(report.onsets.into_iter().chain(report.problems));
+                    lines.extend(report.onsets.into_iter().chain(report.drifts).chain(report.problems));
                 }
             }
             lines
@@ -528,6 +570,38 @@ mod tests {
         assert!(b.detail.as_deref().is_some_and(|d| d.starts_with("5xx_rate on /b")), "{b:?}");
         assert_eq!(t.metrics.get(Metric::TrafficAnomalies(series::Metric::ServerErrorRate)), 2, "listener and /b: {lines:?}");
         assert!(lines.iter().any(|l| l.contains("5xx_rate on /b")));
+    }
+
+    #[test]
+    fn a_lasting_slowdown_is_one_drift_reported_by_one_worker_then_normal() {
+        // A 10-minute window (warm-up 150 s), drift after 1 minute.
+        let mut t = Two::with(TimeSeriesAnalysis { analysis_window_minutes: 10, drift_minutes: 1, ..cfg() });
+        for s in 0..300 {
+            let lines = t.second(&[("/api/orders", 40 + s % 7, 200, 12), ("/b", 20, 200, 5)]);
+            assert!(lines.is_empty(), "steady second {s}: {lines:?}");
+        }
+        // /api/orders is 10 times slower for good.
+        let mut lines = Vec::new();
+        for s in 0..200 {
+            lines.extend(t.second(&[("/api/orders", 40 + s % 7, 200, 130), ("/b", 20, 200, 5)]));
+        }
+        let drifts: Vec<_> = lines.iter().filter(|l| l.starts_with("traffic: drift on /api/orders")).collect();
+        // One line per series, p50 and p95 (≥ 20 timed responses a second): both
+        // workers tick, only the lease holder reports.
+        assert_eq!(drifts.len(), 2, "{lines:?}");
+        for metric in ["latency_p50_ms", "latency_p95_ms"] {
+            let d = drifts.iter().find(|l| l.contains(metric)).unwrap();
+            // 12 ms and 130 ms as the histogram reads them (buckets √2 apart).
+            assert!(d.ends_with(&format!("({metric}): 10.8 ms -> 122 ms for 1 min; baseline re-learned")), "{d}");
+        }
+        assert!(!lines.iter().any(|l| l.starts_with("traffic: drift on /b")), "{lines:?}");
+        // The new latency is the route's normal: no score, nothing more to report.
+        let a = t.workers[0].read("/api/orders", t.now_ms).unwrap();
+        assert!(a.score < t.workers[0].threshold() && a.detail.is_none(), "{a:?}");
+        for s in 0..120 {
+            let lines = t.second(&[("/api/orders", 40 + s % 7, 200, 130), ("/b", 20, 200, 5)]);
+            assert!(lines.is_empty(), "second {s} after the drift: {lines:?}");
+        }
     }
 
     #[test]

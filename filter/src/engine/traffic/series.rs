@@ -20,6 +20,13 @@
 //! alone misses a pattern break that stays within the usual spread; and a
 //! spiky series teaches the detector that spikes are normal, where the
 //! z-score still sees an outage many times larger than any spike.
+//!
+//! **Drift.** A series that stays anomalous for the configured drift time
+//! (`time_series_analysis.drift_minutes`), with no break of more than
+//! [`DRIFT_GRACE_S`] seconds, has a new normal: its baseline is re-learned at
+//! the level it settled on (see [`Series::track`]) and the drift is reported
+//! once. Without this, the clipped baseline would take about a window to
+//! follow, flagging the series all along.
 
 use super::detector::{Detector, Params, ENCODED_LEN};
 use super::tally::Tally;
@@ -113,6 +120,38 @@ pub struct Reading {
     pub score: f64,
     pub value: f64,
     pub baseline: f64,
+    /// The deviation from the baseline in spreads (0 during the warm-up).
+    pub z: f64,
+}
+
+/// Seconds without an anomalous reading that a drift run survives: the score
+/// of a series at a new level hovers around the threshold now and then (the
+/// noise of the level, a second with few requests), and a lull of a few
+/// seconds does not end the new normal. A longer break does, and the clock
+/// starts again at the next anomalous second.
+pub const DRIFT_GRACE_S: u64 = 5;
+
+/// A run of anomalous seconds in progress, for drift detection: 16 bytes
+/// encoded, whatever happens.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Run {
+    /// The first anomalous second of the run (0: no run).
+    since: u64,
+    /// The last anomalous second of the run, in seconds after `since`.
+    last: u32,
+    /// The baseline when the run began: the level the series drifted from.
+    from: f32,
+}
+
+pub const RUN_ENCODED_LEN: usize = 8 + 4 + 4;
+
+/// A series' normal shifted for good: from the old baseline to the new level,
+/// after this many seconds of anomaly.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Shift {
+    pub from: f64,
+    pub to: f64,
+    pub seconds: u64,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -122,15 +161,75 @@ pub struct Series {
     var: f64,
     /// An anomaly is in progress (for counting onsets, not seconds).
     pub active: bool,
+    run: Run,
     /// Samples before either method may score (from the parameters, not stored).
     warmup: u64,
 }
 
-pub const SERIES_ENCODED_LEN: usize = ENCODED_LEN + 8 + 8 + 1;
+/// Bytes of a series' encoded state (the drift run included).
+pub const SERIES_ENCODED_LEN: usize = ENCODED_LEN + 8 + 8 + 1 + RUN_ENCODED_LEN;
 
 impl Series {
     pub fn new(params: Params) -> Self {
-        Series { detector: Detector::new(params), mean: 0.0, var: 0.0, active: false, warmup: params.warmup }
+        Series { detector: Detector::new(params), mean: 0.0, var: 0.0, active: false, run: Run::default(), warmup: params.warmup }
+    }
+
+    /// Drift detection, after `observe` gave `reading` for `second`: extends
+    /// or ends the run of anomalous seconds (score at or above `threshold`,
+    /// breaks of up to [`DRIFT_GRACE_S`] seconds allowed) and, once the run
+    /// has lasted `drift_s` seconds, re-learns the baseline and returns the
+    /// shift (once: the run starts over).
+    ///
+    /// For a metric where only a rise counts (latency, error rates), a
+    /// material deviation the other way (z of -3 or less) extends a run too:
+    /// it scores nothing, but a baseline left high by a drifted outage must
+    /// come back down when the service recovers for good, or the next outage
+    /// would hide under it for about a window.
+    ///
+    /// Re-learning moves only the z-score baseline, to where the detector says
+    /// the series has settled: the mean to its smoothed level (~10 samples,
+    /// long since past the step: the drift time is at least 60), the variance to the square of its recent
+    /// sample-to-sample deviation (~20 samples, all at the new level). That
+    /// baseline is what keeps a new level flagged: clipped at 3 spreads a
+    /// sample, it would take about an analysis window to follow, and its
+    /// variance, inflated by the clipped samples, would dull the series for as
+    /// long again. The detector is kept as it is, deliberately: what it learned
+    /// is scale-free or already holds the new level (changes are measured in
+    /// its running spread, the tails are of those ratios, the seasonal errors
+    /// use differences, and its ranges took the new level in when it arrived),
+    /// and its score fades within a few samples of the step. Resetting it
+    /// would blind the series for a whole warm-up and forget how bursty it is.
+    /// The per-metric floor still bounds the z-score's spread from below, so a
+    /// calm stretch before the drift cannot make the new baseline jumpy.
+    pub fn track(&mut self, reading: Option<&Reading>, second: u64, threshold: f64, drift_s: u64) -> Option<Shift> {
+        let run = &mut self.run;
+        let last = run.since.saturating_add(u64::from(run.last));
+        match reading {
+            Some(r) if r.score >= threshold || (!r.metric.two_sided() && r.z <= -Z_MIN) => {
+                if run.since == 0 || second.saturating_sub(last) > DRIFT_GRACE_S + 1 {
+                    *run = Run { since: second, last: 0, from: r.baseline as f32 };
+                }
+                run.last = u32::try_from(second.saturating_sub(run.since)).unwrap_or(u32::MAX);
+                let seconds = second.saturating_sub(run.since) + 1;
+                if seconds < drift_s {
+                    return None;
+                }
+                let from = f64::from(run.from);
+                *run = Run::default();
+                let to = self.detector.level();
+                self.mean = to;
+                self.var = self.detector.recent_sd().powi(2);
+                Some(Shift { from, to, seconds })
+            }
+            // Not anomalous this second (or nothing to measure): the run
+            // survives a short break.
+            _ => {
+                if run.since != 0 && second.saturating_sub(last) > DRIFT_GRACE_S {
+                    *run = Run::default();
+                }
+                None
+            }
+        }
     }
 
     /// Takes this second's tally; `alpha` is the baseline's weight per second
@@ -145,7 +244,7 @@ impl Series {
         let material = warm && if metric.two_sided() { z.abs() >= Z_MIN } else { z >= Z_MIN };
         let by_z = ((z.abs() - Z_MIN) / Z_MIN).clamp(0.0, 1.0);
         let score = if material { detected.max(by_z) } else { 0.0 };
-        let reading = Reading { metric, score, value: x, baseline: self.mean };
+        let reading = Reading { metric, score, value: x, baseline: self.mean, z: if warm { z } else { 0.0 } };
         if first {
             self.mean = x;
         } else {
@@ -167,15 +266,23 @@ impl Series {
         w.f64(self.mean);
         w.f64(self.var);
         w.u8(u8::from(self.active));
+        w.u64(self.run.since);
+        w.u32(self.run.last);
+        w.f32(self.run.from);
     }
 
-    pub fn decode(params: Params, r: &mut Reader) -> Option<Series> {
+    /// The inverse of `encode`. `with_run: false` reads the layout before
+    /// drift detection (no run: it starts afresh), so an upgrade keeps the
+    /// learned baselines.
+    pub fn decode(params: Params, r: &mut Reader, with_run: bool) -> Option<Series> {
         let (detector, used) = Detector::decode(params, r.0)?;
         r.bytes(used)?;
         let mean = r.f64()?;
         let var = r.f64()?;
         let active = r.u8()? != 0;
-        (mean.is_finite() && var.is_finite()).then_some(Series { detector, mean, var, active, warmup: params.warmup })
+        let run = if with_run { Run { since: r.u64()?, last: r.u32()?, from: r.f32()? } } else { Run::default() };
+        (mean.is_finite() && var.is_finite() && run.from.is_finite())
+            .then_some(Series { detector, mean, var, active, run, warmup: params.warmup })
     }
 }
 
@@ -237,11 +344,46 @@ mod tests {
             s.observe(Metric::Requests, &tally(10 + i % 3, 0, 1), 0.01);
         }
         s.active = true;
+        s.run = Run { since: 1_700_000_000, last: 7, from: 12.5 };
         let mut buf = Vec::new();
         s.encode(&mut Writer(&mut buf));
         assert_eq!(buf.len(), SERIES_ENCODED_LEN);
         let mut r = Reader(&buf);
-        assert_eq!(Series::decode(params(), &mut r), Some(s));
+        assert_eq!(Series::decode(params(), &mut r, true), Some(s.clone()));
         assert!(r.is_empty());
+        // The layout before drift detection: the same without the run.
+        let old = buf.get(..SERIES_ENCODED_LEN - RUN_ENCODED_LEN).unwrap();
+        let mut r = Reader(old);
+        assert_eq!(Series::decode(params(), &mut r, false), Some(Series { run: Run::default(), ..s }));
+        assert!(r.is_empty());
+    }
+
+    /// A reading of `score` at `second`, for driving `track` directly.
+    fn at(score: f64) -> Reading {
+        Reading { metric: Metric::Requests, score, value: 400.0, baseline: 40.0, z: 50.0 }
+    }
+
+    #[test]
+    fn a_run_survives_short_breaks_and_ends_on_a_longer_one() {
+        let mut s = Series::new(params());
+        let drift_s = 60;
+        // Anomalous from 1000, with breaks of up to DRIFT_GRACE_S quiet seconds
+        // (low scores, or no reading at all) every 10 s.
+        let mut shifts = Vec::new();
+        for t in 1_000..1_100u64 {
+            let r = at(if t % 10 < 10 - DRIFT_GRACE_S { 0.9 } else { 0.1 });
+            let reading = (t % 10 != 9).then_some(r);
+            shifts.extend(s.track(reading.as_ref(), t, 0.34, drift_s).map(|x| (t, x)));
+        }
+        // 1059 has no reading: the drift waits for the next anomalous second.
+        assert_eq!(shifts.len(), 1, "{shifts:?}");
+        assert_eq!(shifts.first().map(|(t, x)| (*t, x.seconds, x.from)), Some((1_060, 61, 40.0)));
+        assert_eq!(s.run.since, 1_061, "reported once: a new run starts after the drift");
+        // One more quiet second than the grace ends a run: no drift, ever.
+        let mut s = Series::new(params());
+        for t in 2_000..3_000u64 {
+            let score = if t % 20 < 19 - DRIFT_GRACE_S { 0.9 } else { 0.1 };
+            assert_eq!(s.track(Some(&at(score)), t, 0.34, drift_s), None, "second {t}");
+        }
     }
 }
