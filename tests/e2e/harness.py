@@ -96,6 +96,8 @@ class Stack:
         self.filter_config = filter_config
         self.concurrency = concurrency
         self.admin_port, self.port = free_port(), free_port()
+        # Vigil's own admin API listener (not Envoy's admin).
+        self.vigil_admin_port = free_port()
         self.upstream_port = free_port()
         self.external_model = model_port is not None
         self.ml_port = model_port if model_port is not None else free_port()
@@ -183,6 +185,14 @@ class Stack:
         wasm["vm_config"]["code"]["local"]["filename"] = str(wasm_path())
         if self.filter_config is not None:
             wasm["configuration"]["value"] = json.dumps(self.filter_config)
+        # The admin listener shares the filter (a YAML alias: the same object).
+        filter_config = json.loads(wasm["configuration"]["value"])
+        if "admin" in filter_config:
+            filter_config["admin"]["port"] = self.vigil_admin_port
+            wasm["configuration"]["value"] = json.dumps(filter_config)
+        for other in doc["static_resources"]["listeners"][1:]:
+            if other["name"] == "vigil_admin":
+                other["address"]["socket_address"]["port_value"] = self.vigil_admin_port
         # Floods go to /direct/: answered by Envoy itself, through Vigil, so they
         # run at Envoy's pace rather than the Python upstream's.
         routes = hcm["route_config"]["virtual_hosts"][0]["routes"]
@@ -209,6 +219,23 @@ class Stack:
             conn.request(method, path, body=body, headers=headers or {})
             resp = conn.getresponse()
             return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+        finally:
+            conn.close()
+
+    def vigil_admin(self, method: str, path: str, token: str | None = None,
+                    port: int | None = None) -> tuple[int, dict]:
+        """A call to Vigil's admin API (its own listener unless `port` says
+        otherwise); the JSON answer, or {"raw": text} when it is not JSON."""
+        conn = http.client.HTTPConnection("127.0.0.1", port or self.vigil_admin_port, timeout=10)
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        try:
+            conn.request(method, path, headers=headers)
+            resp = conn.getresponse()
+            text = resp.read().decode()
+            try:
+                return resp.status, json.loads(text)
+            except ValueError:
+                return resp.status, {"raw": text}
         finally:
             conn.close()
 

@@ -3,8 +3,9 @@
 //! body) and sends back what this returns; nothing here touches the host.
 //!
 //! Endpoints under `admin.path_prefix` (default `/vigil/admin`), all JSON:
-//! - `POST /feedback`: `{"request_id"|"identity"|"route": ..., "verdict":
-//!   "false_positive"|"confirmed_threat", "note": ...}`
+//! - `POST /feedback?request_id=…|identity=…|route=…&verdict=false_positive|confirmed_threat&note=…`
+//!   (parameters in the query string: a Wasm filter that pauses in the
+//!   request headers gets no body callbacks, so the API reads no body)
 //! - `GET /identities/{kind:hash}`: profile, risk history and trend, feedback
 //! - `GET /thresholds`: base thresholds and each route group's state
 //! - `GET /models`: precision and recall per detector and model, model latency
@@ -24,8 +25,8 @@ use super::profile::standing::Label;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// The largest request body the admin API reads.
-pub const MAX_BODY: usize = 8 * 1024;
+/// The longest query string the admin API reads.
+pub const MAX_QUERY: usize = 2048;
 const RATE_KEY: &str = "vigil/admin/calls";
 
 /// One call, as the host read it.
@@ -35,7 +36,6 @@ pub struct Call<'a> {
     /// The path with its query, as sent.
     pub path: &'a str,
     pub authorization: Option<&'a [u8]>,
-    pub body: &'a [u8],
 }
 
 /// The answer: status, JSON body, and the lines to log (the audit line
@@ -183,7 +183,10 @@ fn route(engine: &Engine, call: &Call, now_ms: u64, store: &dyn SharedStore, met
     let endpoint = rest.trim_end_matches('/');
     let method = call.method;
     match (method, endpoint) {
-        ("POST", "/feedback") => feedback(engine, call.body, now_ms, store, metrics, events),
+        ("POST", "/feedback") => match query_fields(call.path.split_once('?').map_or("", |(_, q)| q)) {
+            Ok(o) => feedback(engine, o, now_ms, store, metrics, events),
+            Err(m) => error(400, "bad_request", m),
+        },
         ("GET", "/thresholds") => thresholds(engine, store),
         ("GET", "/models") => models(engine, store),
         ("GET", e) if e.starts_with("/identities/") => identity(engine, e.trim_start_matches("/identities/"), store, metrics),
@@ -222,16 +225,36 @@ fn parse_identity(engine: &Engine, s: &str) -> Result<(u64, String), String> {
     Err("an identity is `kind:hash` as logged (16 hex digits), or `kind=value`".into())
 }
 
-fn feedback(engine: &Engine, body: &[u8], now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink, events: &mut Vec<Event>) -> (u16, Value) {
-    let Ok(Value::Object(o)) = serde_json::from_slice::<Value>(body) else {
-        return error(400, "bad_request", "the body must be a JSON object");
-    };
+/// `a=b&c=d`, percent-decoded (`+` is a space), each name at most once.
+fn query_fields(query: &str) -> Result<serde_json::Map<String, Value>, String> {
+    if query.len() > MAX_QUERY {
+        return Err(format!("the query string is longer than {MAX_QUERY} bytes"));
+    }
+    let mut o = serde_json::Map::new();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        let (k, v) = (percent_decode(&k.replace('+', " ")), percent_decode(&v.replace('+', " ")));
+        if o.insert(k.clone(), Value::String(v)).is_some() {
+            return Err(format!("`{k}` is given twice"));
+        }
+    }
+    Ok(o)
+}
+
+fn feedback(
+    engine: &Engine,
+    o: serde_json::Map<String, Value>,
+    now_ms: u64,
+    store: &dyn SharedStore,
+    metrics: &dyn MetricsSink,
+    events: &mut Vec<Event>,
+) -> (u16, Value) {
     let allowed = ["request_id", "identity", "route", "verdict", "note"];
     if let Some(k) = o.keys().find(|k| !allowed.contains(&k.as_str())) {
         return error(400, "bad_request", format!("unknown field `{k}`"));
     }
     let Some(label) = o.get("verdict").and_then(Value::as_str).and_then(Label::parse) else {
-        return error(400, "bad_request", "`verdict` must be \"false_positive\" or \"confirmed_threat\"");
+        return error(400, "bad_request", "`verdict` must be `false_positive` or `confirmed_threat`");
     };
     let note = match o.get("note") {
         None => None,
@@ -501,8 +524,8 @@ mod tests {
         HeaderList::from_pairs(&[(":method", "GET"), (":path", path), ("x-user-id", "mallory"), ("x-geo-country", country), ("x-request-id", id)])
     }
 
-    fn call<'a>(method: &'a str, path: &'a str, auth: Option<&'a [u8]>, body: &'a [u8]) -> Call<'a> {
-        Call { method, path, authorization: auth, body }
+    fn call<'a>(method: &'a str, path: &'a str, auth: Option<&'a [u8]>) -> Call<'a> {
+        Call { method, path, authorization: auth }
     }
 
     fn decide(e: &Engine, r: &HeaderList, t: u64, store: &MemoryStore, metrics: &MemoryMetrics) -> crate::engine::pipeline::Verdict {
@@ -534,10 +557,10 @@ mod tests {
         assert!(low <= flagged.risk && flagged.risk <= high);
 
         // Without a token, or with a wrong one: 401, and nothing changes.
-        let body = br#"{"request_id": "export-1", "verdict": "false_positive"}"#;
+        let fp = "/vigil/admin/feedback?request_id=export-1&verdict=false_positive&note=known+batch+job";
         let before = (workers[1].feedback().thresholds.read(&store).unwrap(), accuracy::read(&store).unwrap());
         for auth in [None, Some(&b"Bearer wrong"[..]), Some(&b"Basic czNjcmV0"[..])] {
-            let r = serve(&workers[1], &digests, &call("POST", "/vigil/admin/feedback", auth, body), t, &store, &metrics);
+            let r = serve(&workers[1], &digests, &call("POST", fp, auth), t, &store, &metrics);
             assert_eq!(r.status, 401, "{r:?}");
             assert!(r.body.contains("\"error\":\"unauthorized\""));
             assert!(r.log[0].starts_with("vigil-audit admin call method=POST path=/vigil/admin/feedback status=401"));
@@ -548,7 +571,7 @@ mod tests {
 
         // The operator marks it a false positive through the other worker.
         let auth = format!("Bearer {TOKEN}");
-        let r = serve(&workers[1], &digests, &call("POST", "/vigil/admin/feedback", Some(auth.as_bytes()), body), t + 10, &store, &metrics);
+        let r = serve(&workers[1], &digests, &call("POST", fp, Some(auth.as_bytes())), t + 10, &store, &metrics);
         assert_eq!(r.status, 200, "{r:?}");
         let reply: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(reply["pattern_kept"], true);
@@ -573,7 +596,7 @@ mod tests {
         }
 
         // The identity's standing is readable, with its risk history.
-        let r = serve(&workers[0], &digests, &call("GET", "/vigil/admin/identities/user=mallory", Some(auth.as_bytes()), b""), t, &store, &metrics);
+        let r = serve(&workers[0], &digests, &call("GET", "/vigil/admin/identities/user=mallory", Some(auth.as_bytes())), t, &store, &metrics);
         assert_eq!(r.status, 200, "{r:?}");
         let id: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(id["feedback"]["false_positives"], 1);
@@ -589,26 +612,30 @@ mod tests {
         let digests = token_digests(&e.config);
         let auth = format!("Bearer {TOKEN}");
         let a = Some(auth.as_bytes());
-        for (body, expect) in [
-            (&b"not json"[..], "JSON object"),
-            (br#"{"route": "/x", "verdict": "maybe"}"#, "verdict"),
-            (br#"{"verdict": "false_positive"}"#, "exactly one"),
-            (br#"{"route": "/x", "identity": "user=a", "verdict": "false_positive"}"#, "exactly one"),
-            (br#"{"route": "x", "verdict": "false_positive"}"#, "route"),
-            (br#"{"request_id": "a\"b", "verdict": "false_positive"}"#, "request_id"),
-            (br#"{"identity": "wizard:1", "verdict": "false_positive"}"#, "kind"),
-            (br#"{"route": "/x", "verdict": "false_positive", "extra": 1}"#, "unknown field"),
+        for (query, expect) in [
+            ("", "verdict"),
+            ("route=/x&verdict=maybe", "verdict"),
+            ("verdict=false_positive", "exactly one"),
+            ("route=/x&identity=user%3Da&verdict=false_positive", "exactly one"),
+            ("route=x&verdict=false_positive", "route"),
+            ("request_id=a%22b&verdict=false_positive", "request_id"),
+            ("identity=wizard:1&verdict=false_positive", "kind"),
+            ("route=/x&verdict=false_positive&extra=1", "unknown field"),
+            ("route=/x&route=/y&verdict=false_positive", "twice"),
         ] {
-            let r = serve(&e, &digests, &call("POST", "/vigil/admin/feedback", a, body), 1_000, &store, &metrics);
-            assert_eq!(r.status, 400, "{}: {r:?}", String::from_utf8_lossy(body));
+            let path = format!("/vigil/admin/feedback?{query}");
+            let r = serve(&e, &digests, &call("POST", &path, a), 1_000, &store, &metrics);
+            assert_eq!(r.status, 400, "{query}: {r:?}");
             assert!(r.body.contains(expect), "{}", r.body);
         }
+        let long = format!("/vigil/admin/feedback?note={}", "x".repeat(3000));
+        assert_eq!(serve(&e, &digests, &call("POST", &long, a), 1_000, &store, &metrics).status, 400);
         assert_eq!(e.feedback().thresholds.read(&store).unwrap()[0], Default::default());
-        let r = serve(&e, &digests, &call("GET", "/vigil/admin/feedback", a, b""), 1_000, &store, &metrics);
+        let r = serve(&e, &digests, &call("GET", "/vigil/admin/feedback", a), 1_000, &store, &metrics);
         assert_eq!(r.status, 405);
-        let r = serve(&e, &digests, &call("GET", "/vigil/admin/nothing", a, b""), 1_000, &store, &metrics);
+        let r = serve(&e, &digests, &call("GET", "/vigil/admin/nothing", a), 1_000, &store, &metrics);
         assert_eq!(r.status, 404);
-        let r = serve(&e, &digests, &call("POST", "/vigil/admin/feedback", a, br#"{"request_id": "unknown-1", "verdict": "false_positive"}"#), 1_000, &store, &metrics);
+        let r = serve(&e, &digests, &call("POST", "/vigil/admin/feedback?request_id=unknown-1&verdict=false_positive", a), 1_000, &store, &metrics);
         assert_eq!(r.status, 404, "{r:?}");
     }
 
@@ -619,20 +646,20 @@ mod tests {
         let digests = token_digests(&e.config);
         let auth = format!("Bearer {TOKEN}");
         for i in 0..8 {
-            let body = br#"{"route": "/reports/2024", "verdict": "false_positive"}"#;
-            let r = serve(&e, &digests, &call("POST", "/vigil/admin/feedback", Some(auth.as_bytes()), body), 60_000 * i, &store, &metrics);
+            let path = "/vigil/admin/feedback?route=/reports/2024&verdict=false_positive";
+            let r = serve(&e, &digests, &call("POST", path, Some(auth.as_bytes())), 60_000 * i, &store, &metrics);
             assert_eq!(r.status, 200, "{r:?}");
         }
-        let r = serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", Some(auth.as_bytes()), b""), 1_000_000, &store, &metrics);
+        let r = serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", Some(auth.as_bytes())), 1_000_000, &store, &metrics);
         let t: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(t["groups"][0]["offset"], 0.2, "bounded by max_offset: {t}");
         assert_eq!(t["groups"][0]["thresholds"]["flag"], 0.7);
         assert_eq!(t["groups"][0]["false_positives"], 8);
         // A confirmed threat reported on a request Vigil let through is a miss for every detector.
-        let body = br#"{"request_id": "never-flagged", "verdict": "confirmed_threat"}"#;
-        let r = serve(&e, &digests, &call("POST", "/vigil/admin/feedback", Some(auth.as_bytes()), body), 1_000_000, &store, &metrics);
+        let path = "/vigil/admin/feedback?request_id=never-flagged&verdict=confirmed_threat";
+        let r = serve(&e, &digests, &call("POST", path, Some(auth.as_bytes())), 1_000_000, &store, &metrics);
         assert_eq!(r.status, 200);
-        let r = serve(&e, &digests, &call("GET", "/vigil/admin/models", Some(auth.as_bytes()), b""), 1_000_000, &store, &metrics);
+        let r = serve(&e, &digests, &call("GET", "/vigil/admin/models", Some(auth.as_bytes())), 1_000_000, &store, &metrics);
         let m: Value = serde_json::from_str(&r.body).unwrap();
         assert_eq!(m["detectors"][1]["name"], "behavior");
         assert_eq!(m["detectors"][1]["missed"], 1);
@@ -644,12 +671,12 @@ mod tests {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
         let e = worker(&store, &metrics);
         let digests = token_digests(&e.config);
-        let statuses: Vec<u16> = (0..25).map(|_| serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", None, b""), 5_000, &store, &metrics).status).collect();
+        let statuses: Vec<u16> = (0..25).map(|_| serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", None), 5_000, &store, &metrics).status).collect();
         assert_eq!(statuses.iter().filter(|s| **s == 401).count(), 20);
         assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 5);
         // The next minute has a fresh budget.
         let auth = format!("Bearer {TOKEN}");
-        assert_eq!(serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", Some(auth.as_bytes()), b""), 65_000, &store, &metrics).status, 200);
+        assert_eq!(serve(&e, &digests, &call("GET", "/vigil/admin/thresholds", Some(auth.as_bytes())), 65_000, &store, &metrics).status, 200);
         assert_eq!(metrics.get(Metric::AdminCalls("rate_limited")), 5);
     }
 

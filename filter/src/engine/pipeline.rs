@@ -158,6 +158,12 @@ impl Engine {
                 self.emit(&Event::of_anomaly(now_ms, &onset), now_ms, metrics, &mut log.events);
                 log.warn.push(onset);
             }
+            for drift in report.drifts {
+                metrics.add(Metric::Drift("route"), 1);
+                metrics.add(Metric::Events(events::Kind::Drift), 1);
+                self.emit(&Event::notice(events::Kind::Drift, "baseline drift", 4, now_ms, "drift", drift.clone()), now_ms, metrics, &mut log.events);
+                log.events.push(format!("vigil-{drift}"));
+            }
             log.warn.extend(report.problems);
         }
         match self.feedback.thresholds.on_tick(now_ms, store, metrics) {

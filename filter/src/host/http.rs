@@ -5,6 +5,7 @@ use super::abi;
 use super::callout::{self, StreamCallouts};
 use super::root::Shared;
 use super::store::HostStore;
+use crate::engine::admin;
 use crate::engine::config::LogRecord;
 use crate::engine::decision::Decision;
 use crate::engine::features::Features;
@@ -72,6 +73,46 @@ impl VigilHttp {
     }
 }
 
+impl VigilHttp {
+    /// Serves the admin API to a request under `admin.path_prefix` that
+    /// arrived on the admin listener (`admin.port`). The port is read only
+    /// for requests under the prefix: nothing is paid on ordinary ones.
+    fn admin_call(&self, req: &HostRequest, now_ms: u64) -> Option<Action> {
+        let engine = &self.shared.engine;
+        let cfg = &engine.config.admin;
+        let port = cfg.port.filter(|_| cfg.enabled())?;
+        let path = std::str::from_utf8(req.0.header(":path")?).ok()?;
+        let rest = path.strip_prefix(cfg.path_prefix.as_str())?;
+        if !(rest.is_empty() || rest.starts_with('/') || rest.starts_with('?')) {
+            return None;
+        }
+        let local = abi::property(&["destination", "port"]).ok()??;
+        let local_port = match <[u8; 8]>::try_from(local.as_slice()) {
+            Ok(b) => i64::from_le_bytes(b),
+            Err(_) => std::str::from_utf8(&local).ok()?.trim().parse().ok()?,
+        };
+        if local_port != i64::from(port) {
+            // The public listener: not an admin call, an ordinary request.
+            return None;
+        }
+        let method = req.0.header(":method").and_then(|m| std::str::from_utf8(m).ok()).unwrap_or("");
+        let call = admin::Call { method, path, authorization: req.0.header("authorization") };
+        let reply = admin::serve(engine, &self.shared.admin_digests, &call, now_ms, &HostStore, &self.shared.metrics);
+        log_lines(reply.log);
+        let mut headers: Vec<(&str, &[u8])> = vec![("content-type", b"application/json"), ("cache-control", b"no-store")];
+        if reply.status == 401 {
+            headers.push(("www-authenticate", b"Bearer realm=\"vigil-admin\""));
+        }
+        match abi::send_local_response(reply.status, "vigil_admin", reply.body.as_bytes(), &headers) {
+            Ok(()) => Some(Action::Pause),
+            Err(status) => {
+                abi::log(abi::LOG_ERROR, &format!("admin reply failed (status {status})"));
+                Some(Action::Continue)
+            }
+        }
+    }
+}
+
 fn log_lines(lines: Vec<String>) {
     for line in lines {
         abi::log(abi::LOG_INFO, &line);
@@ -132,6 +173,9 @@ impl HttpContext for VigilHttp {
             }
         };
         let req = HostRequest(HeaderList::new(headers));
+        if let Some(action) = self.admin_call(&req, started / 1_000_000) {
+            return action;
+        }
         let client_headers = report::HEADERS.iter().any(|name| req.0.header(name).is_some());
         let engine = &self.shared.engine;
         let now_ms = started / 1_000_000;

@@ -28,6 +28,8 @@ pub struct Shared {
     pub instance: u64,
     /// The root context's id: model calls of waiting requests are owned by it.
     pub root_id: u32,
+    /// The admin API's token digests, decoded once.
+    pub admin_digests: Vec<[u8; 32]>,
 }
 
 pub struct VigilRoot {
@@ -136,7 +138,14 @@ impl RootContext for VigilRoot {
         // Each worker configures its own VM on its own thread: the clock in
         // nanoseconds tells them apart.
         let instance = abi::now_nanos().unwrap_or(0) | 1;
-        self.shared = Some(Rc::new(Shared { engine, metrics, requests_seen: Cell::new(0), instance, root_id: self.id }));
+        self.shared = Some(Rc::new(Shared {
+            admin_digests: crate::engine::admin::token_digests(&engine.config),
+            engine,
+            metrics,
+            requests_seen: Cell::new(0),
+            instance,
+            root_id: self.id,
+        }));
         true
     }
 

@@ -90,6 +90,37 @@ fn ml_metrics() -> (Named, Named, Named) {
     (counters, gauges, histograms)
 }
 
+/// Feedback, accuracy, drift, adaptive thresholds and the admin API.
+fn feedback_metrics() -> (Named, Named, Named) {
+    use crate::engine::feedback::DETECTORS;
+    use crate::engine::profile::standing::Label;
+    let mut counters: Named = Vec::new();
+    let mut gauges: Named = Vec::new();
+    for label in [Label::FalsePositive, Label::ConfirmedThreat] {
+        for target in ["request", "identity", "route"] {
+            counters.push((Metric::Feedback(label, target), format!("vigil_feedback_total.verdict.{}.target.{target}", label.as_str())));
+        }
+    }
+    for d in DETECTORS {
+        gauges.push((Metric::Precision(d), format!("vigil_detector_precision_permille.detector.{}", d.as_str())));
+        gauges.push((Metric::Recall(d), format!("vigil_detector_recall_permille.detector.{}", d.as_str())));
+    }
+    for scope in ["identity", "route"] {
+        counters.push((Metric::Drift(scope), format!("vigil_drift_total.scope.{scope}")));
+    }
+    counters.push((Metric::ThresholdAdjustments, "vigil_threshold_adjustments_total".to_string()));
+    for outcome in ["ok", "unauthorized", "bad_request", "not_found", "rate_limited", "unavailable", "error"] {
+        counters.push((Metric::AdminCalls(outcome), format!("vigil_admin_calls_total.outcome.{outcome}")));
+    }
+    for (t, name) in [(Table::Decisions, "decisions"), (Table::Feedback, "feedback")] {
+        counters.push((Metric::StoreCasConflicts(t), format!("vigil_store_cas_conflicts_total.table.{name}")));
+        gauges.push((Metric::StoreBytes(t), format!("vigil_store_bytes.table.{name}")));
+    }
+    counters.push((Metric::StoreEvictions(Table::Decisions), "vigil_store_evictions_total.table.decisions".to_string()));
+    gauges.push((Metric::StoreSlotsUsed(Table::Decisions), "vigil_store_slots_used.table.decisions".to_string()));
+    (counters, gauges, Vec::new())
+}
+
 /// Alerts, notifications, events, decision reasons and the risk histogram.
 fn reporting_metrics() -> (Named, Named, Named) {
     use crate::engine::config::Severity;
@@ -155,7 +186,7 @@ impl HostMetrics {
             ids.push((m, abi::define_metric(abi::GAUGE, name)?));
         }
         let mut histograms = Vec::new();
-        for (counters, gauges, hists) in [ml_metrics(), reporting_metrics()] {
+        for (counters, gauges, hists) in [ml_metrics(), reporting_metrics(), feedback_metrics()] {
             for (m, name) in counters {
                 ids.push((m, abi::define_metric(abi::COUNTER, &name)?));
             }

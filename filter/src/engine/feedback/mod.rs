@@ -122,7 +122,11 @@ pub fn apply_pattern(decision: Decision, risk: f64, pattern: Option<Pattern>) ->
         ),
         Label::ConfirmedThreat => {
             let floor = decision_of(p.decision);
-            (floor > decision).then(|| (floor, Some(format!("an operator confirmed this pattern a threat ({})", floor.as_str())))).unwrap_or((decision, None))
+            if floor > decision {
+                (floor, Some(format!("an operator confirmed this pattern a threat ({})", floor.as_str())))
+            } else {
+                (decision, None)
+            }
         }
         Label::FalsePositive => (decision, None),
     }
