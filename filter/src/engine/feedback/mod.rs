@@ -204,11 +204,23 @@ pub struct Feedback {
     pub thresholds: Thresholds,
     /// Kept only when the admin API is on (nobody could ask otherwise).
     pub decisions: Option<Decisions>,
+    /// This worker's decisions kept in the current second: (second, count).
+    kept: std::cell::Cell<(u64, u32)>,
 }
+
+/// Decisions a worker keeps per second at most: under a flood of refusals
+/// (thousands a second, mostly one pattern) the writes stay bounded, and one
+/// kept example is enough to give feedback on.
+pub const KEEP_PER_SECOND: u32 = 50;
 
 impl Feedback {
     pub fn new(cfg: &AdaptiveThresholds, recent_decisions: Option<u32>) -> Self {
-        Feedback { cfg: cfg.clone(), thresholds: Thresholds::new(cfg), decisions: recent_decisions.map(Decisions::new) }
+        Feedback {
+            cfg: cfg.clone(),
+            thresholds: Thresholds::new(cfg),
+            decisions: recent_decisions.map(Decisions::new),
+            kept: std::cell::Cell::new((0, 0)),
+        }
     }
 
     pub fn start(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<u32, StoreError> {
@@ -316,11 +328,17 @@ impl Feedback {
     }
 
     /// Keeps a flagged or refused decision for feedback by request id.
+    /// At most `KEEP_PER_SECOND` per worker; the others are not kept.
     pub fn keep(&self, request: u64, d: Decided, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
-        match &self.decisions {
-            Some(t) => t.keep(request, d, store, metrics),
-            None => Ok(()),
+        let Some(t) = &self.decisions else { return Ok(()) };
+        let second = d.at_ms / 1000;
+        let (at, n) = self.kept.get();
+        let n = if at == second { n } else { 0 };
+        if n >= KEEP_PER_SECOND {
+            return Ok(());
         }
+        self.kept.set((second, n + 1));
+        t.keep(request, d, store, metrics)
     }
 }
 
@@ -350,6 +368,31 @@ mod tests {
         let threat = Pattern { label: Label::ConfirmedThreat, decision: 3, ..fp };
         assert_eq!(apply_pattern(Decision::Flag, 0.6, Some(threat)).0, Decision::Block);
         assert_eq!(apply_pattern(Decision::Flag, 0.6, None), (Decision::Flag, None));
+    }
+
+    #[test]
+    fn a_flood_of_refusals_keeps_a_bounded_number_of_decisions_per_second() {
+        use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let f = Feedback::new(&AdaptiveThresholds::default(), Some(4096));
+        f.start(&store, &metrics).unwrap();
+        let d = |at_ms| Decided {
+            identity: 3,
+            identity_display: "user:3".into(),
+            anonymous: false,
+            route: "/x".into(),
+            route_hash: 1,
+            group: 0,
+            mask: 1,
+            risk_permille: 900,
+            decision: 3,
+            at_ms,
+        };
+        for i in 0..1000u64 {
+            f.keep(100 + i, d(5_000 + i * 2), &store, &metrics).unwrap();
+        }
+        let kept = (0..1000u64).filter(|i| f.decisions.as_ref().unwrap().find(100 + i, &store, &metrics).unwrap().is_some()).count();
+        assert_eq!(kept, 2 * KEEP_PER_SECOND as usize, "1000 refusals over two seconds");
     }
 
     #[test]

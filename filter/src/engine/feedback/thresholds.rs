@@ -217,6 +217,13 @@ impl Thresholds {
             let n = local.counts.len();
             std::mem::replace(&mut local.counts, vec![(0, 0); n])
         };
+        if counts.iter().all(|c| *c == (0, 0)) {
+            // Nothing to hand in (an idle worker, or the admin listener's
+            // root): only re-read the offsets, without a write.
+            let groups = self.read(store)?;
+            self.local.borrow_mut().offsets = groups.iter().map(|g| g.offset).collect();
+            return Ok(Vec::new());
+        }
         let period_ms = u64::from(self.cfg.adjust_seconds) * 1000;
         let enabled = self.cfg.enabled;
         let mut changes = Vec::new();
@@ -424,7 +431,11 @@ mod tests {
         let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
         let c = AdaptiveThresholds { adjust_seconds: 10, min_requests: 10, ..cfg() };
         let (a, b) = (Thresholds::new(&c), Thresholds::new(&c));
+        // An idle tick writes nothing; the first counts open the first period.
+        a.on_tick(500, &store, &metrics).unwrap();
+        assert_eq!(store.len(), 0);
         for w in [&a, &b] {
+            w.count(0, false);
             w.on_tick(1_000, &store, &metrics).unwrap();
         }
         for _ in 0..100 {
@@ -434,7 +445,7 @@ mod tests {
         let mut lines = a.on_tick(12_000, &store, &metrics).unwrap();
         lines.extend(b.on_tick(12_000, &store, &metrics).unwrap());
         let g = a.read(&store).unwrap()[0];
-        assert_eq!(g.requests, 200, "both workers' counts");
+        assert_eq!(g.requests, 202, "both workers' counts");
         assert_eq!(g.adjustments, 1, "once: {lines:?}");
         assert_eq!(lines.len(), 1);
         assert!((g.offset - 0.02).abs() < 1e-6);

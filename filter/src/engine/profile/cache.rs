@@ -27,7 +27,9 @@ const PENDING_CAP: usize = 2 * MAX_PENDING;
 pub enum Event {
     Request(Observation),
     Status(u16),
-    /// A decided request's risk, and whether its behaviour deviated.
+    /// A request, once decided: its risk, and whether its behaviour deviated.
+    Scored { obs: Observation, risk: f32, deviated: bool },
+    /// A decided request's risk, when its request event is no longer the last.
     Risk { at_ms: u64, risk: f32, deviated: bool },
     /// The profile was rebased after a drift.
     Rebase { at_ms: u64 },

@@ -188,7 +188,17 @@ impl Profiler {
         let mut cache = self.cache.borrow_mut();
         let Some(entry) = cache.peek_mut(owner) else { return false };
         entry.profile.standing.record(at_ms, risk, deviated);
-        entry.push(Event::Risk { at_ms, risk: risk as f32, deviated });
+        // Folded into the request's own event when it is the last one, so a
+        // decision adds no event (and no earlier sync) of its own.
+        let risk = risk as f32;
+        match entry.pending.pop() {
+            Some(Event::Request(obs)) => entry.push(Event::Scored { obs, risk, deviated }),
+            Some(other) => {
+                entry.push(other);
+                entry.push(Event::Risk { at_ms, risk, deviated });
+            }
+            None => entry.push(Event::Risk { at_ms, risk, deviated }),
+        }
         if !entry.profile.standing.drifted(at_ms, drift_ms) {
             return false;
         }
@@ -304,6 +314,10 @@ impl Profiler {
                     match event {
                         Event::Request(obs) => p.learn(obs, learning),
                         Event::Status(s) => p.learn_status(*s),
+                        Event::Scored { obs, risk, deviated } => {
+                            p.learn(obs, learning);
+                            p.standing.record(obs.time_ms, f64::from(*risk), *deviated);
+                        }
                         Event::Risk { at_ms, risk, deviated } => p.standing.record(*at_ms, f64::from(*risk), *deviated),
                         // Another worker may have rebased for the same drift already.
                         Event::Rebase { at_ms } if u64::from(p.standing.rebased_s) + REBASE_GUARD_S < at_ms / 1000 => {
