@@ -102,7 +102,7 @@ def test_async_answer_reaches_the_identitys_next_requests_on_both_workers(stack_
     assert stack.request("/users/1", headers={"x-user-id": "trent"})[0] == 200
     stack.settle()
     stats = stack.stats()
-    served = [int(v) for k, v in stats.items() if re.match(r"listener\.127\.0\.0\.1_\d+\.worker_\d+\.downstream_cx_total", k)]
+    served = [int(v) for k, v in stats.items() if re.match(rf"listener\.127\.0\.0\.1_{stack.port}\.worker_\d+\.downstream_cx_total", k)]
     assert len([n for n in served if n > 0]) == 2, f"both workers served: {served}"
     records = vigil_records(stack, lambda line, r: line["status"] == 403, count=11)
     assert all(r["user_deviation_score"] >= 0.9 and r["decision"] == "block" for r in records)
