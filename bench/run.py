@@ -78,6 +78,9 @@ def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: in
     doc = yaml.safe_load(HARNESS_CONFIG.read_text())
     doc["admin"]["address"]["socket_address"]["port_value"] = admin
     listener = doc["static_resources"]["listeners"][0]
+    # The public listener only: the harness's admin listener (a fixed port, and
+    # a second copy of the filter) has no place in a side-by-side comparison.
+    doc["static_resources"]["listeners"] = [listener]
     listener["address"]["socket_address"]["port_value"] = port
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
     hcm.pop("access_log", None)  # logging costs the same for all; keep it out of the comparison
