@@ -206,7 +206,7 @@ def test_dashboard_is_a_grafana_dashboard_with_a_query_in_every_target():
             assert isinstance(t.get("expr"), str) and t["expr"].strip(), f"{p['title']}: empty expr"
             assert t.get("datasource", {}).get("uid") == "${datasource}", p["title"]
     rows = [p["title"] for p in panels if p.get("type") == "row"]
-    assert rows == ["Risk and decisions", "Anomalies", "ML health", "Overhead", "Alerts and SIEM"], rows
+    assert rows == ["Risk and decisions", "Anomalies", "ML health", "Overhead", "Alerts and SIEM", "Feedback and accuracy"], rows
 
 
 def test_every_query_names_metrics_and_labels_a_real_envoy_exposes(stack_factory):
