@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import os
 import shutil
 import socket
@@ -256,6 +257,12 @@ class Stack:
             name, _, value = line.partition(": ")
             out[name] = value
         return out
+
+    def connections_per_worker(self) -> dict[str, int]:
+        """Connections each worker accepted on the public listener (the admin
+        listener has workers of its own)."""
+        pattern = re.compile(rf"listener\.127\.0\.0\.1_{self.port}\.worker_\d+\.downstream_cx_total")
+        return {k: int(v) for k, v in self.stats().items() if pattern.fullmatch(k)}
 
     def counter(self, name: str) -> int:
         value = self.stats().get(name)

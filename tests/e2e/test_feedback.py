@@ -38,12 +38,6 @@ def decided(stack, path, country):
     return seen["x-vigil-decision"], signals(seen["x-vigil-signals"]), headers["x-request-id"]
 
 
-def public_served(stack) -> list[int]:
-    stats = stack.stats()
-    pattern = rf"listener\.127\.0\.0\.1_{stack.port}\.worker_\d+\.downstream_cx_total"
-    return [int(v) for k, v in stats.items() if re.fullmatch(pattern, k)]
-
-
 def test_a_false_positive_marked_once_stops_the_pattern_on_both_workers(stack_factory):
     stack = stack_factory(feedback_config())
     # dave's routine, from the US, learned by both workers (fresh connections).
@@ -80,11 +74,11 @@ def test_a_false_positive_marked_once_stops_the_pattern_on_both_workers(stack_fa
     time.sleep(2.5)  # the profiles' sync: within about a second on every worker
 
     # The same pattern, on fresh connections to both workers: no longer flagged.
-    before = public_served(stack)
+    before = list(stack.connections_per_worker().values())
     after_feedback = [decided(stack, *trip) for _ in range(12)]
     assert [d for d, _, _ in after_feedback] == ["allow"] * 12, after_feedback
     stack.settle()
-    served = [b - a for a, b in zip(before, public_served(stack))]
+    served = [b - a for a, b in zip(before, stack.connections_per_worker().values())]
     assert len([n for n in served if n > 0]) == 2, f"both workers served the pattern after the feedback: {served}"
 
     # What the API tells about dave now.

@@ -52,9 +52,7 @@ def test_rate_count_is_exact_across_workers_and_connections(stack_factory):
     # Every increment was atomic: each count from 1 to n was handed out once.
     assert counts == list(range(1, n + 1))
 
-    stats = stack.stats()
-    per_worker = {k: int(v) for k, v in stats.items()
-                  if re.fullmatch(rf"listener\.127\.0\.0\.1_{stack.port}\.worker_\d+\.downstream_cx_total", k)}
+    per_worker = stack.connections_per_worker()
     assert len(per_worker) == 2, per_worker
     assert all(v > 0 for v in per_worker.values()), f"one worker served nothing: {per_worker}"
     print(f"\nconnections per worker: {per_worker}; counts 1..{n} each seen once")

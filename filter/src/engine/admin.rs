@@ -20,7 +20,9 @@ use super::events::{self, Event};
 use super::feedback::{accuracy, FeedbackError, Target, DETECTORS};
 use super::identity::IdentityKind;
 use super::pipeline::Engine;
-use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
+use super::codec::{Reader, Writer};
+use super::ports::{Metric, MetricsSink, SharedStore, StoreError, Table};
+use super::record;
 use super::profile::standing::Label;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -28,6 +30,8 @@ use sha2::{Digest, Sha256};
 /// The longest query string the admin API reads.
 pub const MAX_QUERY: usize = 2048;
 const RATE_KEY: &str = "vigil/admin/calls";
+/// Every outcome a call is counted under (`vigil_admin_calls_total{outcome}`).
+pub const OUTCOMES: [&str; 7] = ["ok", "unauthorized", "bad_request", "not_found", "rate_limited", "unavailable", "error"];
 
 /// One call, as the host read it.
 #[derive(Debug, Clone, Copy)]
@@ -96,34 +100,21 @@ fn error(status: u16, code: &str, message: impl Into<String>) -> (u16, Value) {
 /// Counts a call against the shared per-minute budget. `Ok(false)` when it is spent.
 fn within_rate(limit: u32, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<bool, StoreError> {
     let minute = now_ms / 60_000;
-    for _ in 0..8 {
-        let (current, cas) = match store.get(RATE_KEY)? {
-            Some((b, cas)) if b.len() == 12 => {
-                let m = u64::from_le_bytes(b.get(..8).and_then(|s| s.try_into().ok()).unwrap_or([0; 8]));
-                let n = u32::from_le_bytes(b.get(8..).and_then(|s| s.try_into().ok()).unwrap_or([0; 4]));
-                ((m, n), cas)
-            }
-            Some((_, cas)) => ((0, 0), cas),
-            None => ((0, 0), 0),
+    record::update(store, metrics, Table::Feedback, RATE_KEY, |bytes| {
+        let mut r = Reader(bytes.unwrap_or_default());
+        let count = match (r.u64(), r.u32()) {
+            (Some(m), Some(n)) if m == minute => n,
+            _ => 0,
         };
-        let count = if current.0 == minute { current.1 } else { 0 };
         if count >= limit {
-            return Ok(false);
+            return (None, false);
         }
-        let mut next = minute.to_le_bytes().to_vec();
-        next.extend_from_slice(&(count + 1).to_le_bytes());
-        match store.set(RATE_KEY, &next, cas)? {
-            SetOutcome::Written => {
-                if cas == 0 {
-                    metrics.add(Metric::StoreBytes(Table::Feedback), (RATE_KEY.len() + 12) as u64);
-                    metrics.add(Metric::SharedDataBytes, (RATE_KEY.len() + 12) as u64);
-                }
-                return Ok(true);
-            }
-            SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Feedback), 1),
-        }
-    }
-    Err(StoreError::Contended)
+        let mut next = Vec::with_capacity(12);
+        let mut w = Writer(&mut next);
+        w.u64(minute);
+        w.u32(count + 1);
+        (Some(next), true)
+    })
 }
 
 /// Serves one admin call.
@@ -396,7 +387,6 @@ fn models(engine: &Engine, store: &dyn SharedStore) -> (u16, Value) {
             })
         })
         .collect();
-    debug_assert_eq!(detectors.len(), DETECTORS.len());
     let latency = engine.ml().map(|m| m.latency_summary(store)).unwrap_or(Value::Array(Vec::new()));
     (200, json!({"detectors": detectors, "models": latency}))
 }

@@ -20,6 +20,7 @@ pub mod pipeline;
 pub mod ports;
 pub mod profile;
 pub mod rate;
+pub mod record;
 pub mod report;
 pub mod request;
 pub mod route;

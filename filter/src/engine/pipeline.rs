@@ -64,8 +64,6 @@ pub struct Verdict {
     pub group: u8,
     /// Detectors that weighed in (`feedback::mask`).
     pub mask: u16,
-    /// What the group's and the identity's feedback added to the thresholds.
-    pub threshold_offset: f64,
     /// Exact count of this identity's requests in its current rate window.
     pub rate_count: Option<u32>,
     /// Seconds until the identity is back within its ceiling, for `retry-after`.
@@ -159,7 +157,7 @@ impl Engine {
                 log.warn.push(onset);
             }
             for drift in report.drifts {
-                metrics.add(Metric::Drift("route"), 1);
+                metrics.add(Metric::Drift(feedback::DRIFT_ROUTE), 1);
                 metrics.add(Metric::Events(events::Kind::Drift), 1);
                 self.emit(&Event::notice(events::Kind::Drift, "baseline drift", 4, now_ms, "drift", drift.clone()), now_ms, metrics, &mut log.events);
                 log.events.push(format!("vigil-{drift}"));
@@ -192,14 +190,10 @@ impl Engine {
             lines.push(self.explain(v));
         }
         if v.decision != Decision::Allow {
-            for s in &v.signals {
-                let weighed_in = match s.combine {
-                    Combine::Strongest => s.score > 0.0,
-                    Combine::Weighted { gate, .. } | Combine::Context { gate, .. } => s.score >= gate,
-                };
-                if weighed_in {
-                    metrics.add(Metric::DecisionReasons(s.name), 1);
-                }
+            // The detectors that weighed in, as feedback's mask has them (the
+            // models are counted under `ml`).
+            for d in feedback::DETECTORS.iter().filter(|d| !d.is_model() && v.mask & d.bit() != 0) {
+                metrics.add(Metric::DecisionReasons(d.as_str()), 1);
             }
         }
         if let Some(e) = Event::of_decision(v) {
@@ -225,7 +219,7 @@ impl Engine {
             let deviated = v.features.behavioral_score.is_some_and(|s| s >= self.config.behavioral_profiling.deviation_threshold);
             let drift_ms = u64::from(self.config.behavioral_profiling.drift_minutes) * 60_000;
             if p.record_risk(v.features.identity.hash, now_ms, v.risk, deviated, drift_ms) {
-                metrics.add(Metric::Drift("identity"), 1);
+                metrics.add(Metric::Drift(feedback::DRIFT_IDENTITY), 1);
                 let message = format!(
                     "identity {} deviated from its profile for {} min on end: its normal has shifted; profile rebased (old history keeps {:.0}%)",
                     v.features.identity.display(),
@@ -410,7 +404,6 @@ impl Engine {
             enforced: false,
             group: 0,
             mask: 0,
-            threshold_offset: 0.0,
             rate_count: None,
             retry_after_s: None,
             profile: None,
@@ -460,8 +453,8 @@ impl Engine {
             }
             _ => (0.0, None),
         };
-        v.threshold_offset = thresholds.bounded(thresholds.offset(group) + identity_offset);
-        let decided = decision::decide_for(v.risk, &v.signals, &feedback::shifted(base, v.threshold_offset));
+        let offset = thresholds.bounded(thresholds.offset(group) + identity_offset);
+        let decided = decision::decide_for(v.risk, &v.signals, &feedback::shifted(base, offset));
         let (decided, why) = feedback::apply_pattern(decided, v.risk, pattern);
         if let Some(reason) = why {
             v.threat_details.push(ThreatDetail { signal: "feedback", reason });

@@ -92,12 +92,12 @@ fn ml_metrics() -> (Named, Named, Named) {
 
 /// Feedback, accuracy, drift, adaptive thresholds and the admin API.
 fn feedback_metrics() -> (Named, Named, Named) {
-    use crate::engine::feedback::DETECTORS;
+    use crate::engine::feedback::{DETECTORS, DRIFT_SCOPES, TARGET_KINDS};
     use crate::engine::profile::standing::Label;
     let mut counters: Named = Vec::new();
     let mut gauges: Named = Vec::new();
     for label in [Label::FalsePositive, Label::ConfirmedThreat] {
-        for target in ["request", "identity", "route"] {
+        for target in TARGET_KINDS {
             counters.push((Metric::Feedback(label, target), format!("vigil_feedback_total.verdict.{}.target.{target}", label.as_str())));
         }
     }
@@ -105,11 +105,11 @@ fn feedback_metrics() -> (Named, Named, Named) {
         gauges.push((Metric::Precision(d), format!("vigil_detector_precision_permille.detector.{}", d.as_str())));
         gauges.push((Metric::Recall(d), format!("vigil_detector_recall_permille.detector.{}", d.as_str())));
     }
-    for scope in ["identity", "route"] {
+    for scope in DRIFT_SCOPES {
         counters.push((Metric::Drift(scope), format!("vigil_drift_total.scope.{scope}")));
     }
     counters.push((Metric::ThresholdAdjustments, "vigil_threshold_adjustments_total".to_string()));
-    for outcome in ["ok", "unauthorized", "bad_request", "not_found", "rate_limited", "unavailable", "error"] {
+    for outcome in crate::engine::admin::OUTCOMES {
         counters.push((Metric::AdminCalls(outcome), format!("vigil_admin_calls_total.outcome.{outcome}")));
     }
     for (t, name) in [(Table::Decisions, "decisions"), (Table::Feedback, "feedback")] {

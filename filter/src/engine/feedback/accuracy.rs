@@ -8,11 +8,11 @@
 
 use super::{Detector, DETECTORS};
 use crate::engine::codec::{Reader, Writer};
-use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
+use crate::engine::ports::{Metric, MetricsSink, SharedStore, StoreError, Table};
 use crate::engine::profile::standing::Label;
+use crate::engine::record;
 
 const KEY: &str = "vigil/feedback/accuracy";
-const CAS_RETRIES: u32 = 8;
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counts {
@@ -69,11 +69,8 @@ pub fn read(store: &dyn SharedStore) -> Result<Table7, StoreError> {
 /// (`None`: a threat on a request Vigil did not flag, missed by all), and
 /// moves the precision and recall gauges by what changed.
 pub fn record(label: Label, mask: Option<u16>, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<Table7, StoreError> {
-    for _ in 0..CAS_RETRIES {
-        let (before, cas) = match store.get(KEY)? {
-            Some((bytes, cas)) => (decode(&bytes).unwrap_or_default(), cas),
-            None => (Table7::default(), 0),
-        };
+    let (before, after) = record::update(store, metrics, Table::Feedback, KEY, |bytes| {
+        let before = bytes.and_then(decode).unwrap_or_default();
         let mut after = before;
         for (c, d) in after.iter_mut().zip(DETECTORS) {
             let fired = mask.is_some_and(|m| m & d.bit() != 0);
@@ -84,24 +81,13 @@ pub fn record(label: Label, mask: Option<u16>, store: &dyn SharedStore, metrics:
                 (Label::FalsePositive, false) => {}
             }
         }
-        let bytes = encode(&after);
-        match store.set(KEY, &bytes, cas)? {
-            SetOutcome::Written => {
-                if cas == 0 {
-                    let n = (bytes.len() + KEY.len()) as u64;
-                    metrics.add(Metric::StoreBytes(Table::Feedback), n);
-                    metrics.add(Metric::SharedDataBytes, n);
-                }
-                for ((b, a), d) in before.iter().zip(&after).zip(DETECTORS) {
-                    move_gauge(metrics, Metric::Precision(d), b.precision(), a.precision());
-                    move_gauge(metrics, Metric::Recall(d), b.recall(), a.recall());
-                }
-                return Ok(after);
-            }
-            SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Feedback), 1),
-        }
+        (Some(encode(&after)), (before, after))
+    })?;
+    for ((b, a), d) in before.iter().zip(&after).zip(DETECTORS) {
+        move_gauge(metrics, Metric::Precision(d), b.precision(), a.precision());
+        move_gauge(metrics, Metric::Recall(d), b.recall(), a.recall());
     }
-    Err(StoreError::Contended)
+    Ok(after)
 }
 
 /// Gauges are shared by every worker: each write moves them by its own

@@ -68,6 +68,11 @@ impl Detector {
         }
     }
 
+    /// A model behind the `ml` detector (its own bit besides `ml`'s).
+    pub fn is_model(self) -> bool {
+        matches!(self, Detector::BehavioralModel | Detector::AnomalyModel)
+    }
+
     fn of_signal(name: &str) -> Option<Detector> {
         match name {
             super::rate::SIGNAL => Some(Detector::Rate),
@@ -160,6 +165,13 @@ pub enum Target {
     /// A route template, and through it its group.
     Route(String),
 }
+
+/// Every `Target::kind`, for the metric labels.
+pub const TARGET_KINDS: [&str; 3] = ["request", "identity", "route"];
+/// Where a baseline can drift (`vigil_drift_total{scope}`).
+pub const DRIFT_IDENTITY: &str = "identity";
+pub const DRIFT_ROUTE: &str = "route";
+pub const DRIFT_SCOPES: [&str; 2] = [DRIFT_IDENTITY, DRIFT_ROUTE];
 
 impl Target {
     pub fn kind(&self) -> &'static str {
@@ -290,31 +302,27 @@ impl Feedback {
                         decision: d.decision,
                         at_s: (now_ms / 1000) as u32,
                     };
-                    let mut offset = None;
-                    let found = p.apply_feedback(d.identity, now_ms, store, metrics, |profile| {
+                    let stored = p.apply_feedback(d.identity, now_ms, store, metrics, |profile| {
                         profile.standing.learn_feedback(label, step, bounds, Some(pattern));
                         match label {
                             Label::FalsePositive => profile.accept_route(d.route_hash, accept_weight),
                             Label::ConfirmedThreat => profile.doubt_route(d.route_hash),
                         }
                     })?;
-                    if found {
-                        offset = p.standing_for(d.identity, 0, 0).0.into();
-                    }
-                    applied.pattern_kept = found;
-                    applied.identity_offset = offset;
+                    applied.pattern_kept = stored.is_some();
+                    applied.identity_offset = stored.map(|pr| f64::from(pr.standing.offset));
                 }
             }
             Target::Identity(hash, display) => {
                 let p = profiler.ok_or_else(|| FeedbackError::NotFound("behavioral profiling is off: there are no identity profiles".into()))?;
-                let found = p.apply_feedback(*hash, now_ms, store, metrics, |profile| {
+                let stored = p.apply_feedback(*hash, now_ms, store, metrics, |profile| {
                     profile.standing.learn_feedback(label, step, bounds, None);
                 })?;
-                if !found {
+                let Some(stored) = stored else {
                     return Err(FeedbackError::NotFound(format!("no profile for identity `{display}`")));
-                }
+                };
                 applied.identity = Some(display.clone());
-                applied.identity_offset = p.read(*hash, store, metrics)?.map(|pr| f64::from(pr.standing.offset));
+                applied.identity_offset = Some(f64::from(stored.standing.offset));
             }
             Target::Route(route) => {
                 let group = self.thresholds.group_of(route);

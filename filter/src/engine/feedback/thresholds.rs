@@ -20,13 +20,13 @@
 
 use crate::engine::codec::{Reader, Writer};
 use crate::engine::config::AdaptiveThresholds;
-use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
+use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
+use crate::engine::record;
 use crate::engine::profile::standing::Label;
 use std::cell::RefCell;
 
 const KEY: &str = "vigil/thresholds";
 const VERSION: u8 = 1;
-const CAS_RETRIES: u32 = 8;
 /// Counts are handed in (and offsets re-read) this often.
 pub const FLUSH_MS: u64 = 1_000;
 
@@ -241,7 +241,7 @@ impl Thresholds {
                 s.last_adjust_ms = now_ms;
                 for (i, g) in s.groups.iter_mut().enumerate() {
                     let before = g.offset;
-                    if self.adjust_one(g) != 0.0 {
+                    if g.adjust(&self.cfg) != 0.0 {
                         changes.push((i, before, g.offset, g.last_flag_rate));
                     }
                 }
@@ -270,10 +270,6 @@ impl Thresholds {
         }
     }
 
-    fn adjust_one(&self, g: &mut GroupState) -> f64 {
-        g.adjust(&self.cfg)
-    }
-
     /// Applies an operator's verdict to a group. Returns its new state.
     pub fn feedback(&self, group: usize, label: Label, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<GroupState, StoreError> {
         let shared = self.update(store, metrics, |s| {
@@ -296,33 +292,14 @@ impl Thresholds {
     }
 
     fn update(&self, store: &dyn SharedStore, metrics: &dyn MetricsSink, mut f: impl FnMut(&mut Shared)) -> Result<Shared, StoreError> {
-        for _ in 0..CAS_RETRIES {
-            let (mut shared, cas, old_len) = match store.get(KEY)? {
-                Some((bytes, cas)) => (Shared::decode(&bytes).unwrap_or_default(), cas, Some(bytes.len())),
-                None => (Shared::default(), 0, None),
-            };
+        record::update(store, metrics, Table::Feedback, KEY, |bytes| {
+            let mut shared = bytes.and_then(Shared::decode).unwrap_or_default();
             // A configuration with other groups (a rollout) keeps the shared
             // state of the groups it shares by position.
             shared.groups.resize(self.names.len(), GroupState::default());
             f(&mut shared);
-            let bytes = shared.encode();
-            match store.set(KEY, &bytes, cas)? {
-                SetOutcome::Written => {
-                    let old = old_len.map_or(0, |n| n + KEY.len()) as u64;
-                    let new = (bytes.len() + KEY.len()) as u64;
-                    if new >= old {
-                        metrics.add(Metric::StoreBytes(Table::Feedback), new - old);
-                        metrics.add(Metric::SharedDataBytes, new - old);
-                    } else {
-                        metrics.sub(Metric::StoreBytes(Table::Feedback), old - new);
-                        metrics.sub(Metric::SharedDataBytes, old - new);
-                    }
-                    return Ok(shared);
-                }
-                SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Feedback), 1),
-            }
-        }
-        Err(StoreError::Contended)
+            (Some(shared.encode()), shared)
+        })
     }
 }
 

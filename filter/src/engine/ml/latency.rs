@@ -4,7 +4,8 @@
 
 use super::Role;
 use crate::engine::codec::{Reader, Writer};
-use crate::engine::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
+use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
+use crate::engine::record;
 
 const KEY: &str = "vigil/ml/latency";
 const FLUSH_MS: u64 = 1_000;
@@ -55,28 +56,16 @@ impl Local {
             return Ok(());
         }
         self.flushed_ms = now_ms;
-        for _ in 0..8 {
-            let (mut shared, cas) = match store.get(KEY)? {
-                Some((b, cas)) => (decode(&b).unwrap_or_default(), cas),
-                None => ([Timing::default(); 2], 0),
-            };
-            for (s, p) in shared.iter_mut().zip(&self.pending) {
+        let pending = self.pending;
+        record::update(store, metrics, Table::Ml, KEY, |bytes| {
+            let mut shared = bytes.and_then(decode).unwrap_or_default();
+            for (s, p) in shared.iter_mut().zip(&pending) {
                 s.add(p);
             }
-            let bytes = encode(&shared);
-            match store.set(KEY, &bytes, cas)? {
-                SetOutcome::Written => {
-                    if cas == 0 {
-                        metrics.add(Metric::StoreBytes(Table::Ml), (KEY.len() + bytes.len()) as u64);
-                        metrics.add(Metric::SharedDataBytes, (KEY.len() + bytes.len()) as u64);
-                    }
-                    self.pending = Default::default();
-                    return Ok(());
-                }
-                SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Ml), 1),
-            }
-        }
-        Err(StoreError::Contended)
+            (Some(encode(&shared)), ())
+        })?;
+        self.pending = Default::default();
+        Ok(())
     }
 }
 

@@ -221,8 +221,8 @@ impl Profiler {
 
     /// Applies an operator's verdict to the identity's profile in shared
     /// data (and this worker's copy): `change` edits it. Other workers see it
-    /// at their next sync, within about `SYNC_MS`. `Ok(false)` when the
-    /// identity has no profile.
+    /// at their next sync, within about `SYNC_MS`. Returns the profile as
+    /// stored, or `None` when the identity has none.
     pub fn apply_feedback(
         &self,
         owner: u64,
@@ -230,9 +230,10 @@ impl Profiler {
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
         change: impl Fn(&mut Profile),
-    ) -> Result<bool, StoreError> {
+    ) -> Result<Option<Profile>, StoreError> {
         let table = self.table(store, metrics);
-        let Some((_, slot)) = table.read_at::<Profile>(owner, None)? else { return Ok(false) };
+        // Read first: feedback must not create a profile for an unknown identity.
+        let Some((_, slot)) = table.read_at::<Profile>(owner, None)? else { return Ok(None) };
         let updated = table.update_at(owner, Some(slot), now_ms, |shared: Option<&Profile>| {
             let mut p = shared.cloned().unwrap_or_default();
             change(&mut p);
@@ -244,7 +245,7 @@ impl Profiler {
             change(&mut entry.profile);
             entry.slot = Some(updated.index);
         }
-        Ok(true)
+        Ok(Some(updated.record))
     }
 
     /// Learns the status the identity's request got.

@@ -25,6 +25,7 @@ pub mod tally;
 use super::codec::{Reader, Writer};
 use super::config::TimeSeriesAnalysis;
 use super::lease::Lease;
+use super::record;
 use super::ports::{Metric, MetricsSink, SetOutcome, SharedStore, StoreError, Table};
 use analyzer::{Settings, Snapshot, State};
 use std::cell::RefCell;
@@ -40,7 +41,6 @@ const MAX_PENDING_SECONDS: usize = 8;
 /// Finished seconds a worker keeps while shared data refuses them.
 const MAX_READY: usize = 4;
 const LEASE_MS: u64 = 3_000;
-const CAS_RETRIES: u32 = 8;
 /// A second is analysed once it ended this long ago: every worker has had
 /// several ticks to hand it in.
 const GRACE_S: u64 = 1;
@@ -396,47 +396,26 @@ impl Local {
     }
 }
 
-/// Reads, changes and writes the pending record with compare-and-swap,
-/// retrying a bounded number of times. `f` returns the new record and a
-/// result. An unreadable record starts over empty.
+/// Reads, changes and writes the pending record with compare-and-swap
+/// (`record::update`). `f` returns the new record and a result. An
+/// unreadable record starts over empty.
 fn cas_update<T>(
     store: &dyn SharedStore,
     metrics: &dyn MetricsSink,
     key: &str,
     mut f: impl FnMut(Vec<(u64, Counts)>) -> (Vec<(u64, Counts)>, T),
 ) -> Result<T, StoreError> {
-    for _ in 0..CAS_RETRIES {
-        let (current, cas, old_len) = match store.get(key)? {
-            Some((bytes, cas)) => (decode_pending(&bytes).unwrap_or_default(), cas, Some(bytes.len())),
-            None => (Vec::new(), 0, None),
-        };
-        let (next, out) = f(current);
-        let mut bytes = Vec::new();
-        encode_pending(&next, &mut bytes);
-        match store.set(key, &bytes, cas)? {
-            SetOutcome::Written => {
-                resized(metrics, key, old_len, bytes.len());
-                return Ok(out);
-            }
-            SetOutcome::CasMismatch => metrics.add(Metric::StoreCasConflicts(Table::Traffic), 1),
-        }
-    }
-    Err(StoreError::Contended)
+    record::update(store, metrics, Table::Traffic, key, |bytes| {
+        let (next, out) = f(bytes.and_then(decode_pending).unwrap_or_default());
+        let mut encoded = Vec::new();
+        encode_pending(&next, &mut encoded);
+        (Some(encoded), out)
+    })
 }
 
-/// Keeps the byte gauges right after a write that replaced `old` bytes (or
-/// created the key) with `new`: each write knows exactly what it replaced, so
-/// the deltas of all VMs add up.
+/// The byte gauges after a write to one of traffic's keys.
 fn resized(metrics: &dyn MetricsSink, key: &str, old: Option<usize>, new: usize) {
-    let old = old.map_or(0, |n| n + key.len()) as u64;
-    let new = (new + key.len()) as u64;
-    for m in [Metric::SharedDataBytes, Metric::StoreBytes(Table::Traffic)] {
-        if new >= old {
-            metrics.add(m, new - old);
-        } else {
-            metrics.sub(m, old - new);
-        }
-    }
+    record::resized(metrics, Table::Traffic, key, old, new);
 }
 
 fn encode_pending(seconds: &[(u64, Counts)], out: &mut Vec<u8>) {
