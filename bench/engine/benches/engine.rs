@@ -169,7 +169,7 @@ fn rate_observe(c: &mut Criterion) {
         g.bench_function(name, |b| {
             b.iter(|| {
                 now += TICK_MS;
-                rate::observe(&cfg, &store, &NoMetrics, &prefix, black_box(owners[next()]), now)
+                rate::observe(&cfg, &store, &NoMetrics, &prefix, None, black_box(owners[next()]), now)
             })
         });
     };

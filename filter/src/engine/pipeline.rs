@@ -14,6 +14,7 @@ use super::ml::{self, vector, Exchange, Ml};
 use super::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
 use super::profile::{self, model, Assessment, Profiler};
 use super::rate;
+use super::slots::Hints;
 use super::scoring;
 use super::request::RequestView;
 use super::route;
@@ -24,6 +25,8 @@ pub struct Engine {
     pub config: Config,
     hash_key: HashKey,
     rate_prefix: String,
+    /// Where this worker last found identities in the rate table.
+    rate_hints: Hints,
     profiler: Option<Profiler>,
     traffic: Option<Traffic>,
     ml: Option<Ml>,
@@ -92,7 +95,8 @@ impl Engine {
         let syslog_host = config.siem.syslog.then(|| config.siem.syslog_hostname.clone());
         let collector = config.siem.collector.as_ref().and_then(|c| events::collector::Collector::new(c, syslog_host));
         let feedback = Feedback::new(&config.adaptive_thresholds, config.admin.enabled().then_some(config.admin.recent_decisions));
-        Self { config, hash_key, rate_prefix, profiler, traffic, ml, alerts, collector, feedback }
+        let rate_hints = Hints::for_slots(config.rate_limit.max_identities);
+        Self { config, hash_key, rate_prefix, rate_hints, profiler, traffic, ml, alerts, collector, feedback }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -717,7 +721,7 @@ impl Engine {
         if !cfg.enabled {
             return Outcome::Done;
         }
-        match rate::observe(cfg, store, metrics, &self.rate_prefix, v.features.identity.hash, now_ms) {
+        match rate::observe(cfg, store, metrics, &self.rate_prefix, Some(&self.rate_hints), v.features.identity.hash, now_ms) {
             Ok(obs) => {
                 v.rate_count = Some(obs.record.current);
                 let window_ms = u64::from(cfg.window_seconds) * 1000;

@@ -173,6 +173,9 @@ pub mod memory {
         /// The next this-many conditional writes fail their CAS, as if another
         /// worker had written first.
         pub inject_conflicts: Cell<u32>,
+        /// Host calls as the real store would count them: gets and sets.
+        pub reads: Cell<u64>,
+        pub writes: Cell<u64>,
     }
 
     impl MemoryStore {
@@ -189,10 +192,12 @@ pub mod memory {
 
     impl SharedStore for MemoryStore {
         fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+            self.reads.set(self.reads.get() + 1);
             Ok(self.data.borrow().get(key).cloned())
         }
 
         fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError> {
+            self.writes.set(self.writes.get() + 1);
             let mut data = self.data.borrow_mut();
             if cas != 0 && self.inject_conflicts.get() > 0 {
                 self.inject_conflicts.set(self.inject_conflicts.get() - 1);

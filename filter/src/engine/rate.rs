@@ -8,7 +8,7 @@
 use super::config::RateLimitConfig;
 use super::features::{Signal, ThreatDetail};
 use super::ports::{MetricsSink, SharedStore, StoreError, Table};
-use super::slots::{Record, SlotTable};
+use super::slots::{Hints, Record, SlotTable};
 
 pub const SIGNAL: &str = "rate";
 /// Shared-data key prefix; the slot count is part of it so a config change of
@@ -113,11 +113,16 @@ pub fn observe(
     store: &dyn SharedStore,
     metrics: &dyn MetricsSink,
     prefix: &str,
+    hints: Option<&Hints>,
     owner: u64,
     now_ms: u64,
 ) -> Result<RateObservation, StoreError> {
     let window_ms = u64::from(cfg.window_seconds) * 1000;
-    let updated = table(cfg, store, metrics, prefix).update(owner, now_ms, |r| RateRecord::advance(r, now_ms, window_ms))?;
+    let mut table = table(cfg, store, metrics, prefix);
+    if let Some(h) = hints {
+        table = table.with_hints(h);
+    }
+    let updated = table.update(owner, now_ms, |r| RateRecord::advance(r, now_ms, window_ms))?;
     let record = updated.record;
     let estimate = record.estimate(now_ms, window_ms);
     let ceiling = f64::from(cfg.requests_per_window.max(1));
@@ -214,7 +219,7 @@ mod tests {
         initialize(&cfg, &store, &metrics, &prefix).unwrap();
         let mut last = None;
         for i in 0..25u64 {
-            last = Some(observe(&cfg, &store, &metrics, &prefix, 77, 1_000 + i).unwrap());
+            last = Some(observe(&cfg, &store, &metrics, &prefix, None, 77, 1_000 + i).unwrap());
             if i == 4 {
                 assert_eq!(last.as_ref().unwrap().signal.score, 0.0);
             }

@@ -57,14 +57,7 @@ impl<R: Record> Slot<R> {
     }
 
     fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_BYTES + 24);
-        out.push(VERSION);
-        out.extend_from_slice(&self.owner.to_le_bytes());
-        out.extend_from_slice(&self.last_seen_ms.to_le_bytes());
-        if let Some(r) = &self.record {
-            r.encode(&mut out);
-        }
-        out
+        encode_slot(self.owner, self.last_seen_ms, self.record.as_ref(), 24)
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -77,6 +70,17 @@ impl<R: Record> Slot<R> {
         let record = if owner == 0 { None } else { Some(R::decode(rest)?) };
         Some(Slot { owner, last_seen_ms, record })
     }
+}
+
+fn encode_slot<R: Record>(owner: u64, last_seen_ms: u64, record: Option<&R>, size_hint: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_BYTES + size_hint);
+    out.push(VERSION);
+    out.extend_from_slice(&owner.to_le_bytes());
+    out.extend_from_slice(&last_seen_ms.to_le_bytes());
+    if let Some(r) = record {
+        r.encode(&mut out);
+    }
+    out
 }
 
 /// The result of one update.
@@ -97,6 +101,59 @@ pub struct Swept {
     pub next: u32,
 }
 
+/// Where this worker last found identities in a table: a 32-bit fingerprint
+/// of the owner and the slot index per bucket, direct-mapped by owner. Most
+/// identities sit in their second or third candidate slot once the table
+/// fills, and every probe is a host call; with a hint the first read is the
+/// right one. A wrong or stale hint costs one read and nothing else (the
+/// slot's owner is checked). Bounded: four buckets per slot, at most
+/// `MAX_HINTS` of 8 bytes per table per worker.
+pub struct Hints {
+    buckets: std::cell::RefCell<Vec<(u32, u32)>>,
+}
+
+/// Hint buckets at most (512 KiB per table per worker).
+pub const MAX_HINTS: u32 = 65_536;
+
+impl Hints {
+    pub fn for_slots(slots: u32) -> Self {
+        let n = slots.saturating_mul(4).clamp(1, MAX_HINTS).next_power_of_two() as usize;
+        Self { buckets: std::cell::RefCell::new(vec![(0, 0); n]) }
+    }
+
+    /// Owners are keyed hashes already: low bits pick the bucket, high bits
+    /// tell owners apart (0 marks an empty bucket).
+    fn place(owner: u64, len: usize) -> (usize, u32) {
+        ((owner as usize) & (len - 1), ((owner >> 32) as u32).max(1))
+    }
+
+    pub fn get(&self, owner: u64) -> Option<u32> {
+        let b = self.buckets.borrow();
+        let (at, print) = Self::place(owner, b.len());
+        let (p, i) = *b.get(at)?;
+        (p == print).then_some(i)
+    }
+
+    pub fn put(&self, owner: u64, index: u32) {
+        let mut b = self.buckets.borrow_mut();
+        let (at, print) = Self::place(owner, b.len());
+        if let Some(slot) = b.get_mut(at) {
+            *slot = (print, index);
+        }
+    }
+}
+
+/// Where a record was read and which version of the slot it was: what a
+/// later `write_unchanged` needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Version {
+    pub index: u32,
+    /// The store's version of the value read: a write with it succeeds only if
+    /// nobody wrote the slot since.
+    cas: u32,
+    stored_len: usize,
+}
+
 /// A slot as read, with what writing it needs.
 struct Located<R> {
     index: u32,
@@ -115,6 +172,7 @@ pub struct SlotTable<'a> {
     /// as an eviction, and the cleanup frees it.
     ttl_ms: u64,
     admission: Admission,
+    hints: Option<&'a Hints>,
 }
 
 impl<'a> SlotTable<'a> {
@@ -126,7 +184,23 @@ impl<'a> SlotTable<'a> {
         table: Table,
         ttl_ms: u64,
     ) -> Self {
-        Self { store, metrics, prefix, slots: slots.max(1), table, ttl_ms, admission: Admission::Always }
+        Self { store, metrics, prefix, slots: slots.max(1), table, ttl_ms, admission: Admission::Always, hints: None }
+    }
+
+    /// Remembers where identities were found, and tries there first.
+    pub fn with_hints(mut self, hints: &'a Hints) -> Self {
+        self.hints = Some(hints);
+        self
+    }
+
+    fn hint(&self, owner: u64, given: Option<u32>) -> Option<u32> {
+        given.or_else(|| self.hints.and_then(|h| h.get(owner)))
+    }
+
+    fn remember(&self, owner: u64, index: u32) {
+        if let Some(h) = self.hints {
+            h.put(owner, index);
+        }
     }
 
     pub fn with_admission(mut self, admission: Admission) -> Self {
@@ -177,16 +251,41 @@ impl<'a> SlotTable<'a> {
     /// Reads `owner`'s record, trying `hint` (where it was last found) first.
     /// Returns the record and where it lives.
     pub fn read_at<R: Record>(&self, owner: u64, hint: Option<u32>) -> Result<Option<(R, u32)>, StoreError> {
-        let hinted = hint.filter(|&h| h < self.slots);
+        Ok(self.read_versioned(owner, hint)?.map(|(record, v)| (record, v.index)))
+    }
+
+    /// `read_at`, with the version a later `write_unchanged` needs.
+    pub fn read_versioned<R: Record>(&self, owner: u64, hint: Option<u32>) -> Result<Option<(R, Version)>, StoreError> {
+        let hinted = self.hint(owner, hint).filter(|&h| h < self.slots);
         for index in hinted.into_iter().chain(self.candidates(owner).filter(|&i| Some(i) != hinted)) {
-            if let Some((bytes, _)) = self.store.get(&self.key(index))? {
+            if let Some((bytes, cas)) = self.store.get(&self.key(index))? {
                 // An unreadable slot is someone else's problem (or free): skip it.
                 if let Some(slot) = Slot::<R>::decode(&bytes).filter(|s| s.owner == owner) {
-                    return Ok(slot.record.map(|r| (r, index)));
+                    self.remember(owner, index);
+                    let version = Version { index, cas, stored_len: bytes.len() };
+                    return Ok(slot.record.map(|record| (record, version)));
                 }
             }
         }
         Ok(None)
+    }
+
+    /// Writes `record` as `owner`'s, in the slot `read` came from, only if
+    /// nobody wrote that slot since: one host call instead of a read and a
+    /// write. `Ok(false)` when somebody did (the caller merges and retries
+    /// with `update_at`).
+    pub fn write_unchanged<R: Record>(&self, owner: u64, read: Version, now_ms: u64, record: &R) -> Result<bool, StoreError> {
+        if read.index >= self.slots {
+            return Ok(false);
+        }
+        let encoded = encode_slot(owner, now_ms, Some(record), read.stored_len);
+        match self.store.set(&self.key(read.index), &encoded, read.cas)? {
+            SetOutcome::Written => {
+                self.resize(read.stored_len, encoded.len());
+                Ok(true)
+            }
+            SetOutcome::CasMismatch => Ok(false),
+        }
     }
 
     /// Applies `update` to `owner`'s record (`None` when it has none yet) and
@@ -208,6 +307,7 @@ impl<'a> SlotTable<'a> {
         now_ms: u64,
         mut update: impl FnMut(Option<&R>) -> R,
     ) -> Result<Updated<R>, StoreError> {
+        let hint = self.hint(owner, hint);
         for _attempt in 0..MAX_ATTEMPTS {
             let found = self.locate::<R>(owner, hint, now_ms)?;
             let mine = (found.slot.owner == owner).then_some(found.slot.record.as_ref()).flatten();
@@ -234,6 +334,7 @@ impl<'a> SlotTable<'a> {
                         self.metrics.add(Metric::StoreSlotsUsed(self.table), 1);
                     }
                     self.resize(found.stored_len, encoded.len());
+                    self.remember(owner, found.index);
                     return Ok(Updated { record, evicted: evicts, index: found.index });
                 }
                 SetOutcome::CasMismatch => self.metrics.add(Metric::StoreCasConflicts(self.table), 1),
@@ -434,6 +535,51 @@ mod tests {
         let evictions = metrics.get(Metric::StoreEvictions(Table::Rate));
         table.update(999, 10_000, bump).unwrap();
         assert_eq!(metrics.get(Metric::StoreEvictions(Table::Rate)), evictions);
+    }
+
+    #[test]
+    fn hints_make_the_first_read_the_right_one() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let hints = Hints::for_slots(64);
+        let plain = SlotTable::new(&store, &metrics, "t/", 64, Table::Rate, 60_000);
+        let hinted = SlotTable::new(&store, &metrics, "t/", 64, Table::Rate, 60_000).with_hints(&hints);
+        plain.initialize::<Count>().unwrap();
+        // Fill most of the table so that some owners land in later candidates.
+        let owner = |id: u64| crate::engine::hash::HashKey::new(1, 2).hash(&[&id.to_le_bytes()]);
+        for id in 1..=40u64 {
+            plain.update(owner(id), 1_000, bump).unwrap();
+        }
+        let deep = (1..=40u64)
+            .map(owner)
+            .find(|&o| plain.candidates(o).next() != plain.read_at::<Count>(o, None).unwrap().map(|(_, i)| i))
+            .expect("some owner lives past its first candidate");
+        hinted.update(deep, 2_000, bump).unwrap(); // learns where it lives
+        let before = store.reads.get();
+        hinted.update(deep, 3_000, bump).unwrap();
+        assert_eq!(store.reads.get() - before, 1, "one read with the hint");
+        let before = store.reads.get();
+        plain.update(deep, 4_000, bump).unwrap();
+        assert!(store.reads.get() - before > 1, "more than one without it");
+        // A stale hint (the slot went to someone else) costs a read, not a wrong answer.
+        hints.put(deep, (hints.get(deep).unwrap() + 1) % 64);
+        assert_eq!(hinted.read::<Count>(deep).unwrap(), Some(Count(4)));
+    }
+
+    #[test]
+    fn a_write_of_an_unchanged_slot_needs_no_read_and_refuses_a_changed_one() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 60_000);
+        table.initialize::<Count>().unwrap();
+        table.update(7, 0, bump).unwrap();
+        let (record, version) = table.read_versioned::<Count>(7, None).unwrap().unwrap();
+        let reads = store.reads.get();
+        assert!(table.write_unchanged(7, version, 10, &bump(Some(&record))).unwrap());
+        assert_eq!(store.reads.get(), reads, "no read");
+        assert_eq!(table.read::<Count>(7).unwrap(), Some(Count(2)));
+        // The version is spent: somebody (here, the write above) changed the slot.
+        assert!(!table.write_unchanged(7, version, 20, &Count(99)).unwrap());
+        assert_eq!(table.read::<Count>(7).unwrap(), Some(Count(2)));
+        assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64);
     }
 
     #[test]

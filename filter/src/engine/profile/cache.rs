@@ -12,6 +12,7 @@
 //! The cache is bounded (`cache_entries`); a full cache replaces entries with
 //! the CLOCK policy (a second chance for recently used ones).
 
+use crate::engine::slots::Version;
 use super::model::{Observation, Profile};
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -43,6 +44,10 @@ pub struct Entry {
     pub pending: Vec<Event>,
     /// Where the profile was last found in the shared table.
     pub slot: Option<u32>,
+    /// The shared version `profile` was read from, while nobody (this worker
+    /// included) has written the slot since: then a sync is one conditional
+    /// write of `profile`, with no read.
+    pub version: Option<Version>,
     pub synced_ms: u64,
     /// After a refused or failed sync, no early sync before this.
     pub retry_at_ms: u64,
@@ -51,7 +56,23 @@ pub struct Entry {
 
 impl Entry {
     pub fn new(owner: u64, profile: Profile, slot: Option<u32>, now_ms: u64) -> Self {
-        Entry { owner, profile, pending: Vec::new(), slot, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
+        Entry { owner, profile, pending: Vec::new(), slot, version: None, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
+    }
+
+    /// Its events are in shared data now.
+    pub fn synced(&mut self, now_ms: u64) {
+        self.pending.clear();
+        // Most identities queue a few events a second: do not keep a
+        // burst's worth of memory for each of them.
+        self.pending.shrink_to(4);
+        self.synced_ms = now_ms;
+    }
+
+    /// A sync was refused or failed: try again a sync interval later, not on
+    /// every request or every tick.
+    pub fn failed(&mut self, now_ms: u64) {
+        self.synced_ms = now_ms;
+        self.retry_at_ms = now_ms + super::SYNC_MS;
     }
 
     pub fn is_dirty(&self) -> bool {

@@ -23,7 +23,7 @@ use super::features::Features;
 use super::hash::HashKey;
 use super::lease::Lease;
 use super::ports::{Metric, MetricsSink, SharedStore, StoreError, Table};
-use super::slots::{Admission, Record, SlotTable};
+use super::slots::{Admission, Hints, Record, SlotTable};
 use cache::{Cache, Entry, Event, MAX_PENDING};
 use model::{Learning, Observation, Profile};
 pub use score::{Assessment, Component, Deviation, Scoring};
@@ -83,6 +83,8 @@ pub struct Profiler {
     slots: u32,
     ttl_ms: u64,
     cache: RefCell<Cache>,
+    /// Where this worker last found identities in the profile table.
+    hints: Hints,
 }
 
 impl Profiler {
@@ -102,12 +104,14 @@ impl Profiler {
             slots: cfg.max_profiles,
             ttl_ms: u64::from(cfg.ttl_hours()) * 3_600_000,
             cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
+            hints: Hints::for_slots(cfg.max_profiles),
         }
     }
 
     fn table<'a>(&'a self, store: &'a dyn SharedStore, metrics: &'a dyn MetricsSink) -> SlotTable<'a> {
         SlotTable::new(store, metrics, &self.prefix, self.slots, Table::Profile, self.ttl_ms)
             .with_admission(Admission::WorthAtLeast)
+            .with_hints(&self.hints)
     }
 
     /// Creates the profile slots (start-up, idempotent across workers).
@@ -154,8 +158,8 @@ impl Profiler {
             }
             None => {
                 metrics.add(Metric::ProfileCacheMisses, 1);
-                let (profile, slot) = match table.read_at::<Profile>(owner, None)? {
-                    Some((p, slot)) => (p, Some(slot)),
+                let (profile, version) = match table.read_versioned::<Profile>(owner, None)? {
+                    Some((p, version)) => (p, Some(version)),
                     None => (Profile::default(), None),
                 };
                 if let Some(victim) = cache.make_room().filter(Entry::is_dirty) {
@@ -166,7 +170,9 @@ impl Profiler {
                         count_failure(self.sync_entry(&table, &mut victim, now), metrics);
                     }
                 }
-                cache.insert(Entry::new(owner, profile, slot, now));
+                let mut entry = Entry::new(owner, profile, version.map(|v| v.index), now);
+                entry.version = version;
+                cache.insert(entry);
             }
         }
         let entry = cache.get_mut(owner).ok_or(StoreError::Host(0))?;
@@ -306,6 +312,21 @@ impl Profiler {
 
     /// Merges an entry's pending events into the shared copy.
     fn sync_entry(&self, table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreError> {
+        // Nobody wrote the slot since this worker read it: its copy (the read
+        // plus its own events, already applied) is the merge. One host call.
+        if let Some(version) = entry.version.take() {
+            match table.write_unchanged(entry.owner, version, now, &entry.profile) {
+                Ok(true) => {
+                    entry.synced(now);
+                    return Ok(());
+                }
+                Ok(false) => {} // someone did: merge below
+                Err(e) => {
+                    entry.failed(now);
+                    return Err(e);
+                }
+            }
+        }
         let (local, pending) = (&entry.profile, &entry.pending);
         let learning = &self.learning;
         let updated = table.update_at(entry.owner, entry.slot, now, |shared: Option<&Profile>| match shared {
@@ -337,18 +358,11 @@ impl Profiler {
             Ok(u) => {
                 entry.profile = u.record;
                 entry.slot = Some(u.index);
-                entry.pending.clear();
-                // Most identities queue a few events a second: do not keep a
-                // burst's worth of memory for each of them.
-                entry.pending.shrink_to(4);
-                entry.synced_ms = now;
+                entry.synced(now);
                 Ok(())
             }
             Err(e) => {
-                // Refused or failed: try again a sync interval later, not on
-                // every request or every tick.
-                entry.synced_ms = now;
-                entry.retry_at_ms = now + SYNC_MS;
+                entry.failed(now);
                 Err(e)
             }
         }
@@ -364,9 +378,10 @@ fn count_failure(outcome: Result<(), StoreError>, metrics: &dyn MetricsSink) {
 
 /// Re-reads a clean entry's shared copy (other workers may have taught it).
 fn refresh(table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreError> {
-    if let Some((profile, slot)) = table.read_at::<Profile>(entry.owner, entry.slot)? {
+    if let Some((profile, version)) = table.read_versioned::<Profile>(entry.owner, entry.slot)? {
         entry.profile = profile;
-        entry.slot = Some(slot);
+        entry.slot = Some(version.index);
+        entry.version = Some(version);
     }
     entry.synced_ms = now;
     Ok(())
@@ -413,6 +428,32 @@ mod tests {
 
     fn observations(p: &Profiler, owner: u64, store: &MemoryStore) -> u32 {
         p.read(owner, store, &MemoryMetrics::default()).unwrap().map_or(0, |p| p.observations)
+    }
+
+    #[test]
+    fn a_profile_read_once_syncs_with_one_write_and_a_stale_read_still_merges() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let (a, b) = (Profiler::new(&cfg(64, 64)), Profiler::new(&cfg(64, 64)));
+        a.start(&store, &metrics).unwrap();
+        // The profile exists in shared data (worker b taught it and synced).
+        b.observe(&features(42, 1_000, "/a"), &key(), &store, &metrics).unwrap();
+        b.on_tick(3_000, 2, &store, &metrics);
+        // Worker a reads it (a miss), learns three requests, and syncs: one
+        // write, and no read of the profile (the one read is the cleanup
+        // lease, which worker b holds).
+        for t in [4_000, 4_100, 4_200] {
+            a.observe(&features(42, t, "/a"), &key(), &store, &metrics).unwrap();
+        }
+        let (reads, writes) = (store.reads.get(), store.writes.get());
+        a.on_tick(6_000, 1, &store, &metrics);
+        assert_eq!((store.reads.get() - reads, store.writes.get() - writes), (1, 1));
+        assert_eq!(observations(&a, 42, &store), 4);
+        // Both read, b writes first: a's blind write is refused and a merges instead.
+        a.observe(&features(42, 10_000, "/a"), &key(), &store, &metrics).unwrap(); // refreshes (clean, a sync old)
+        b.observe(&features(42, 10_000, "/b"), &key(), &store, &metrics).unwrap();
+        b.on_tick(12_000, 2, &store, &metrics);
+        a.on_tick(12_000, 1, &store, &metrics);
+        assert_eq!(observations(&a, 42, &store), 6, "nothing lost");
     }
 
     #[test]
