@@ -65,7 +65,12 @@ fn read_series(path: &Path) -> Result<Vec<(String, f64)>, String> {
 fn detect(values: impl Iterator<Item = f64>, params: Params) -> Vec<f64> {
     let mut d = Detector::new(params);
     let mut alarms = Alarms::new(&params);
-    values.map(|v| alarms.filter(d.update(v))).collect()
+    values
+        .map(|v| {
+            let score = d.update(v);
+            alarms.filter(score, d.direction())
+        })
+        .collect()
 }
 
 /// `--param name=value` (repeatable) overrides a detector parameter, for tuning.

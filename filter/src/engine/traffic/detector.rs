@@ -122,7 +122,8 @@ pub struct Detector {
     /// The state, one word each (see `encode`): last value, spread, tail
     /// threshold `u`, mean raw anomaly, first and second moments of the
     /// excesses over `u`, range of values (lo, hi), smoothed level and its
-    /// range (lo, hi), the current (fading) score, the sum of the current
+    /// range (lo, hi), the current (fading) score (its sign: the direction
+    /// of the surprise that set it, negative for a fall), the sum of the current
     /// seasonal bin, the seasonal tail model (as the change one), and the
     /// slow level and its range (lo, hi).
     w: [f64; WORDS],
@@ -170,11 +171,18 @@ fn to_f32(v: f64) -> f32 {
     v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
 }
 
-/// Whether `x` leaves the range [lo, hi] widened by `tol` of its width; the
-/// range then takes it in, and relaxes towards `centre` by `relax`.
-fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) -> bool {
+/// Whether `x` leaves the range [lo, hi] widened by `tol` of its width: 1
+/// above it, -1 below, 0 inside. The range then takes it in, and relaxes
+/// towards `centre` by `relax`.
+fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) -> f64 {
     let slack = tol * (*hi - *lo);
-    let out = x > *hi + slack || x < *lo - slack;
+    let out = if x > *hi + slack {
+        1.0
+    } else if x < *lo - slack {
+        -1.0
+    } else {
+        0.0
+    };
     *hi = hi.max(x);
     *lo = lo.min(x);
     *hi += relax * (centre - *hi).min(0.0);
@@ -198,6 +206,17 @@ impl Detector {
     /// to know where the series has settled.
     pub fn level(&self) -> f64 {
         self.get(SMOOTH)
+    }
+
+    /// The direction of the surprise behind the current score: 1 for a rise
+    /// (a jump up, a value or level above its range, a bin above the
+    /// seasonal prediction), -1 for a fall.
+    pub fn direction(&self) -> f64 {
+        if self.get(SCORE) < 0.0 {
+            -1.0
+        } else {
+            1.0
+        }
     }
 
     /// The recent standard deviation of the series around its level,
@@ -230,8 +249,13 @@ impl Detector {
         let e1 = self.get(base + 2).max(1e-9);
         let var = (self.get(base + 3) - e1 * e1).max(1e-12);
         let ratio = e1 * e1 / var;
-        // Shape clamped to tails between bounded (-0.5) and very heavy (1).
-        let xi = (0.5 * (1.0 - ratio)).clamp(-0.5, 1.0);
+        // Shape clamped to tails between exponential (0) and very heavy (1).
+        // A negative shape would put an end point on the tail, and beyond it
+        // everything is "impossible" (score 1); fitted from the ~10 excesses
+        // the moments remember, that end point is mostly noise (a quiet
+        // stretch of similar excesses), and no series here has a hard cap
+        // on its changes.
+        let xi = (0.5 * (1.0 - ratio)).clamp(0.0, 1.0);
         let sigma = (0.5 * e1 * (ratio + 1.0)).max(1e-9);
         let z = (r - u) / sigma;
         let survival = if xi.abs() < 1e-6 {
@@ -272,8 +296,9 @@ impl Detector {
 
     /// The seasonal memory: adds `x` to the current bin and, when the bin is
     /// complete, the tail probability of its mean under the best lag's
-    /// prediction (`None` when there is none yet).
-    fn season(&mut self, x: f64) -> Option<f64> {
+    /// prediction and the direction of the miss (1: above the prediction,
+    /// -1: below; `None` when there is no prediction yet).
+    fn season(&mut self, x: f64) -> Option<(f64, f64)> {
         let p = self.params;
         if p.season_bin.is_nan() || p.season_bin < 1.0 {
             return None;
@@ -297,6 +322,7 @@ impl Detector {
             let alpha = (width as f64 / p.long_samples.max(1.0)).max(1.0 / (learned + 1) as f64).min(1.0);
             let floor = 1e-6 * m.abs().max(prev.abs()).max(1e-9);
             let mut raw = 0.0;
+            let mut direction = 1.0;
             for lag in 1..=lags {
                 let pred = self.bin(j - lag) + prev - self.bin(j - 1 - lag);
                 let e = (m - pred).abs();
@@ -304,6 +330,7 @@ impl Detector {
                     let old = f64::from(*err);
                     if lag as usize == best {
                         raw = (e / old.max(floor)).min(p.raw_cap);
+                        direction = if m < pred { -1.0 } else { 1.0 };
                     }
                     *err = to_f32(old + alpha * (e - old));
                 }
@@ -320,7 +347,7 @@ impl Detector {
                 }
             } else if learned > ready {
                 if learned >= 2 * ready {
-                    q = Some(self.tail(SU, raw));
+                    q = Some((self.tail(SU, raw), direction));
                 }
                 self.learn_tail(SU, raw, p.tail_rate * width as f64, 0.0, SEASON_EXCESS_ALPHA);
             }
@@ -336,7 +363,7 @@ impl Detector {
     /// Always in [0, 1]; 0 during the warm-up; a non-finite sample is skipped.
     pub fn update(&mut self, x: f64) -> f64 {
         if !x.is_finite() {
-            return if self.n > self.params.warmup { self.get(SCORE) } else { 0.0 };
+            return if self.n > self.params.warmup { self.get(SCORE).abs() } else { 0.0 };
         }
         let x = x.clamp(-MAX_INPUT, MAX_INPUT);
         let p = self.params;
@@ -361,11 +388,16 @@ impl Detector {
         let spread = self.get(SPREAD);
         let raw = (change / spread.max(floor)).min(p.raw_cap);
         let mut q = self.tail(U, raw);
+        // The direction of the most surprising answer (1: up, -1: down).
+        let mut direction = if x < last { -1.0 } else { 1.0 };
         self.set(SPREAD, spread + p.spread_alpha.max(inv_n) * (change - spread));
         self.set(LAST, x);
         self.learn_tail(U, raw, p.tail_rate, long_alpha, excess_alpha);
-        if let Some(qs) = self.season(x) {
-            q = q.min(qs);
+        if let Some((qs, d)) = self.season(x) {
+            if qs < q {
+                q = qs;
+                direction = d;
+            }
         }
 
         // 2. Novelty: the value, or the smoothed or slow level, out of its
@@ -378,7 +410,7 @@ impl Detector {
         for (i, v) in [(LO, lo), (HI, hi), (SLO, slo), (SHI, shi)] {
             self.set(i, v);
         }
-        let mut slow_out = false;
+        let mut slow_out = 0.0;
         if p.slow_alpha > 0.0 {
             let slow = self.get(SLOW) + p.slow_alpha.min(1.0) * (x - self.get(SLOW));
             let [mut llo, mut lhi] = [self.get(LLO), self.get(LHI)];
@@ -387,14 +419,18 @@ impl Detector {
                 self.set(i, v);
             }
         }
-        if out || smooth_out || slow_out {
+        if let Some(&d) = [out, smooth_out, slow_out].iter().find(|&&d| d != 0.0) {
             q = 0.0;
+            direction = d;
         }
 
         let now = ((q + Q_FLOOR).ln() / Q_FLOOR.ln()).clamp(0.0, 1.0);
         let fade = 1.0 - 1.0 / p.short_samples.max(1.0);
-        let score = now.max(self.get(SCORE) * fade);
-        self.set(SCORE, score);
+        let held = self.get(SCORE);
+        // The score word keeps the direction of the surprise that set it in
+        // its sign (a state written before that has only rises).
+        let (score, signed) = if now >= held.abs() * fade { (now, now * direction) } else { (held.abs() * fade, held * fade) };
+        self.set(SCORE, signed);
         if self.n <= p.warmup {
             return 0.0;
         }
@@ -451,34 +487,43 @@ pub fn threshold(sensitivity: f64) -> f64 {
 }
 
 /// Turns a stream of scores into alarms: a score is reported only when it
-/// beats the last reported one, which is held for a while and then decays
-/// each sample. One alarm per event, not one per sample of it.
+/// beats the last reported one in the same direction, which is held for a
+/// while and then decays each sample. One alarm per event, not one per
+/// sample of it; a rise and a fall are different events, so a fall right
+/// after a reported rise (or the other way round) is news.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Alarms {
     decay: f64,
     hold: f64,
-    held: f64,
-    reported: f64,
+    /// Per direction (rise, fall): samples the reported score is still held,
+    /// and that score.
+    held: [f64; 2],
+    reported: [f64; 2],
 }
 
 impl Alarms {
     pub fn new(params: &Params) -> Self {
-        Alarms { decay: params.refractory_decay, hold: params.refractory_hold, held: 0.0, reported: 0.0 }
+        Alarms { decay: params.refractory_decay, hold: params.refractory_hold, held: [0.0; 2], reported: [0.0; 2] }
     }
 
-    /// The score if it is news, else 0.
-    pub fn filter(&mut self, score: f64) -> f64 {
-        if self.held > 0.0 {
-            self.held -= 1.0;
-        } else {
-            self.reported *= self.decay;
+    /// The score if it is news, else 0. `direction` is the detector's
+    /// [`Detector::direction`] (negative: a fall).
+    pub fn filter(&mut self, score: f64, direction: f64) -> f64 {
+        for (held, reported) in self.held.iter_mut().zip(self.reported.iter_mut()) {
+            if *held > 0.0 {
+                *held -= 1.0;
+            } else {
+                *reported *= self.decay;
+            }
         }
-        if score > self.reported {
-            self.reported = score;
-            self.held = self.hold;
-            score
-        } else {
-            0.0
+        let k = usize::from(direction < 0.0);
+        match (self.held.get_mut(k), self.reported.get_mut(k)) {
+            (Some(held), Some(reported)) if score > *reported => {
+                *reported = score;
+                *held = self.hold;
+                score
+            }
+            _ => 0.0,
         }
     }
 }
@@ -502,7 +547,12 @@ mod tests {
     /// Alarms, as NAB sees them.
     fn run_with(params: Params, series: impl Iterator<Item = f64>) -> Vec<f64> {
         let mut a = Alarms::new(&params);
-        scores(params, series).into_iter().map(|s| a.filter(s)).collect()
+        let mut d = Detector::new(params);
+        series.map(|x| {
+            let s = d.update(x);
+            a.filter(s, d.direction())
+        })
+        .collect()
     }
 
     fn run(series: impl Iterator<Item = f64>) -> Vec<f64> {
@@ -632,6 +682,53 @@ mod tests {
         let broken = run_with(params, (0..6_000).map(|i| if (4_000..4_100).contains(&i) { 220.0 + 3.0 * noise(i) } else { day(i) }));
         assert_eq!(alarms(&broken, 600), alarms(&broken, 4_000));
         assert!(alarms(&broken, 4_000) >= 1 && broken.get(4_000..4_003).is_some_and(|w| w.iter().any(|&x| x >= threshold(0.8))));
+    }
+
+    /// A rise, then within the alarm hold a fall to new ground: two events,
+    /// two alarms; the same rise twice within the hold is one.
+    #[test]
+    fn a_fall_right_after_a_rise_is_its_own_alarm() {
+        let base = |i: u64| 100.0 + 5.0 * noise(i);
+        let up_down = run((0..3_000).map(|i| match i {
+            2_000 => 200.0,
+            2_020 => 0.0,
+            _ => base(i),
+        }));
+        assert_eq!(alarms(&up_down, 2_000), 2, "{:?}", up_down.get(1_998..2_025));
+        let up_up = run((0..3_000).map(|i| match i {
+            2_000 => 200.0,
+            2_020 => 190.0,
+            _ => base(i),
+        }));
+        assert_eq!(alarms(&up_up, 2_000), 1);
+        let mut d = Detector::new(Params::default());
+        for i in 0..2_000 {
+            d.update(base(i));
+        }
+        d.update(0.0);
+        assert_eq!(d.direction(), -1.0);
+        d.update(base(2_001));
+        assert_eq!(d.direction(), -1.0, "the fading score keeps its direction");
+        d.update(300.0);
+        assert_eq!(d.direction(), 1.0);
+    }
+
+    /// Alike excesses over the tail threshold fit, by moments, a bounded
+    /// tail, and a change past its end would score as impossible (q = 0,
+    /// score 1). The tail is at least exponential: a larger change is rare,
+    /// not impossible, and a far larger one is rarer.
+    #[test]
+    fn a_tail_of_alike_changes_has_no_end_point() {
+        let mut d = Detector::new(Params::default());
+        // u = 2; excesses of mean 1 and variance 1/3 (alike: an exponential
+        // tail has variance 1). By moments that is a bounded tail (shape
+        // -1, clamped to -0.5) ending at u + 4 mean excesses.
+        for (i, v) in [(U, 2.0), (U + 1, 1.0), (U + 2, 1.0), (U + 3, 1.0 + 1.0 / 3.0)] {
+            d.set(i, v);
+        }
+        let beyond = d.tail(U, 2.0 + 5.0);
+        assert!(beyond > 1e-4 && beyond < 0.01, "{beyond}");
+        assert!(d.tail(U, 2.0 + 50.0) < 1e-10);
     }
 
     #[test]
