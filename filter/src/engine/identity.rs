@@ -46,7 +46,16 @@ pub struct Identity {
 impl Identity {
     /// The form used in logs, headers and events: kind and hash, no raw value.
     pub fn display(&self) -> String {
-        format!("{}:{:016x}", self.kind.as_str(), self.hash)
+        let mut out = String::with_capacity(24);
+        self.write_to(&mut out);
+        out
+    }
+
+    /// Appends `display()`'s text.
+    pub fn write_to(&self, out: &mut String) {
+        out.push_str(self.kind.as_str());
+        out.push(':');
+        super::text::push_hex16(out, self.hash);
     }
 }
 

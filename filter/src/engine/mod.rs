@@ -26,4 +26,5 @@ pub mod request;
 pub mod route;
 pub mod scoring;
 pub mod slots;
+pub mod text;
 pub mod traffic;

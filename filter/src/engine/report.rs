@@ -3,7 +3,7 @@
 //! operators parse them), documented in docs/configuration.md.
 
 use super::pipeline::{ProfileState, Verdict};
-use std::fmt::Write;
+use super::text;
 
 pub const HEADER_RISK: &str = "x-vigil-risk-score";
 pub const HEADER_DECISION: &str = "x-vigil-decision";
@@ -13,29 +13,42 @@ pub const HEADERS: [&str; 3] = [HEADER_RISK, HEADER_DECISION, HEADER_SIGNALS];
 /// `x-vigil-signals`: `name=score` per signal, then evidence as `key=value`,
 /// separated by `;`, e.g. `rate=0.000;rate_count=12;identity=user:…`.
 pub fn signals(v: &Verdict) -> String {
-    let mut out = String::with_capacity(96);
+    let mut out = String::with_capacity(160);
     for s in &v.signals {
-        let _ = write!(out, "{}={:.3};", s.name, s.score);
+        out.push_str(s.name);
+        out.push('=');
+        text::push_fixed3(&mut out, s.score);
+        out.push(';');
     }
-    let _ = write!(out, "risk_interval={:.3}..{:.3};", v.interval.0, v.interval.1);
+    out.push_str("risk_interval=");
+    text::push_fixed3(&mut out, v.interval.0);
+    out.push_str("..");
+    text::push_fixed3(&mut out, v.interval.1);
+    out.push(';');
     if let Some(n) = v.rate_count {
-        let _ = write!(out, "rate_count={n};");
+        out.push_str("rate_count=");
+        text::push_u64(&mut out, u64::from(n));
+        out.push(';');
     }
-    match v.profile {
-        Some(ProfileState::Cold { observations }) => {
-            let _ = write!(out, "profile=cold:{observations};");
-        }
-        Some(ProfileState::Warm { observations }) => {
-            let _ = write!(out, "profile=warm:{observations};");
-        }
-        None => {}
+    let profile = match v.profile {
+        Some(ProfileState::Cold { observations }) => Some(("profile=cold:", observations)),
+        Some(ProfileState::Warm { observations }) => Some(("profile=warm:", observations)),
+        None => None,
+    };
+    if let Some((label, observations)) = profile {
+        out.push_str(label);
+        text::push_u64(&mut out, u64::from(observations));
+        out.push(';');
     }
-    let _ = write!(out, "identity={}", v.features.identity.display());
+    out.push_str("identity=");
+    v.features.identity.write_to(&mut out);
     out
 }
 
 pub fn risk(v: &Verdict) -> String {
-    format!("{:.3}", v.risk)
+    let mut out = String::with_capacity(8);
+    text::push_fixed3(&mut out, v.risk);
+    out
 }
 
 /// The JSON body of a throttle or block reply. It names the request id so a

@@ -23,6 +23,8 @@ const HEADER_BYTES: usize = 1 + 8 + 8;
 pub trait Record: Sized {
     fn encode(&self, out: &mut Vec<u8>);
     fn decode(bytes: &[u8]) -> Option<Self>;
+    /// About how many bytes `encode` writes, so the buffer is allocated once.
+    const SIZE_HINT: usize = 32;
     /// What keeping this record is worth when room must be made, `idle_ms`
     /// after it was last seen: the least valuable candidate goes first. By
     /// default the least recently seen.
@@ -57,7 +59,7 @@ impl<R: Record> Slot<R> {
     }
 
     fn encode(&self) -> Vec<u8> {
-        encode_slot(self.owner, self.last_seen_ms, self.record.as_ref(), 24)
+        encode_slot(self.owner, self.last_seen_ms, self.record.as_ref(), R::SIZE_HINT)
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
@@ -209,7 +211,10 @@ impl<'a> SlotTable<'a> {
     }
 
     fn key(&self, index: u32) -> String {
-        format!("{}{}", self.prefix, index)
+        let mut key = String::with_capacity(self.prefix.len() + 10);
+        key.push_str(self.prefix);
+        super::text::push_u64(&mut key, u64::from(index));
+        key
     }
 
     fn candidates(&self, owner: u64) -> impl Iterator<Item = u32> {
@@ -278,7 +283,7 @@ impl<'a> SlotTable<'a> {
         if read.index >= self.slots {
             return Ok(false);
         }
-        let encoded = encode_slot(owner, now_ms, Some(record), read.stored_len);
+        let encoded = encode_slot(owner, now_ms, Some(record), R::SIZE_HINT.max(read.stored_len));
         match self.store.set(&self.key(read.index), &encoded, read.cas)? {
             SetOutcome::Written => {
                 self.resize(read.stored_len, encoded.len());

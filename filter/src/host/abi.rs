@@ -95,6 +95,56 @@ extern "C" {
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
 }
 
+/// A census of host calls (built with `--features census`; see
+/// docs/performance.md): every wrapper below counts its kind, and the store
+/// counts gets and sets by key shape. The root logs both per request every
+/// 5 s, which is how the request path's host calls are budgeted.
+#[cfg(feature = "census")]
+pub mod census {
+    use std::cell::RefCell;
+    use std::collections::BTreeMap;
+
+    thread_local! {
+        static CALLS: RefCell<BTreeMap<&'static str, u64>> = RefCell::default();
+        static KEYS: RefCell<BTreeMap<String, u64>> = RefCell::default();
+    }
+
+    pub fn call(kind: &'static str) {
+        CALLS.with(|c| *c.borrow_mut().entry(kind).or_default() += 1);
+    }
+
+    /// A shared-data access, by key with its numbers as `#`.
+    pub fn key(op: &str, key: &str) {
+        let mut shape = String::with_capacity(op.len() + 1 + key.len());
+        shape.push_str(op);
+        shape.push(' ');
+        for c in key.chars() {
+            if !c.is_ascii_digit() {
+                shape.push(c);
+            } else if !shape.ends_with('#') {
+                shape.push('#');
+            }
+        }
+        KEYS.with(|k| *k.borrow_mut().entry(shape).or_default() += 1);
+    }
+
+    pub type Counts = Vec<(String, u64)>;
+
+    /// The counts since the last call: calls, then keys.
+    pub fn take() -> (Counts, Counts) {
+        let calls = CALLS.with(|c| std::mem::take(&mut *c.borrow_mut())).into_iter().map(|(k, n)| (k.to_string(), n)).collect();
+        let keys = KEYS.with(|k| std::mem::take(&mut *k.borrow_mut())).into_iter().collect();
+        (calls, keys)
+    }
+}
+
+macro_rules! tally {
+    ($kind:literal) => {
+        #[cfg(feature = "census")]
+        census::call($kind);
+    };
+}
+
 fn check(status: u32) -> Result<(), Status> {
     if status == OK {
         Ok(())
@@ -114,23 +164,27 @@ unsafe fn owned(data: *mut u8, size: usize) -> Option<Vec<u8>> {
 }
 
 pub fn log(level: u32, message: &str) {
+    tally!("log");
     // Nothing sensible remains to be done if logging itself fails.
     let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
 }
 
 pub fn now_nanos() -> Result<u64, Status> {
+    tally!("now");
     let mut t = 0u64;
     check(unsafe { proxy_get_current_time_nanoseconds(&mut t) })?;
     Ok(t)
 }
 
 pub fn set_tick_period_ms(period: u32) -> Result<(), Status> {
+    tally!("tick");
     check(unsafe { proxy_set_tick_period_milliseconds(period) })
 }
 
 /// All headers of a map in one host call. Values stay bytes (Envoy forwards
 /// non-UTF-8 values; the SDK's string variant would panic on them).
 pub fn header_pairs(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
+    tally!("pairs");
     let mut data = null_mut();
     let mut size = 0usize;
     check(unsafe { proxy_get_header_map_pairs(map_type, &mut data, &mut size) })?;
@@ -139,6 +193,7 @@ pub fn header_pairs(map_type: u32) -> Result<Vec<(String, Vec<u8>)>, Status> {
 
 /// One header's value, as bytes.
 pub fn header_value(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status> {
+    tally!("header_value");
     let mut data = null_mut();
     let mut size = 0usize;
     match unsafe { proxy_get_header_map_value(map_type, name.as_ptr(), name.len(), &mut data, &mut size) } {
@@ -149,15 +204,18 @@ pub fn header_value(map_type: u32, name: &str) -> Result<Option<Vec<u8>>, Status
 }
 
 pub fn replace_header(map_type: u32, name: &str, value: &[u8]) -> Result<(), Status> {
+    tally!("replace");
     check(unsafe { proxy_replace_header_map_value(map_type, name.as_ptr(), name.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn remove_header(map_type: u32, name: &str) -> Result<(), Status> {
+    tally!("remove");
     check(unsafe { proxy_remove_header_map_value(map_type, name.as_ptr(), name.len()) })
 }
 
 /// A property by path (segments joined by NUL, as the ABI wants).
 pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
+    tally!("property");
     let joined = path.join("\0");
     let mut data = null_mut();
     let mut size = 0usize;
@@ -169,11 +227,13 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Status> {
 }
 
 pub fn set_property(path: &[&str], value: &[u8]) -> Result<(), Status> {
+    tally!("set_property");
     let joined = path.join("\0");
     check(unsafe { proxy_set_property(joined.as_ptr(), joined.len(), value.as_ptr(), value.len()) })
 }
 
 pub fn shared_get(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
+    tally!("shared_get");
     let mut data = null_mut();
     let mut size = 0usize;
     let mut cas = 0u32;
@@ -186,6 +246,7 @@ pub fn shared_get(key: &str) -> Result<Option<(Vec<u8>, u32)>, Status> {
 
 /// Writes a shared value; `Ok(false)` on a CAS mismatch.
 pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<bool, Status> {
+    tally!("shared_set");
     match unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) } {
         OK => Ok(true),
         CAS_MISMATCH => Ok(false),
@@ -194,6 +255,7 @@ pub fn shared_set(key: &str, value: &[u8], cas: u32) -> Result<bool, Status> {
 }
 
 pub fn send_local_response(status: u16, details: &str, body: &[u8], headers: &[(&str, &[u8])]) -> Result<(), Status> {
+    tally!("local_response");
     let map = encode_pairs(headers);
     check(unsafe {
         proxy_send_local_response(
@@ -222,6 +284,7 @@ pub fn plugin_configuration() -> Result<Vec<u8>, Status> {
 
 /// Up to `max` bytes of a buffer (e.g. a model's answer).
 pub fn buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, Status> {
+    tally!("buffer");
     let mut data = null_mut();
     let mut size = 0usize;
     match unsafe { proxy_get_buffer_bytes(buffer_type, 0, max, &mut data, &mut size) } {
@@ -233,6 +296,7 @@ pub fn buffer(buffer_type: u32, max: usize) -> Result<Vec<u8>, Status> {
 
 /// Makes host calls act on another context of this VM (see callout.rs).
 pub fn set_effective_context(context_id: u32) -> Result<(), Status> {
+    tally!("effective");
     check(unsafe { proxy_set_effective_context(context_id) })
 }
 
@@ -242,16 +306,19 @@ pub fn resume_request() -> Result<(), Status> {
 }
 
 pub fn define_metric(metric_type: u32, name: &str) -> Result<u32, Status> {
+    tally!("define");
     let mut id = 0u32;
     check(unsafe { proxy_define_metric(metric_type, name.as_ptr(), name.len(), &mut id) })?;
     Ok(id)
 }
 
 pub fn increment_metric(id: u32, offset: i64) -> Result<(), Status> {
+    tally!("increment");
     check(unsafe { proxy_increment_metric(id, offset) })
 }
 
 pub fn record_metric(id: u32, value: u64) -> Result<(), Status> {
+    tally!("record");
     check(unsafe { proxy_record_metric(id, value) })
 }
 

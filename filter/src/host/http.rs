@@ -27,6 +27,9 @@ pub struct VigilHttp {
     features: Option<Features>,
     /// When the request headers arrived (ns), for the response latency.
     started_ns: u64,
+    /// When the response headers came (ms): the stream's end for the
+    /// detectors, without another clock read at `on_log`.
+    responded_ms: Option<u64>,
     /// A request paused for the models: its verdict so far, their calls, and
     /// whether the client sent its own `x-vigil-*` headers.
     waiting: Option<(Verdict, Exchange, bool)>,
@@ -37,7 +40,7 @@ pub struct VigilHttp {
 
 impl VigilHttp {
     pub fn new(shared: Rc<Shared>, context_id: u32) -> Self {
-        Self { shared, features: None, started_ns: 0, waiting: None, context_id, sampled: false }
+        Self { shared, features: None, started_ns: 0, responded_ms: None, waiting: None, context_id, sampled: false }
     }
 
     fn callouts(&self) -> StreamCallouts {
@@ -210,7 +213,9 @@ impl HttpContext for VigilHttp {
                 .ok()
                 .flatten()
                 .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok());
-            let latency_us = abi::now_nanos().unwrap_or(0).saturating_sub(self.started_ns) / 1_000;
+            let now_ns = abi::now_nanos().unwrap_or(0);
+            self.responded_ms = Some(now_ns / 1_000_000);
+            let latency_us = now_ns.saturating_sub(self.started_ns) / 1_000;
             self.shared.engine.on_response(features, status, latency_us);
         }
         Action::Continue
@@ -222,7 +227,7 @@ impl HttpContext for VigilHttp {
         }
         // Every stream ends here, answered or reset: detectors learn the outcome.
         if let Some(features) = self.features.take() {
-            let now_ms = abi::now_nanos().unwrap_or(0) / 1_000_000;
+            let now_ms = self.responded_ms.unwrap_or_else(|| abi::now_nanos().unwrap_or(0) / 1_000_000);
             self.shared.engine.on_complete(&features, now_ms);
         }
     }

@@ -160,6 +160,10 @@ impl RootContext for VigilRoot {
                 abi::log(abi::LOG_INFO, &line);
             }
             self.ticks = self.ticks.wrapping_add(1);
+            #[cfg(feature = "census")]
+            if self.ticks % 50 == 0 {
+                census(shared);
+            }
             if self.ticks % METRICS_FLUSH_TICKS == 0 {
                 shared.metrics.flush();
             }
@@ -175,4 +179,17 @@ impl RootContext for VigilRoot {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Logs the host calls made since the last census, per request (see
+/// `abi::census`). Only in a `census` build.
+#[cfg(feature = "census")]
+fn census(shared: &Shared) {
+    let requests = shared.requests_seen.replace(0).max(1) as f64;
+    let (calls, keys) = abi::census::take();
+    let line = |list: Vec<(String, u64)>| {
+        list.into_iter().map(|(k, n)| format!("{k}={:.3}", n as f64 / requests)).collect::<Vec<_>>().join(" ")
+    };
+    abi::log(abi::LOG_WARN, &format!("vigil-census requests={requests} calls_per_request: {}", line(calls)));
+    abi::log(abi::LOG_WARN, &format!("vigil-census keys_per_request: {}", line(keys)));
 }

@@ -12,10 +12,14 @@ pub struct HostStore;
 
 impl SharedStore for HostStore {
     fn get(&self, key: &str) -> Result<Option<(Vec<u8>, u32)>, StoreError> {
+        #[cfg(feature = "census")]
+        abi::census::key("get", key);
         abi::shared_get(key).map_err(StoreError::Host)
     }
 
     fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<SetOutcome, StoreError> {
+        #[cfg(feature = "census")]
+        abi::census::key("set", key);
         match abi::shared_set(key, value, cas) {
             Ok(true) => Ok(SetOutcome::Written),
             Ok(false) => Ok(SetOutcome::CasMismatch),

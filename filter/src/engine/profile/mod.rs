@@ -52,6 +52,7 @@ const REBASE_GUARD_S: u64 = 60;
 const KEEP_HALF_LIFE_MS: f64 = 24.0 * 3_600_000.0;
 
 impl Record for Profile {
+    const SIZE_HINT: usize = model::MAX_ENCODED;
     fn encode(&self, out: &mut Vec<u8>) {
         Profile::encode(self, out);
     }
