@@ -48,15 +48,16 @@ fn exact_counts_and_bounded_slots_in_wasm() {
     let cfg = RateLimitConfig { enabled: true, requests_per_window: 100, window_seconds: 60, max_identities: 64 };
     let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
     let prefix = rate::key_prefix(&cfg);
+    let hints = vigil::engine::slots::Hints::for_slots(cfg.max_identities);
     rate::initialize(&cfg, &store, &metrics, &prefix).unwrap();
     for i in 0..500u64 {
-        rate::observe(&cfg, &store, &metrics, &prefix, 0xdead_beef_0000_0001, 1_000 + i).unwrap();
+        rate::observe(&cfg, &store, &metrics, &prefix, Some(&hints), 0xdead_beef_0000_0001, 1_000 + i).unwrap();
     }
-    let obs = rate::observe(&cfg, &store, &metrics, &prefix, 0xdead_beef_0000_0001, 2_000).unwrap();
+    let obs = rate::observe(&cfg, &store, &metrics, &prefix, Some(&hints), 0xdead_beef_0000_0001, 2_000).unwrap();
     assert_eq!(obs.record.current, 501);
     let keys = store.len();
     for id in 0..5_000u64 {
-        rate::observe(&cfg, &store, &metrics, &prefix, (id << 1) | 1, 3_000).unwrap();
+        rate::observe(&cfg, &store, &metrics, &prefix, Some(&hints), (id << 1) | 1, 3_000).unwrap();
     }
     assert_eq!(store.len(), keys);
     assert!(metrics.get(Metric::StoreSlotsUsed(Table::Rate)) <= 64);
