@@ -81,6 +81,31 @@ pub struct Features {
     pub ml_model: Option<crate::engine::ml::Role>,
 }
 
+impl Features {
+    /// A request as its headers tell it; the evidence (session, geo, size)
+    /// and what detectors and the response add come later.
+    pub fn new(request_id: String, identity: Identity, method: Method, route: String, time_ms: u64) -> Self {
+        Features {
+            request_id,
+            identity,
+            method,
+            route,
+            request_bytes: 0,
+            time_ms,
+            session: None,
+            country: None,
+            asn: None,
+            status: None,
+            latency_us: None,
+            refused: false,
+            behavioral_score: None,
+            traffic_anomaly_score: None,
+            user_deviation_score: None,
+            ml_model: None,
+        }
+    }
+}
+
 /// One detector's opinion: a score in [0, 1].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Signal {

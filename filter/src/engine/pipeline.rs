@@ -25,8 +25,9 @@ pub struct Engine {
     pub config: Config,
     hash_key: HashKey,
     rate_prefix: String,
-    /// Where this worker last found identities in the rate table.
-    rate_hints: Hints,
+    /// Where this worker last found identities in the rate table (none
+    /// when the rate signal is off: nothing to remember).
+    rate_hints: Option<Hints>,
     profiler: Option<Profiler>,
     traffic: Option<Traffic>,
     ml: Option<Ml>,
@@ -95,7 +96,7 @@ impl Engine {
         let syslog_host = config.siem.syslog.then(|| config.siem.syslog_hostname.clone());
         let collector = config.siem.collector.as_ref().and_then(|c| events::collector::Collector::new(c, syslog_host));
         let feedback = Feedback::new(&config.adaptive_thresholds, config.admin.enabled().then_some(config.admin.recent_decisions));
-        let rate_hints = Hints::for_slots(config.rate_limit.max_identities);
+        let rate_hints = config.rate_limit.enabled.then(|| Hints::for_slots(config.rate_limit.max_identities));
         Self { config, hash_key, rate_prefix, rate_hints, profiler, traffic, ml, alerts, collector, feedback }
     }
 
@@ -622,27 +623,18 @@ impl Engine {
             country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
         }
+        let method = req.header(":method").map_or(Method::Other, Method::parse);
+        let route = route::template(req.header(":path").unwrap_or(b"/"));
         Features {
-            request_id,
-            identity,
-            method: req.header(":method").map_or(Method::Other, Method::parse),
-            route: route::template(req.header(":path").unwrap_or(b"/")),
             request_bytes: req
                 .header("content-length")
                 .and_then(|v| std::str::from_utf8(v).ok())
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0),
-            time_ms: now_ms,
             session,
             country,
             asn,
-            status: None,
-            latency_us: None,
-            refused: false,
-            behavioral_score: None,
-            traffic_anomaly_score: None,
-            user_deviation_score: None,
-            ml_model: None,
+            ..Features::new(request_id, identity, method, route, now_ms)
         }
     }
 
@@ -721,7 +713,7 @@ impl Engine {
         if !cfg.enabled {
             return Outcome::Done;
         }
-        match rate::observe(cfg, store, metrics, &self.rate_prefix, Some(&self.rate_hints), v.features.identity.hash, now_ms) {
+        match rate::observe(cfg, store, metrics, &self.rate_prefix, self.rate_hints.as_ref(), v.features.identity.hash, now_ms) {
             Ok(obs) => {
                 v.rate_count = Some(obs.record.current);
                 let window_ms = u64::from(cfg.window_seconds) * 1000;

@@ -91,8 +91,6 @@ pub struct Updated<R> {
     pub record: R,
     /// This update took a slot from another identity.
     pub evicted: bool,
-    /// Where the record lives now: a hint for the next access.
-    pub index: u32,
 }
 
 /// The result of one cleanup pass.
@@ -149,7 +147,7 @@ impl Hints {
 /// later `write_unchanged` needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Version {
-    pub index: u32,
+    index: u32,
     /// The store's version of the value read: a write with it succeeds only if
     /// nobody wrote the slot since.
     cas: u32,
@@ -195,8 +193,9 @@ impl<'a> SlotTable<'a> {
         self
     }
 
-    fn hint(&self, owner: u64, given: Option<u32>) -> Option<u32> {
-        given.or_else(|| self.hints.and_then(|h| h.get(owner)))
+    /// Where this worker last found `owner`, if it remembers.
+    fn hint(&self, owner: u64) -> Option<u32> {
+        self.hints.and_then(|h| h.get(owner)).filter(|&i| i < self.slots)
     }
 
     fn remember(&self, owner: u64, index: u32) {
@@ -250,18 +249,12 @@ impl<'a> SlotTable<'a> {
 
     /// Reads `owner`'s record without changing anything.
     pub fn read<R: Record>(&self, owner: u64) -> Result<Option<R>, StoreError> {
-        Ok(self.read_at(owner, None)?.map(|(r, _)| r))
+        Ok(self.read_versioned(owner)?.map(|(r, _)| r))
     }
 
-    /// Reads `owner`'s record, trying `hint` (where it was last found) first.
-    /// Returns the record and where it lives.
-    pub fn read_at<R: Record>(&self, owner: u64, hint: Option<u32>) -> Result<Option<(R, u32)>, StoreError> {
-        Ok(self.read_versioned(owner, hint)?.map(|(record, v)| (record, v.index)))
-    }
-
-    /// `read_at`, with the version a later `write_unchanged` needs.
-    pub fn read_versioned<R: Record>(&self, owner: u64, hint: Option<u32>) -> Result<Option<(R, Version)>, StoreError> {
-        let hinted = self.hint(owner, hint).filter(|&h| h < self.slots);
+    /// `read`, with the version a later `write_unchanged` needs.
+    pub fn read_versioned<R: Record>(&self, owner: u64) -> Result<Option<(R, Version)>, StoreError> {
+        let hinted = self.hint(owner);
         for index in hinted.into_iter().chain(self.candidates(owner).filter(|&i| Some(i) != hinted)) {
             if let Some((bytes, cas)) = self.store.get(&self.key(index))? {
                 // An unreadable slot is someone else's problem (or free): skip it.
@@ -278,7 +271,7 @@ impl<'a> SlotTable<'a> {
     /// Writes `record` as `owner`'s, in the slot `read` came from, only if
     /// nobody wrote that slot since: one host call instead of a read and a
     /// write. `Ok(false)` when somebody did (the caller merges and retries
-    /// with `update_at`).
+    /// with `update`).
     pub fn write_unchanged<R: Record>(&self, owner: u64, read: Version, now_ms: u64, record: &R) -> Result<bool, StoreError> {
         if read.index >= self.slots {
             return Ok(false);
@@ -299,20 +292,9 @@ impl<'a> SlotTable<'a> {
         &self,
         owner: u64,
         now_ms: u64,
-        update: impl FnMut(Option<&R>) -> R,
-    ) -> Result<Updated<R>, StoreError> {
-        self.update_at(owner, None, now_ms, update)
-    }
-
-    /// `update`, trying `hint` (where the record was last found) first.
-    pub fn update_at<R: Record + Clone>(
-        &self,
-        owner: u64,
-        hint: Option<u32>,
-        now_ms: u64,
         mut update: impl FnMut(Option<&R>) -> R,
     ) -> Result<Updated<R>, StoreError> {
-        let hint = self.hint(owner, hint);
+        let hint = self.hint(owner);
         for _attempt in 0..MAX_ATTEMPTS {
             let found = self.locate::<R>(owner, hint, now_ms)?;
             let mine = (found.slot.owner == owner).then_some(found.slot.record.as_ref()).flatten();
@@ -340,7 +322,7 @@ impl<'a> SlotTable<'a> {
                     }
                     self.resize(found.stored_len, encoded.len());
                     self.remember(owner, found.index);
-                    return Ok(Updated { record, evicted: evicts, index: found.index });
+                    return Ok(Updated { record, evicted: evicts });
                 }
                 SetOutcome::CasMismatch => self.metrics.add(Metric::StoreCasConflicts(self.table), 1),
             }
@@ -556,7 +538,7 @@ mod tests {
         }
         let deep = (1..=40u64)
             .map(owner)
-            .find(|&o| plain.candidates(o).next() != plain.read_at::<Count>(o, None).unwrap().map(|(_, i)| i))
+            .find(|&o| plain.candidates(o).next() != plain.read_versioned::<Count>(o).unwrap().map(|(_, v)| v.index))
             .expect("some owner lives past its first candidate");
         hinted.update(deep, 2_000, bump).unwrap(); // learns where it lives
         let before = store.reads.get();
@@ -576,7 +558,7 @@ mod tests {
         let table = SlotTable::new(&store, &metrics, "t/", 16, Table::Rate, 60_000);
         table.initialize::<Count>().unwrap();
         table.update(7, 0, bump).unwrap();
-        let (record, version) = table.read_versioned::<Count>(7, None).unwrap().unwrap();
+        let (record, version) = table.read_versioned::<Count>(7).unwrap().unwrap();
         let reads = store.reads.get();
         assert!(table.write_unchanged(7, version, 10, &bump(Some(&record))).unwrap());
         assert_eq!(store.reads.get(), reads, "no read");

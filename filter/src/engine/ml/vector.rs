@@ -85,24 +85,7 @@ mod tests {
     use crate::engine::identity::Identity;
 
     fn features() -> Features {
-        Features {
-            request_id: "r".into(),
-            identity: Identity { kind: IdentityKind::User, hash: 7 },
-            method: Method::Get,
-            route: "/users/{id}".into(),
-            request_bytes: 0,
-            time_ms: 6 * 3_600_000,
-            session: None,
-            country: None,
-            asn: None,
-            status: None,
-            latency_us: None,
-            refused: false,
-            behavioral_score: None,
-            traffic_anomaly_score: None,
-            user_deviation_score: None,
-            ml_model: None,
-        }
+        Features::new("r".into(), Identity { kind: IdentityKind::User, hash: 7 }, Method::Get, "/users/{id}".into(), 6 * 3_600_000)
     }
 
     #[test]

@@ -42,8 +42,6 @@ pub struct Entry {
     /// The shared copy as last synced, plus this worker's pending events.
     pub profile: Profile,
     pub pending: Vec<Event>,
-    /// Where the profile was last found in the shared table.
-    pub slot: Option<u32>,
     /// The shared version `profile` was read from, while nobody (this worker
     /// included) has written the slot since: then a sync is one conditional
     /// write of `profile`, with no read.
@@ -55,8 +53,8 @@ pub struct Entry {
 }
 
 impl Entry {
-    pub fn new(owner: u64, profile: Profile, slot: Option<u32>, now_ms: u64) -> Self {
-        Entry { owner, profile, pending: Vec::new(), slot, version: None, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
+    pub fn new(owner: u64, profile: Profile, version: Option<Version>, now_ms: u64) -> Self {
+        Entry { owner, profile, pending: Vec::new(), version, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
     }
 
     /// Its events are in shared data now.

@@ -159,7 +159,7 @@ impl Profiler {
             }
             None => {
                 metrics.add(Metric::ProfileCacheMisses, 1);
-                let (profile, version) = match table.read_versioned::<Profile>(owner, None)? {
+                let (profile, version) = match table.read_versioned::<Profile>(owner)? {
                     Some((p, version)) => (p, Some(version)),
                     None => (Profile::default(), None),
                 };
@@ -171,9 +171,7 @@ impl Profiler {
                         count_failure(self.sync_entry(&table, &mut victim, now), metrics);
                     }
                 }
-                let mut entry = Entry::new(owner, profile, version.map(|v| v.index), now);
-                entry.version = version;
-                cache.insert(entry);
+                cache.insert(Entry::new(owner, profile, version, now));
             }
         }
         let entry = cache.get_mut(owner).ok_or(StoreError::Host(0))?;
@@ -240,8 +238,10 @@ impl Profiler {
     ) -> Result<Option<Profile>, StoreError> {
         let table = self.table(store, metrics);
         // Read first: feedback must not create a profile for an unknown identity.
-        let Some((_, slot)) = table.read_at::<Profile>(owner, None)? else { return Ok(None) };
-        let updated = table.update_at(owner, Some(slot), now_ms, |shared: Option<&Profile>| {
+        if table.read::<Profile>(owner)?.is_none() {
+            return Ok(None);
+        }
+        let updated = table.update(owner, now_ms, |shared: Option<&Profile>| {
             let mut p = shared.cloned().unwrap_or_default();
             change(&mut p);
             p
@@ -250,7 +250,6 @@ impl Profiler {
             // Pending events are replayed onto the shared copy at the next
             // sync; until then this worker's copy takes the change directly.
             change(&mut entry.profile);
-            entry.slot = Some(updated.index);
         }
         Ok(Some(updated.record))
     }
@@ -330,7 +329,7 @@ impl Profiler {
         }
         let (local, pending) = (&entry.profile, &entry.pending);
         let learning = &self.learning;
-        let updated = table.update_at(entry.owner, entry.slot, now, |shared: Option<&Profile>| match shared {
+        let updated = table.update(entry.owner, now, |shared: Option<&Profile>| match shared {
             Some(p) => {
                 let mut p = p.clone();
                 for event in pending {
@@ -358,7 +357,6 @@ impl Profiler {
         match updated {
             Ok(u) => {
                 entry.profile = u.record;
-                entry.slot = Some(u.index);
                 entry.synced(now);
                 Ok(())
             }
@@ -379,9 +377,8 @@ fn count_failure(outcome: Result<(), StoreError>, metrics: &dyn MetricsSink) {
 
 /// Re-reads a clean entry's shared copy (other workers may have taught it).
 fn refresh(table: &SlotTable, entry: &mut Entry, now: u64) -> Result<(), StoreError> {
-    if let Some((profile, version)) = table.read_versioned::<Profile>(entry.owner, entry.slot)? {
+    if let Some((profile, version)) = table.read_versioned::<Profile>(entry.owner)? {
         entry.profile = profile;
-        entry.slot = Some(version.index);
         entry.version = Some(version);
     }
     entry.synced_ms = now;
@@ -403,24 +400,7 @@ mod tests {
     }
 
     fn features(owner: u64, t: u64, route: &str) -> Features {
-        Features {
-            request_id: "r".into(),
-            identity: Identity { kind: IdentityKind::User, hash: owner },
-            method: Method::Get,
-            route: route.into(),
-            request_bytes: 0,
-            time_ms: t,
-            session: None,
-            country: None,
-            asn: None,
-            status: None,
-            latency_us: None,
-            refused: false,
-            traffic_anomaly_score: None,
-            user_deviation_score: None,
-            ml_model: None,
-            behavioral_score: None,
-        }
+        Features::new("r".into(), Identity { kind: IdentityKind::User, hash: owner }, Method::Get, route.into(), t)
     }
 
     fn key() -> HashKey {
