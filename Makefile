@@ -82,6 +82,6 @@ clean:
 BENCH_ARGS ?=
 
 bench: setup setup-wrk build
-	cargo build --release --target $(WASM_TARGET) -p vigil-empty-filter
+	cargo build --release --target $(WASM_TARGET) -p vigil-empty-filter -p vigil-floor-filter
 	cargo bench -p vigil-engine-bench
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)

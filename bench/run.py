@@ -32,6 +32,7 @@ import yaml  # noqa: E402
 
 VIGIL_WASM = ROOT / "target/wasm32-wasip1/release/vigil.wasm"
 EMPTY_WASM = ROOT / "target/wasm32-wasip1/release/vigil_empty_filter.wasm"
+FLOOR_WASM = ROOT / "target/wasm32-wasip1/release/vigil_floor_filter.wasm"
 LUA = ROOT / "bench" / "identities.lua"
 OUT = ROOT / "target" / "bench"
 
@@ -97,7 +98,7 @@ def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: in
         for c in clusters:
             ep = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]
             ep["endpoint"]["address"]["socket_address"]["port_value"] = upstream_port
-    if not (filter_json or {}).get("enable_ml_models"):
+    if not isinstance(filter_json, dict) or not filter_json.get("enable_ml_models"):
         doc["static_resources"]["clusters"] = [c for c in clusters if c["name"] == "demo_upstream"]
     wasm_filter = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")
     if wasm is None:
@@ -110,9 +111,30 @@ def envoy_config(name: str, port: int, admin: int, route: str, upstream_port: in
         if filter_json is None:
             cfg.pop("configuration", None)
             cfg["root_id"] = ""
+        elif isinstance(filter_json, str):
+            cfg["configuration"]["value"] = filter_json  # the floor filter's list of contracts
+            cfg["root_id"] = ""
         else:
             cfg["configuration"]["value"] = json.dumps(filter_json)
     return doc
+
+
+def floor_contracts(cfg: dict) -> str:
+    """The contracts a Vigil configuration is bound by, as the floor filter
+    (bench/floor-filter) names them: the host calls no implementation of that
+    configuration could avoid on a request."""
+    contracts = []
+    if cfg.get("rate_limit", {}).get("enabled", True):
+        contracts.append("rate")
+    if cfg.get("upstream_headers", True):
+        contracts.append("headers")
+    if cfg.get("time_series_analysis", {}).get("enable_traffic_analysis", False):
+        contracts.append("response")
+    return ",".join(contracts)
+
+
+def floor_name(cfg: dict) -> str:
+    return "floor_" + (floor_contracts(cfg).replace(",", "_") or "none")
 
 
 def upstream_config(port: int, admin: int) -> dict:
@@ -241,7 +263,7 @@ def main() -> int:
     if not shutil.which("wrk"):
         print("wrk is missing: apt-get install wrk (make bench does it)", file=sys.stderr)
         return 1
-    for wasm in (VIGIL_WASM, EMPTY_WASM):
+    for wasm in (VIGIL_WASM, EMPTY_WASM, FLOOR_WASM):
         if not wasm.exists():
             print(f"{wasm} is missing: run make bench (it builds both filters)", file=sys.stderr)
             return 1
@@ -263,6 +285,8 @@ def main() -> int:
         unknown = [c for c in chosen if c not in VIGIL_CONFIGS]
         if unknown:
             raise SystemExit(f"unknown --configs {unknown}; known: {', '.join(VIGIL_CONFIGS)}")
+        # The contract floor of each configuration measured (one Envoy per distinct floor).
+        variants.update({floor_name(VIGIL_CONFIGS[k]): (FLOOR_WASM, floor_contracts(VIGIL_CONFIGS[k])) for k in chosen})
         variants.update({k: (VIGIL_WASM, VIGIL_CONFIGS[k]) for k in chosen})
         for route in routes:
             for name, (wasm, cfg) in variants.items():
@@ -324,24 +348,31 @@ def summarise(samples, routes, names, args) -> dict:
             if not name.startswith("vigil"):
                 continue
             s = samples[(route, name)]
+            floor = floor_name(VIGIL_CONFIGS[name])
             vigil.append({
                 "config": name,
                 "route": route,
                 # Ratios are taken within a round, then the median over rounds.
                 "throughput_vs_no_filter": round(med(a["rps"] / b["rps"] for a, b in zip(s, base)), 3),
                 "throughput_vs_empty_wasm": round(med(a["rps"] / b["rps"] for a, b in zip(s, empty)), 3),
+                # Against the contract floor: the share of what any implementation could keep.
+                "floor": floor,
+                "throughput_vs_floor": round(med(a["rps"] / b["rps"] for a, b in zip(s, samples[(route, floor)])), 3),
                 "p99_added_ms": round(med(a["p99_ms"] - b["p99_ms"] for a, b in zip(s, base)), 3),
                 "p99_added_vs_empty_wasm_ms": round(med(a["p99_ms"] - b["p99_ms"] for a, b in zip(s, empty)), 3),
                 "p50_added_vs_empty_wasm_ms": round(med(a["p50_ms"] - b["p50_ms"] for a, b in zip(s, empty)), 3),
             })
     empty_ratio = {route: round(med(a["rps"] / b["rps"] for a, b in zip(samples[(route, "empty_wasm")], samples[(route, "no_filter")])), 3)
                    for route in routes}
+    floors = {route: {name: round(med(a["rps"] / b["rps"] for a, b in zip(samples[(route, name)], samples[(route, "empty_wasm")])), 3)
+                      for name in names if name.startswith("floor_")} for route in routes}
     return {
         "method": {"rounds": args.rounds, "seconds": args.seconds, "connections": args.connections,
                    "wrk_threads": args.threads, "envoy_concurrency": args.concurrency,
                    "identities": args.identities, "cpus": os.cpu_count()},
         "results": table,
         "empty_wasm_vs_no_filter": empty_ratio,
+        "floor_vs_empty_wasm": floors,
         "vigil": vigil,
     }
 
@@ -352,11 +383,16 @@ def print_table(summary: dict) -> None:
         for name, r in rows.items():
             print("%-10s %-26s %10d %9.3f %9.3f" % (route, name, r["rps"], r["p50_ms"], r["p99_ms"]))
     print("\nempty wasm / no filter: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["empty_wasm_vs_no_filter"].items()))
-    print("\n%-10s %-26s %12s %12s %12s %12s" % ("route", "vigil config", "vs no filt", "vs empty", "p99 +ms", "p99 +ms(e)"))
+    print("contract floor / empty wasm (bench/floor-filter: only the host calls the contracts require):")
+    for route, floors in summary["floor_vs_empty_wasm"].items():
+        print("  %-10s %s" % (route, ", ".join(f"{k} {v:.3f}" for k, v in floors.items())))
+    print("\n%-10s %-26s %10s %10s %10s %10s %10s" % ("route", "vigil config", "vs no filt", "vs empty", "vs floor",
+                                                   "p99 +ms", "p99 +ms(e)"))
     for v in summary["vigil"]:
         asked = f"  asked {v['ml_share_asked']:.1%}" if v.get("ml_share_asked") is not None else ""
-        print("%-10s %-26s %12.3f %12.3f %12.3f %12.3f%s" % (v["route"], v["config"], v["throughput_vs_no_filter"],
-              v["throughput_vs_empty_wasm"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"], asked))
+        print("%-10s %-26s %10.3f %10.3f %10.3f %10.3f %10.3f%s" % (v["route"], v["config"], v["throughput_vs_no_filter"],
+              v["throughput_vs_empty_wasm"], v["throughput_vs_floor"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"],
+              asked))
     ml_off = {(v["route"]): v for v in summary["vigil"] if v["config"] == "vigil_profiling_traffic"}
     rows = [v for v in summary["vigil"] if v["config"].startswith("vigil_ml_") and v["route"] in ml_off]
     if rows:
