@@ -577,6 +577,10 @@ pub struct BehavioralProfiling {
     pub profile_ttl_hours: Option<u32>,
     /// Profiles each worker keeps in its local cache.
     pub cache_entries: u32,
+    /// How stale a worker's cached profile may get: a changed one is written
+    /// back, and a clean one re-read, this long after its last sync. Longer
+    /// means fewer shared-data calls and later cross-worker learning.
+    pub sync_interval_ms: u32,
     pub session: SessionConfig,
     pub geo: GeoConfig,
     /// An identity deviating from its profile on end for this long has a
@@ -594,6 +598,7 @@ impl Default for BehavioralProfiling {
             max_profiles: 16384,
             profile_ttl_hours: None,
             cache_entries: 4096,
+            sync_interval_ms: 1000,
             session: SessionConfig::default(),
             geo: GeoConfig::default(),
             drift_minutes: 60,
@@ -935,6 +940,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         in_range("behavioral_profiling.profile_ttl_hours", ttl, 1, 24 * 365)?;
     }
     in_range("behavioral_profiling.cache_entries", p.cache_entries, 16, 1 << 16)?;
+    in_range("behavioral_profiling.sync_interval_ms", p.sync_interval_ms, 100, 600_000)?;
     in_range("behavioral_profiling.drift_minutes", p.drift_minutes, 1, 7 * 24 * 60)?;
     in_range("behavioral_profiling.session.inactivity_minutes", p.session.inactivity_minutes, 1, 24 * 60)?;
     in_range("behavioral_profiling.geo.impossible_travel_minutes", p.geo.impossible_travel_minutes, 1, 7 * 24 * 60)?;
@@ -1191,6 +1197,8 @@ mod tests {
         assert_eq!(e.field, "time_series_analysis.max_routes");
         let e = err(r#"{"time_series_analysis": {"max_routes": 65}}"#);
         assert_eq!(e.field, "time_series_analysis.max_routes");
+        let e = err(r#"{"behavioral_profiling": {"sync_interval_ms": 50}}"#);
+        assert_eq!(e.field, "behavioral_profiling.sync_interval_ms");
     }
 
     #[test]

@@ -31,9 +31,9 @@ use std::cell::RefCell;
 
 /// The signal's name in headers and logs.
 pub const SIGNAL: &str = "behavior";
-/// A changed profile is written back this long after its last sync, and a
-/// clean one not synced for this long is re-read before use, so every worker
-/// sees every worker's learning within about this long.
+/// The default `sync_interval_ms`: a changed profile is written back this long
+/// after its last sync, and a clean one not synced for this long is re-read
+/// before use, so every worker sees every worker's learning within about this long.
 pub const SYNC_MS: u64 = 1_000;
 /// Slots the cleanup looks at per tick (in the one VM holding the lease):
 /// with a 100 ms tick, 320 a second.
@@ -83,6 +83,8 @@ pub struct Profiler {
     lease_key: String,
     slots: u32,
     ttl_ms: u64,
+    /// `sync_interval_ms`: how stale a cached profile may get.
+    sync_ms: u64,
     cache: RefCell<Cache>,
     /// Where this worker last found identities in the profile table.
     hints: Hints,
@@ -104,6 +106,7 @@ impl Profiler {
             prefix,
             slots: cfg.max_profiles,
             ttl_ms: u64::from(cfg.ttl_hours()) * 3_600_000,
+            sync_ms: u64::from(cfg.sync_interval_ms),
             cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
             hints: Hints::for_slots(cfg.max_profiles),
         }
@@ -153,7 +156,7 @@ impl Profiler {
         match cache.get_mut(owner) {
             Some(entry) => {
                 metrics.add(Metric::ProfileCacheHits, 1);
-                if !entry.is_dirty() && now.saturating_sub(entry.synced_ms) > SYNC_MS {
+                if !entry.is_dirty() && now.saturating_sub(entry.synced_ms) > self.sync_ms {
                     refresh(&table, entry, now)?;
                 }
             }
@@ -178,7 +181,7 @@ impl Profiler {
         let obs = Self::observation(features, key);
         let assessment = score::assess_and_learn(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
         entry.push(Event::Request(obs));
-        // A busy identity syncs early, unless the table refused it within the last SYNC_MS.
+        // A busy identity syncs early, unless the table refused it within the last sync interval.
         if entry.pending.len() >= MAX_PENDING && now >= entry.retry_at_ms {
             // A failure keeps the events for the tick; the request keeps its score.
             count_failure(self.sync_entry(&table, entry, now), metrics);
@@ -226,7 +229,7 @@ impl Profiler {
 
     /// Applies an operator's verdict to the identity's profile in shared
     /// data (and this worker's copy): `change` edits it. Other workers see it
-    /// at their next sync, within about `SYNC_MS`. Returns the profile as
+    /// at their next sync, within about `sync_interval_ms`. Returns the profile as
     /// stored, or `None` when the identity has none.
     pub fn apply_feedback(
         &self,
@@ -263,7 +266,7 @@ impl Profiler {
     }
 
     /// Every tick (100 ms): write back the profiles changed and not synced for
-    /// `SYNC_MS`, at most 1/`SYNC_SLICE` of the cache per tick so the work
+    /// `sync_interval_ms`, at most 1/`SYNC_SLICE` of the cache per tick so the work
     /// comes in slices; and, in the one VM holding the cleanup lease, reclaim
     /// a batch of expired profiles.
     pub fn on_tick(&self, now: u64, instance: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> SyncReport {
@@ -278,7 +281,7 @@ impl Profiler {
             outcomes.push(self.sync_entry(&table, &mut entry, now));
         }
         budget = budget.saturating_sub(outcomes.len());
-        let synced_by = now.checked_sub(SYNC_MS);
+        let synced_by = now.checked_sub(self.sync_ms);
         for owner in synced_by.map(|by| cache.due(by, budget)).unwrap_or_default() {
             if let Some(entry) = cache.peek_mut(owner) {
                 outcomes.push(self.sync_entry(&table, entry, now));
@@ -472,6 +475,31 @@ mod tests {
         assert_eq!(metrics.get(Metric::ProfileCacheMisses), 2, "one per worker");
         assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 1);
         assert_eq!(metrics.get(Metric::SharedDataBytes), store.bytes() as u64, "the byte gauge is exact");
+    }
+
+    #[test]
+    fn a_longer_sync_interval_writes_back_and_rereads_later() {
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let mut c = cfg(64, 64);
+        c.sync_interval_ms = 10_000;
+        let p = Profiler::new(&c);
+        p.start(&store, &metrics).unwrap();
+        for t in 0..5 {
+            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+        }
+        assert_eq!(p.on_tick(5_000, 1, &store, &metrics).written, 0, "not due before the interval");
+        assert_eq!(p.on_tick(10_005, 1, &store, &metrics).written, 1);
+        assert_eq!(observations(&p, 7, &store), 5);
+        // Clean and synced 5 s ago: the default interval would re-read it, this one does not.
+        let reads = store.reads.get();
+        p.observe(&features(7, 15_000, "/a"), &key(), &store, &metrics).unwrap();
+        assert_eq!(store.reads.get(), reads, "used the cached copy");
+        assert_eq!(p.on_tick(20_006, 1, &store, &metrics).written, 1);
+        // Clean and synced more than the interval ago: re-read before use.
+        let reads = store.reads.get();
+        p.observe(&features(7, 30_100, "/a"), &key(), &store, &metrics).unwrap();
+        assert!(store.reads.get() > reads, "re-read after the interval");
+        assert_eq!(observations(&p, 7, &store), 6);
     }
 
     #[test]
