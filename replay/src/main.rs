@@ -90,6 +90,7 @@ fn params(args: &[String]) -> Result<Params, String> {
             "long_samples" => p.long_samples = v,
             "raw_cap" => p.raw_cap = v,
             "range_tolerance" => p.range_tolerance = v,
+            "range_margin" => p.range_margin = v,
             "smooth_alpha" => p.smooth_alpha = v,
             "slow_alpha" => p.slow_alpha = v,
             "range_samples" => p.range_samples = v,

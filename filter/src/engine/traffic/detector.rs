@@ -33,8 +33,10 @@
 //! 3. **Is the series somewhere it has never been?** The value, a smoothed
 //!    level (~10 samples) and a slow level (~30 samples) are each compared
 //!    with the range they have covered so far (widened by `range_tolerance`
-//!    of its width; the bounds relax slowly towards the level, over
-//!    ~`range_samples`). Leaving it is a novelty, `q = 0` (the spatial
+//!    of its width, and by at least `range_margin` of its own noise, so a
+//!    level creeping a hair past an old extreme is not news; the bounds relax
+//!    slowly towards the level, over ~`range_samples`). Leaving it is a
+//!    novelty, `q = 0` (the spatial
 //!    anomaly of Numenta's NAB detector, extended to levels at two time
 //!    scales: a slow shift out of the range counts too, and so does a lasting
 //!    rise or fall to a level that only short bursts reached before, which
@@ -64,8 +66,14 @@ pub struct Params {
     /// A raw anomaly is clipped here, so one absurd sample cannot dominate.
     pub raw_cap: f64,
     /// A value beyond the range seen so far by this fraction of its width is
-    /// a novelty.
+    /// a novelty...
     pub range_tolerance: f64,
+    /// ...and by at least this many of its own noise units: mean absolute
+    /// changes for the value, scaled down for the smoothed and slow levels
+    /// by how much their averaging quiets independent noise
+    /// (`sqrt(a / (2 - a))` for weight `a`). A level creeping past an old
+    /// extreme by less than its noise is not news (0: the width alone).
+    pub range_margin: f64,
     /// Weight of a new sample in the smoothed level whose range is watched too.
     pub smooth_alpha: f64,
     /// Weight of a new sample in a slower level (about three times the
@@ -98,6 +106,7 @@ impl Default for Params {
             long_samples: 500.0,
             raw_cap: 1000.0,
             range_tolerance: 0.02,
+            range_margin: 0.5,
             smooth_alpha: 0.1,
             slow_alpha: 1.0 / 30.0,
             range_samples: 20_000.0,
@@ -133,6 +142,17 @@ pub struct Detector {
     /// predicting a bin by the bin that lag earlier plus the change since
     /// (seasonal differencing: `b[j - lag] + b[j - 1] - b[j - 1 - lag]`).
     err: [f32; BINS],
+    /// How much of the value's noise the smoothed and the slow level keep
+    /// (`sqrt(a / (2 - a))` for weight `a`), from the parameters: the
+    /// margins of their ranges are these fractions of the value's.
+    quieted: [f64; 2],
+}
+
+/// The noise an exponential average of weight `a` keeps of independent
+/// samples: its standard deviation over theirs, `sqrt(a / (2 - a))`.
+fn quieted(a: f64) -> f64 {
+    let a = if a.is_nan() { 1.0 } else { a.clamp(0.0, 1.0) };
+    (a / (2.0 - a)).sqrt()
 }
 
 const WORDS: usize = 20;
@@ -171,11 +191,11 @@ fn to_f32(v: f64) -> f32 {
     v.clamp(-f64::from(f32::MAX), f64::from(f32::MAX)) as f32
 }
 
-/// Whether `x` leaves the range [lo, hi] widened by `tol` of its width: 1
-/// above it, -1 below, 0 inside. The range then takes it in, and relaxes
-/// towards `centre` by `relax`.
-fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) -> f64 {
-    let slack = tol * (*hi - *lo);
+/// Whether `x` leaves the range [lo, hi] widened by `tol` of its width, and
+/// by at least `margin`: 1 above it, -1 below, 0 inside. The range then takes
+/// it in, and relaxes towards `centre` by `relax`.
+fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, margin: f64, centre: f64, relax: f64) -> f64 {
+    let slack = (tol * (*hi - *lo)).max(margin);
     let out = if x > *hi + slack {
         1.0
     } else if x < *lo - slack {
@@ -192,7 +212,8 @@ fn novel(lo: &mut f64, hi: &mut f64, x: f64, tol: f64, centre: f64, relax: f64) 
 
 impl Detector {
     pub fn new(params: Params) -> Self {
-        Detector { params, n: 0, w: [0.0; WORDS], ring: [0.0; BINS], err: [0.0; BINS] }
+        let quieted = [quieted(params.smooth_alpha), quieted(params.slow_alpha)];
+        Detector { params, n: 0, w: [0.0; WORDS], ring: [0.0; BINS], err: [0.0; BINS], quieted }
     }
 
     /// Samples seen so far.
@@ -405,8 +426,13 @@ impl Detector {
         let smooth = self.get(SMOOTH) + p.smooth_alpha * (x - self.get(SMOOTH));
         self.set(SMOOTH, smooth);
         let [mut lo, mut hi, mut slo, mut shi] = [self.get(LO), self.get(HI), self.get(SLO), self.get(SHI)];
-        let out = novel(&mut lo, &mut hi, x, p.range_tolerance, smooth, relax);
-        let smooth_out = novel(&mut slo, &mut shi, smooth, p.range_tolerance, smooth, relax);
+        // The margin a novelty must clear: `range_margin` of the noise of
+        // what is watched (the spread, this sample's change included, for the
+        // value; the quieter noise of an average for the levels).
+        let margin = p.range_margin.max(0.0) * self.get(SPREAD);
+        let [smooth_quieted, slow_quieted] = self.quieted;
+        let out = novel(&mut lo, &mut hi, x, p.range_tolerance, margin, smooth, relax);
+        let smooth_out = novel(&mut slo, &mut shi, smooth, p.range_tolerance, margin * smooth_quieted, smooth, relax);
         for (i, v) in [(LO, lo), (HI, hi), (SLO, slo), (SHI, shi)] {
             self.set(i, v);
         }
@@ -414,7 +440,7 @@ impl Detector {
         if p.slow_alpha > 0.0 {
             let slow = self.get(SLOW) + p.slow_alpha.min(1.0) * (x - self.get(SLOW));
             let [mut llo, mut lhi] = [self.get(LLO), self.get(LHI)];
-            slow_out = novel(&mut llo, &mut lhi, slow, p.range_tolerance, slow, relax);
+            slow_out = novel(&mut llo, &mut lhi, slow, p.range_tolerance, margin * slow_quieted, slow, relax);
             for (i, v) in [(SLOW, slow), (LLO, llo), (LHI, lhi)] {
                 self.set(i, v);
             }
@@ -471,7 +497,7 @@ impl Detector {
                 return None;
             }
         }
-        Some((Detector { params, n, w, ring, err }, ENCODED_LEN))
+        Some((Detector { n, w, ring, err, ..Detector::new(params) }, ENCODED_LEN))
     }
 }
 
@@ -635,6 +661,34 @@ mod tests {
         assert!(first.is_some_and(|k| k < 100), "{first:?}");
         let blind = run_with(Params { slow_alpha: 0.0, ..Params::default() }, (0..5_000).map(series));
         assert_eq!(alarms(&blind, 4_000), alarms(&blind, 4_200), "caught without the slow level?");
+    }
+
+    /// A range is left only by more than its noise: a value a hair past
+    /// the old extreme (beyond `range_tolerance` of the width, within the
+    /// margin) is not a novelty, one clearly past it is.
+    #[test]
+    fn a_range_is_left_only_by_more_than_the_margin() {
+        let (mut lo, mut hi) = (0.0, 100.0);
+        // Tolerance 2% of the width (2), margin 5: 104 is inside.
+        assert_eq!(novel(&mut lo, &mut hi, 104.0, 0.02, 5.0, 50.0, 0.0), 0.0);
+        assert_eq!(hi, 104.0, "the range still takes it in");
+        assert_eq!(novel(&mut lo, &mut hi, 110.0, 0.02, 5.0, 50.0, 0.0), 1.0);
+        assert_eq!(novel(&mut lo, &mut hi, -7.0, 0.02, 5.0, 50.0, 0.0), -1.0);
+        // With no margin the width alone decides, as before.
+        let (mut lo, mut hi) = (0.0, 100.0);
+        assert_eq!(novel(&mut lo, &mut hi, 104.0, 0.02, 0.0, 50.0, 0.0), 1.0);
+    }
+
+    /// A level creeping to new ground by less than its noise each time (here
+    /// +50, ten noise amplitudes, over 10,000 samples) is not news at every
+    /// step: with the margin it raises one alarm, with the width alone eight.
+    #[test]
+    fn creeping_past_the_old_extremes_is_not_news_every_time() {
+        let creep = |i: u64| 100.0 + 0.005 * i as f64 + 5.0 * noise(i);
+        let with_margin = run((0..10_000).map(creep));
+        let width_alone = run_with(Params { range_margin: 0.0, ..Params::default() }, (0..10_000).map(creep));
+        assert!(alarms(&with_margin, 0) <= 2, "{}", alarms(&with_margin, 0));
+        assert!(alarms(&width_alone, 0) > 2 * alarms(&with_margin, 0), "{}", alarms(&width_alone, 0));
     }
 
     #[test]
