@@ -598,7 +598,7 @@ impl Default for BehavioralProfiling {
             max_profiles: 16384,
             profile_ttl_hours: None,
             cache_entries: 4096,
-            sync_interval_ms: 1000,
+            sync_interval_ms: crate::engine::profile::SYNC_MS as u32,
             session: SessionConfig::default(),
             geo: GeoConfig::default(),
             drift_minutes: 60,

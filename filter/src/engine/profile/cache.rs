@@ -66,11 +66,11 @@ impl Entry {
         self.synced_ms = now_ms;
     }
 
-    /// A sync was refused or failed: try again a sync interval later, not on
-    /// every request or every tick.
-    pub fn failed(&mut self, now_ms: u64) {
+    /// A sync was refused or failed: try again `interval_ms` (the sync
+    /// interval) later, not on every request or every tick.
+    pub fn failed(&mut self, now_ms: u64, interval_ms: u64) {
         self.synced_ms = now_ms;
-        self.retry_at_ms = now_ms + super::SYNC_MS;
+        self.retry_at_ms = now_ms + interval_ms;
     }
 
     pub fn is_dirty(&self) -> bool {

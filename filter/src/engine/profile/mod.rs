@@ -325,7 +325,7 @@ impl Profiler {
                 }
                 Ok(false) => {} // someone did: merge below
                 Err(e) => {
-                    entry.failed(now);
+                    entry.failed(now, self.sync_ms);
                     return Err(e);
                 }
             }
@@ -364,7 +364,7 @@ impl Profiler {
                 Ok(())
             }
             Err(e) => {
-                entry.failed(now);
+                entry.failed(now, self.sync_ms);
                 Err(e)
             }
         }
