@@ -289,7 +289,7 @@ fn profile_update(c: &mut Criterion) {
     let mut trained = Profile::default();
     for i in 0..500 {
         score::assess_and_learn(&mut trained, &obs(i), "/api/orders", &learning, &scoring);
-        trained.learn_status(200);
+        trained.learn_status(200, 1.0);
     }
     let mut bytes = Vec::new();
     trained.encode(&mut bytes);

@@ -519,9 +519,7 @@ mod tests {
     }
 
     fn decide(e: &Engine, r: &HeaderList, t: u64, store: &MemoryStore, metrics: &MemoryMetrics) -> crate::engine::pipeline::Verdict {
-        let v = e.on_request(r, t, store, metrics);
-        e.after_decision(&v, t, store, metrics);
-        v
+        e.on_request(r, t, store, metrics)
     }
 
     #[test]

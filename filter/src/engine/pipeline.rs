@@ -73,6 +73,9 @@ pub struct Verdict {
     /// Seconds until the identity is back within its ceiling, for `retry-after`.
     pub retry_after_s: Option<u64>,
     pub profile: Option<ProfileState>,
+    /// The request's own behavioural deviation, before any episode it
+    /// continues raised it (what its learning weight follows).
+    pub own_deviation: Option<f64>,
     /// What a model is (or would be) sent; kept when a model is configured or
     /// `export_features` is on.
     pub ml_vector: Option<vector::Vector>,
@@ -221,9 +224,14 @@ impl Engine {
         self.feedback.thresholds.count(usize::from(v.group), flagged);
         let anonymous = v.features.identity.kind == IdentityKind::Anonymous;
         if let (Some(p), false) = (&self.profiler, anonymous) {
-            let deviated = v.features.behavioral_score.is_some_and(|s| s >= self.config.behavioral_profiling.deviation_threshold);
+            let gate = self.config.behavioral_profiling.deviation_threshold;
+            // A drift is a shift the decisions let through (an operator's
+            // feedback can raise an identity's thresholds): what was flagged
+            // or refused never becomes the identity's normal by repetition.
+            let deviated = v.features.behavioral_score.is_some_and(|s| s >= gate) && v.decision == Decision::Allow;
+            let weight = profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, flagged, v.enforced);
             let drift_ms = u64::from(self.config.behavioral_profiling.drift_minutes) * 60_000;
-            if p.record_risk(v.features.identity.hash, now_ms, v.risk, deviated, drift_ms) {
+            if p.record_decision(v.features.identity.hash, v.features.time_ms, now_ms, v.risk, deviated, weight, drift_ms, store, metrics) {
                 metrics.add(Metric::Drift(feedback::DRIFT_IDENTITY), 1);
                 let message = format!(
                     "identity {} deviated from its profile for {} min on end: its normal has shifted; profile rebased (old history keeps {:.0}%)",
@@ -374,7 +382,8 @@ impl Engine {
     }
 
     /// Runs the request-side pipeline: identify, extract, count, score,
-    /// decide. For a request that does not wait for a model.
+    /// decide, and what the decision teaches (`after_decision`, its log
+    /// lines dropped). For a request that does not wait for a model.
     pub fn on_request(
         &self,
         req: &dyn RequestView,
@@ -382,9 +391,21 @@ impl Engine {
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
     ) -> Verdict {
+        self.on_request_logged(req, now_ms, store, metrics).0
+    }
+
+    /// `on_request`, with the lines `after_decision` had to log.
+    pub fn on_request_logged(
+        &self,
+        req: &dyn RequestView,
+        now_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+    ) -> (Verdict, Vec<String>) {
         let mut v = self.assess(req, now_ms, store, metrics, &mut Vec::new());
         self.decide(&mut v, metrics);
-        v
+        let lines = self.after_decision(&v, now_ms, store, metrics);
+        (v, lines)
     }
 
     /// The local steps: everything but the decision. `async` model calls are
@@ -412,6 +433,7 @@ impl Engine {
             rate_count: None,
             retry_after_s: None,
             profile: None,
+            own_deviation: None,
             ml_vector: None,
         };
 
@@ -692,6 +714,7 @@ impl Engine {
                 let gate = self.config.behavioral_profiling.deviation_threshold;
                 v.profile = Some(ProfileState::Warm { observations: d.observations });
                 v.features.behavioral_score = Some(d.score);
+                v.own_deviation = Some(d.own);
                 v.signals.push(Signal {
                     name: profile::SIGNAL,
                     score: d.score,
@@ -883,6 +906,113 @@ mod tests {
         assert!(report::log_record(v, false).contains("\"behavioral_score\":0.9"));
         assert_eq!(metrics.get(Metric::ProfileDeviations), 5);
         assert_eq!(metrics.get(Metric::ProfileCold), 20);
+    }
+
+    /// A profiling engine in monitor mode (everything decided, nothing refused).
+    fn profiling(geo: bool) -> (Engine, MemoryStore, MemoryMetrics) {
+        let geo = if geo { r#", "geo": {"country_header": "x-geo-country"}"# } else { "" };
+        engine(&format!(
+            r#"{{"mode": "monitor", "rate_limit": {{"enabled": false}},
+                "behavioral_profiling": {{"enable_user_profiling": true, "min_observations": 20{geo}}}}}"#
+        ))
+    }
+
+    fn as_user(user: &str, path: &str, country: &str) -> HeaderList {
+        HeaderList::from_pairs(&[(":method", "GET"), (":path", path), ("x-user-id", user), ("x-geo-country", country)])
+    }
+
+    /// dana's routine: three endpoints from Germany, a request every 1.5-2.5 s.
+    fn routine(e: &Engine, store: &MemoryStore, metrics: &MemoryMetrics, t: &mut u64, n: u64) {
+        for i in 0..n {
+            *t += 1_500 + (i * 7919) % 1_000;
+            let v = e.on_request(&as_user("dana", ["/orders", "/cart", "/orders/12"][(i % 3) as usize], "DE"), *t, store, metrics);
+            assert_eq!(v.decision, Decision::Allow, "routine request {i}: {:?}", v.threat_details);
+        }
+    }
+
+    #[test]
+    fn a_takeover_stays_flagged_while_it_lasts_and_the_victims_routine_does_not_wash_it_out() {
+        let (e, store, metrics) = profiling(true);
+        let mut t = 1_000_000;
+        routine(&e, &store, &metrics, &mut t, 200);
+        // The attacker walks sensitive endpoints from a new country, fast, for
+        // two minutes, while dana's own routine goes on beside it.
+        let attack = ["/admin/export", "/admin/users", "/api/users/7", "/orders"];
+        let mut scores = Vec::new();
+        for i in 0..240u64 {
+            t += 500;
+            let v = e.on_request(&as_user("dana", attack[(i % 4) as usize], "KP"), t, &store, &metrics);
+            assert!(v.decision >= Decision::Flag, "attack request {i} at {:?}: {:?}", v.features.behavioral_score, v.threat_details);
+            scores.push(v.features.behavioral_score.unwrap_or(0.0));
+            if i % 4 == 3 {
+                // dana's own routine (her account's pace is the attacker's too,
+                // so it may be flagged: the account is compromised).
+                e.on_request(&as_user("dana", "/orders", "DE"), t + 1, &store, &metrics);
+            }
+        }
+        // Repeating the attack never taught the profile that it is normal.
+        let (first, last) = (scores[..20].iter().sum::<f64>() / 20.0, scores[220..].iter().sum::<f64>() / 20.0);
+        assert!(last >= first * 0.95, "the attack's score fell as it went on: {first:.3} -> {last:.3}");
+        // Even a request on dana's usual endpoint, from the attacker's country, continues the episode.
+        t += 500;
+        let v = e.on_request(&as_user("dana", "/cart", "KP"), t, &store, &metrics);
+        assert!(v.threat_details.iter().any(|d| d.reason.starts_with("episode ")), "{:?}", v.threat_details);
+        assert!(v.decision >= Decision::Flag);
+    }
+
+    #[test]
+    fn without_geo_a_takeover_is_still_flagged_on_combined_moderate_evidence() {
+        let (e, store, metrics) = profiling(false);
+        let mut t = 1_000_000;
+        routine(&e, &store, &metrics, &mut t, 200);
+        let attack = ["/admin/export", "/admin/users", "/api/users/7", "/api/users/8"];
+        let mut flagged = 0;
+        for i in 0..120u64 {
+            t += 400;
+            let v = e.on_request(&as_user("dana", attack[(i % 4) as usize], "DE"), t, &store, &metrics);
+            flagged += usize::from(v.decision >= Decision::Flag);
+        }
+        assert!(flagged >= 110, "{flagged} of 120 attack requests flagged");
+    }
+
+    #[test]
+    fn a_refused_request_teaches_nothing_and_an_ordinary_one_everything() {
+        use crate::engine::profile::score::learning_weight;
+        assert_eq!(learning_weight(0.99, 0.7, true, true), 0.0);
+        assert!(learning_weight(0.99, 0.7, true, false) <= 0.02);
+        assert!(learning_weight(0.1, 0.7, true, false) <= 0.02, "flagged for any reason: a trace");
+        assert_eq!(learning_weight(0.1, 0.7, false, false), 1.0);
+        let (mid, high) = (learning_weight(0.5, 0.7, false, false), learning_weight(0.65, 0.7, false, false));
+        assert!(1.0 > mid && mid > high && high >= 0.1, "{mid} {high}");
+        // In enforce mode a refused identity's profile does not grow.
+        let (e, store, metrics) = engine(
+            r#"{"mode": "enforce", "rate_limit": {"requests_per_window": 5, "window_seconds": 60},
+                "behavioral_profiling": {"enable_user_profiling": true, "min_observations": 20}}"#,
+        );
+        let mut last = None;
+        for i in 0..40u64 {
+            last = Some(e.on_request(&as_user("mallory", "/orders", "DE"), 1_000 + i * 10, &store, &metrics));
+        }
+        // Four learned: the fifth, at the ceiling, was flagged; the rest refused.
+        assert_eq!(last.unwrap().profile, Some(ProfileState::Cold { observations: 5 }));
+    }
+
+    #[test]
+    fn a_false_positive_ends_the_episode() {
+        let (e, store, metrics) = profiling(true);
+        let mut t = 1_000_000;
+        routine(&e, &store, &metrics, &mut t, 200);
+        for _ in 0..5 {
+            t += 500;
+            e.on_request(&as_user("dana", "/admin/export", "KP"), t, &store, &metrics);
+        }
+        let p = e.profiler().unwrap();
+        let hash = e.identity_hash(IdentityKind::User, b"dana");
+        assert!(p.standing_for(hash, 0, 0).1.is_none());
+        let target = feedback::Target::Identity(hash, "user:dana".into());
+        e.apply_feedback(&target, crate::engine::profile::standing::Label::FalsePositive, t, &store, &metrics).unwrap();
+        let shared = p.read(hash, &store, &metrics).unwrap().unwrap();
+        assert!(!shared.standing.episode.is_open(), "{:?}", shared.standing.episode);
     }
 
     #[test]
@@ -1180,8 +1310,7 @@ mod tests {
         );
         let mut lines = Vec::new();
         for i in 0..12u64 {
-            let v = e.on_request(&get("zed"), 1_000 + i, &store, &metrics);
-            lines.extend(e.after_decision(&v, 1_000 + i, &store, &metrics));
+            lines.extend(e.on_request_logged(&get("zed"), 1_000 + i, &store, &metrics).1);
         }
         let cef: Vec<&String> = lines.iter().filter(|l| l.starts_with("vigil-event CEF:0|Vigil|vigil|")).collect();
         let json: Vec<&String> = lines.iter().filter(|l| l.starts_with("vigil-event {")).collect();
@@ -1196,8 +1325,7 @@ mod tests {
         assert_eq!(e.alerts.as_ref().unwrap().outbox.pending(), 2, "both queued for the webhook");
         assert!(metrics.get(Metric::DecisionReasons("rate")) >= 9);
         // Plain allows write nothing.
-        let v = e.on_request(&get("quiet"), 5_000, &store, &metrics);
-        assert!(e.after_decision(&v, 5_000, &store, &metrics).is_empty());
+        assert!(e.on_request_logged(&get("quiet"), 5_000, &store, &metrics).1.is_empty());
     }
 
     #[test]
@@ -1225,15 +1353,13 @@ mod tests {
         let (e, store, metrics) = engine(r#"{"debug": {"log_decisions": true}, "rate_limit": {"requests_per_window": 2}}"#);
         let mut lines = Vec::new();
         for i in 0..3 {
-            let v = e.on_request(&get("yan"), 1_000 + i, &store, &metrics);
-            lines = e.after_decision(&v, 1_000 + i, &store, &metrics);
+            lines = e.on_request_logged(&get("yan"), 1_000 + i, &store, &metrics).1;
         }
         let explained = lines.iter().find(|l| l.starts_with("vigil-decision ")).unwrap();
         assert!(explained.contains("identity=redacted"), "{explained}");
         assert!(explained.contains("decision=throttle:") || explained.contains("decision=block:"), "{explained}");
         assert!(explained.ends_with("decision=throttle: rate=0.900 [floor]"), "{explained}");
         let (quiet, store, metrics) = engine("{}");
-        let v = quiet.on_request(&get("yan"), 1_000, &store, &metrics);
-        assert!(quiet.after_decision(&v, 1_000, &store, &metrics).is_empty(), "off by default");
+        assert!(quiet.on_request_logged(&get("yan"), 1_000, &store, &metrics).1.is_empty(), "off by default");
     }
 }

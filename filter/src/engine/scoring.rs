@@ -2,6 +2,14 @@
 //! `ml_scoring_weights` and by how sure the detector is, into one risk score
 //! with an interval that says how much evidence stood behind it. The formula
 //! is documented in docs/scoring.md; keep the two in step.
+//!
+//! Why evidence accumulates instead of being averaged: an average never
+//! exceeds its strongest input, so three moderate signals (a 0.65 behaviour,
+//! a faster pace, new objects) could never flag together, and a quiet but
+//! unsure detector (a young profile) diluted a real alarm. Here every
+//! detector with something to say adds to the support, like independent
+//! witnesses; a detector that is sure the request is ordinary can only damp
+//! the support, never cancel it.
 
 use super::features::{Combine, Signal};
 
@@ -25,19 +33,42 @@ impl Risk {
     }
 }
 
+/// The most a sure, quiet detector takes off the support (half): it says
+/// "this looks ordinary to me", which lowers the risk, but it cannot see
+/// what the other detectors saw.
+pub const OPPOSITION: f64 = 0.5;
+
+/// A detector's score below its gate still counts, but fades fast: at the
+/// gate it counts in full, at 0.93 of it (0.65 against 0.7) about 0.86 of
+/// itself, at half of it an eighth. One weak oddity stays near 0; several
+/// together add up.
+pub fn soft_gate(score: f64, gate: f64) -> f64 {
+    if score >= gate || gate <= 0.0 {
+        score
+    } else {
+        let r = score / gate;
+        score * r * r
+    }
+}
+
 /// The ensemble over `signals`. `missing_weight` is the weight of configured
 /// detectors that had nothing to say about this request (a cold profile, a
 /// model that has not answered): it widens the interval, never moves the score.
 ///
 /// - A local rule (`Strongest`) is a floor under score and interval.
-/// - A detector (`Weighted`) counts with weight `w * c` (its configured weight
-///   times its confidence); below its gate it counts as 0.
+/// - A detector (`Weighted`) with score s and gate g gives evidence
+///   e = soft_gate(s, g); its say is v = w·c (weight times confidence),
+///   relative to the strongest say among the detectors with evidence, v*.
 /// - Context (`Context`, the route's traffic) counts like a detector, but only
-///   from its gate up: quiet traffic must not dilute the identity's evidence.
+///   from its gate up: quiet traffic says nothing about the requester.
 ///
-/// score = max(floor, Σ w·c·s / Σ w·c), low = max(floor, Σ w·c·s / W),
-/// high = max(floor, (Σ w·c·s + Σ w·(1 − c)) / W), with W = Σ w plus the
-/// missing weight.
+/// support = 1 − Π (1 − e)^(v / v*)   (a noisy-OR: alone, a detector's
+/// evidence is the support; two at 0.56 and 0.5 give 0.78);
+/// quiet = Σ over detectors below half their gate of v·(1 − s/g);
+/// score = max(floor, support · (1 − OPPOSITION · quiet / (quiet + Σ v of
+/// those with evidence))). The interval: with E = Σ v / (Σ w + missing), the
+/// share of the configured say that was there and sure, low = score·E and
+/// high = score + (1 − score)·(1 − E), both floored.
 pub fn risk(signals: &[Signal], missing_weight: f64) -> Risk {
     ensemble(signals, missing_weight, true)
 }
@@ -47,31 +78,68 @@ pub fn own_risk(signals: &[Signal]) -> f64 {
     ensemble(signals, 0.0, false).score
 }
 
+/// One detector as the ensemble reads it.
+struct Voice {
+    evidence: f64,
+    say: f64,
+    quiet: f64,
+}
+
+fn voice(s: &Signal, with_context: bool) -> Option<(Voice, f64)> {
+    let score = s.score.clamp(0.0, 1.0);
+    let (weight, gate, context) = match s.combine {
+        Combine::Strongest => return None,
+        Combine::Weighted { weight, gate } => (weight, finite_or_zero(gate).clamp(0.0, 1.0), false),
+        Combine::Context { weight, gate } if with_context && score >= gate => (weight, gate, true),
+        Combine::Context { .. } => return None,
+    };
+    let weight = finite_or_zero(weight).max(0.0);
+    let confidence = finite_or_zero(s.confidence).clamp(0.0, 1.0);
+    let say = weight * confidence;
+    let evidence = if context { score } else { soft_gate(score, gate) };
+    // Only a detector well below its gate speaks for "ordinary".
+    let quiet = if !context && gate > 0.0 && score < gate / 2.0 { say * (1.0 - score / gate) } else { 0.0 };
+    Some((Voice { evidence, say, quiet }, weight))
+}
+
 fn ensemble(signals: &[Signal], missing_weight: f64, with_context: bool) -> Risk {
     let mut floor = 0.0_f64;
-    // Σ w·c·s, Σ w·c, Σ w.
-    let (mut evidence, mut sure, mut total) = (0.0, 0.0, finite_or_zero(missing_weight).max(0.0));
+    let mut total = finite_or_zero(missing_weight).max(0.0);
+    let (mut sure, mut quiet, mut supporting, mut top) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
+    // Fixed-size: no allocation on the request path (a handful of signals).
+    let mut voices: [Option<Voice>; 8] = Default::default();
+    let mut n = 0;
     for s in signals.iter().filter(|s| s.score.is_finite()) {
-        let score = s.score.clamp(0.0, 1.0);
-        let (weight, counted) = match s.combine {
-            Combine::Strongest => {
-                floor = floor.max(score);
-                continue;
-            }
-            Combine::Weighted { weight, gate } => (weight, if score >= gate { score } else { 0.0 }),
-            Combine::Context { weight, gate } if with_context && score >= gate => (weight, score),
-            Combine::Context { .. } => continue,
-        };
-        let weight = finite_or_zero(weight).max(0.0);
-        let confidence = finite_or_zero(s.confidence).clamp(0.0, 1.0);
-        evidence += weight * confidence * counted;
-        sure += weight * confidence;
+        if let Combine::Strongest = s.combine {
+            floor = floor.max(s.score.clamp(0.0, 1.0));
+            continue;
+        }
+        let Some((v, weight)) = voice(s, with_context) else { continue };
         total += weight;
+        sure += v.say;
+        quiet += v.quiet;
+        if v.evidence > 0.0 && v.say > 0.0 {
+            supporting += v.say;
+            top = top.max(v.say);
+        }
+        if let Some(slot) = voices.get_mut(n) {
+            *slot = Some(v);
+            n += 1;
+        }
     }
-    let score = if sure > 0.0 { evidence / sure } else { 0.0 };
-    let (low, high) = if total > 0.0 { (evidence / total, (evidence + (total - sure)) / total) } else { (score, score) };
+    let mut keep = 1.0_f64;
+    if top > 0.0 {
+        for v in voices.iter().flatten().filter(|v| v.evidence > 0.0 && v.say > 0.0) {
+            keep *= (1.0 - v.evidence).max(0.0).powf(v.say / top);
+        }
+    }
+    let support = 1.0 - keep;
+    let damp = if quiet > 0.0 { 1.0 - OPPOSITION * quiet / (quiet + supporting) } else { 1.0 };
+    let score = (support * damp).clamp(0.0, 1.0);
+    let share = if total > 0.0 { (sure / total).clamp(0.0, 1.0) } else { 1.0 };
+    let (low, high) = (score * share, score + (1.0 - score) * (1.0 - share));
     let clamp = |x: f64| x.max(floor).clamp(0.0, 1.0);
-    Risk { score: clamp(score), low: clamp(low.min(score)), high: clamp(high.max(score)) }
+    Risk { score: clamp(score), low: clamp(low), high: clamp(high) }
 }
 
 fn finite_or_zero(x: f64) -> f64 {
@@ -108,27 +176,57 @@ mod tests {
     }
 
     #[test]
-    fn sure_and_complete_evidence_gives_a_point() {
-        let r = risk(&[detector(0.9, 0.4, 1.0), detector(0.6, 0.5, 1.0)], 0.0);
-        assert!(close(r.score, (0.4 * 0.9 + 0.5 * 0.6) / 0.9));
+    fn a_lone_sure_detector_is_its_own_score_and_a_point() {
+        let r = risk(&[detector(0.9, 0.4, 1.0)], 0.0);
+        assert!(close(r.score, 0.9));
         assert!(close(r.low, r.score) && close(r.high, r.score), "{r:?}");
         assert!(close(r.evidence(), 1.0));
     }
 
     #[test]
+    fn moderate_evidence_adds_up_past_the_flag_threshold() {
+        // A behaviour of 0.65 under a 0.7 gate, alone: evidence, not zero.
+        let behaviour = Signal { name: "behavior", score: 0.65, confidence: 1.0, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        let alone = risk(&[behaviour], 0.0).score;
+        assert!(close(alone, soft_gate(0.65, 0.7)) && alone > 0.5, "{alone}");
+        // Two moderate witnesses together say more than either.
+        let objects = Signal { name: "objects", score: 0.5, confidence: 1.0, combine: Combine::Weighted { weight: 0.4, gate: 0.5 } };
+        let both = risk(&[behaviour, objects], 0.0).score;
+        assert!(close(both, 1.0 - (1.0 - alone) * 0.5), "{both}");
+        assert!(both >= 0.75, "two moderate signals reach throttle: {both}");
+        // A faint oddity stays faint.
+        assert!(soft_gate(0.3, 0.7) < 0.06);
+        let faint = Signal { score: 0.3, ..behaviour };
+        assert!(risk(&[faint, Signal { score: 0.2, ..objects }], 0.0).score < 0.1);
+    }
+
+    #[test]
+    fn a_sure_quiet_detector_damps_at_most_by_half() {
+        let alarm = detector(0.9, 0.4, 1.0);
+        let quiet = detector(0.0, 0.4, 1.0);
+        let r = risk(&[alarm, quiet], 0.0).score;
+        assert!(close(r, 0.9 * (1.0 - OPPOSITION * 0.4 / 0.8)), "{r}");
+        // An unsure quiet one damps less; a quiet one with no confidence not at all.
+        let unsure = risk(&[alarm, detector(0.0, 0.4, 0.2)], 0.0).score;
+        assert!(unsure > r);
+        assert!(close(risk(&[alarm, detector(0.0, 0.4, 0.0)], 0.0).score, 0.9));
+        // Whatever the quiet say, it never takes more than half.
+        let many = [alarm, quiet, quiet, quiet, quiet, quiet];
+        assert!(risk(&many, 0.0).score >= 0.45 - 1e-9);
+    }
+
+    #[test]
     fn confidence_weighs_each_detector_and_widens_the_interval() {
-        // A sure quiet detector and an unsure alarmed one: the alarm counts less.
-        let sure_quiet = detector(0.0, 0.5, 1.0);
-        let r_unsure = risk(&[detector(0.9, 0.5, 0.2), sure_quiet], 0.0);
-        let r_sure = risk(&[detector(0.9, 0.5, 1.0), sure_quiet], 0.0);
-        assert!(r_unsure.score < r_sure.score, "{r_unsure:?} vs {r_sure:?}");
-        assert!(close(r_unsure.score, 0.5 * 0.2 * 0.9 / (0.5 * 0.2 + 0.5)));
-        assert!(r_unsure.high - r_unsure.low > r_sure.high - r_sure.low);
-        assert!(r_unsure.low <= r_unsure.score && r_unsure.score <= r_unsure.high);
+        // An unsure alarm next to a sure one counts for less.
+        let sure = risk(&[detector(0.9, 0.5, 1.0), detector(0.6, 0.5, 1.0)], 0.0);
+        let unsure = risk(&[detector(0.9, 0.5, 1.0), detector(0.6, 0.5, 0.2)], 0.0);
+        assert!(unsure.score < sure.score && unsure.score > 0.9, "{unsure:?} vs {sure:?}");
+        assert!(unsure.high - unsure.low > sure.high - sure.low);
+        assert!(unsure.low <= unsure.score && unsure.score <= unsure.high);
         // Alone, a detector's confidence does not move its score, only the interval.
         let alone = risk(&[detector(0.8, 0.4, 0.25)], 0.0);
         assert!(close(alone.score, 0.8));
-        assert!(close(alone.low, 0.4 * 0.25 * 0.8 / 0.4) && close(alone.high, (0.08 + 0.3) / 0.4), "{alone:?}");
+        assert!(close(alone.low, 0.8 * 0.25) && close(alone.high, 0.8 + 0.2 * 0.75), "{alone:?}");
     }
 
     #[test]
@@ -137,7 +235,7 @@ mod tests {
         let complete = risk(&d, 0.0);
         let missing = risk(&d, 0.5);
         assert!(close(complete.score, missing.score));
-        assert!(close(missing.low, 0.28 / 0.9) && close(missing.high, (0.28 + 0.5) / 0.9), "{missing:?}");
+        assert!(close(missing.low, 0.7 * 0.4 / 0.9) && close(missing.high, 0.7 + 0.3 * 0.5 / 0.9), "{missing:?}");
         // Nothing at all said, and everything missing: we know nothing.
         let nothing = risk(&[], 0.9);
         assert_eq!((nothing.score, nothing.low, nothing.high), (0.0, 0.0, 1.0));
@@ -156,8 +254,13 @@ mod tests {
         let traffic = |score| Signal { name: "traffic", score, confidence: 1.0, combine: Combine::Context { weight: 0.3, gate: 0.34 } };
         let r = risk(&[detector(0.9, 0.4, 1.0), traffic(0.1)], 0.0);
         assert!(close(r.score, 0.9), "quiet context does not dilute");
+        // A route anomaly next to a profile that has no say (cold, or an
+        // open episode with no confidence in ordinary): the anomaly stands.
+        let r = risk(&[detector(0.0, 0.4, 0.0), traffic(1.0)], 0.0);
+        assert!(close(r.score, 1.0), "{r:?}");
+        // A sure quiet profile damps it, by half at most.
         let r = risk(&[detector(0.0, 0.4, 1.0), traffic(1.0)], 0.0);
-        assert!(close(r.score, 0.3 / 0.7));
+        assert!(close(r.score, 1.0 - OPPOSITION * 0.4 / 0.7), "{r:?}");
         assert!(close(own_risk(&[detector(0.0, 0.4, 1.0), traffic(1.0)]), 0.0));
     }
 

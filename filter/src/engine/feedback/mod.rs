@@ -305,7 +305,11 @@ impl Feedback {
                     let stored = p.apply_feedback(d.identity, now_ms, store, metrics, |profile| {
                         profile.standing.learn_feedback(label, step, bounds, Some(pattern));
                         match label {
-                            Label::FalsePositive => profile.accept_route(d.route_hash, accept_weight),
+                            Label::FalsePositive => {
+                                profile.accept_route(d.route_hash, accept_weight);
+                                // The deviation is this identity's normal on purpose.
+                                profile.standing.end_episode(now_ms);
+                            }
                             Label::ConfirmedThreat => profile.doubt_route(d.route_hash),
                         }
                     })?;
@@ -317,6 +321,9 @@ impl Feedback {
                 let p = profiler.ok_or_else(|| FeedbackError::NotFound("behavioral profiling is off: there are no identity profiles".into()))?;
                 let stored = p.apply_feedback(*hash, now_ms, store, metrics, |profile| {
                     profile.standing.learn_feedback(label, step, bounds, None);
+                    if label == Label::FalsePositive {
+                        profile.standing.end_episode(now_ms);
+                    }
                 })?;
                 let Some(stored) = stored else {
                     return Err(FeedbackError::NotFound(format!("no profile for identity `{display}`")));

@@ -26,10 +26,13 @@ const PENDING_CAP: usize = 2 * MAX_PENDING;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A request not (yet) decided: only its present is replayed.
     Request(Observation),
-    Status(u16),
-    /// A request, once decided: its risk, and whether its behaviour deviated.
-    Scored { obs: Observation, risk: f32, deviated: bool },
+    /// A response's status, learned into the baseline at `weight` (its request's).
+    Status { status: u16, weight: f32 },
+    /// A request, once decided: its risk, whether its behaviour deviated, and
+    /// the weight its decision gave it in the baseline.
+    Scored { obs: Observation, risk: f32, deviated: bool, weight: f32 },
     /// A decided request's risk, when its request event is no longer the last.
     Risk { at_ms: u64, risk: f32, deviated: bool },
     /// The profile was rebased after a drift.
@@ -49,12 +52,26 @@ pub struct Entry {
     pub synced_ms: u64,
     /// After a refused or failed sync, no early sync before this.
     pub retry_at_ms: u64,
+    /// The last scored request's present (for its baseline learning once
+    /// decided) and the weight its decision gave it (for its status).
+    pub last_present: super::model::Present,
+    pub last_weight: f32,
     referenced: bool,
 }
 
 impl Entry {
     pub fn new(owner: u64, profile: Profile, version: Option<Version>, now_ms: u64) -> Self {
-        Entry { owner, profile, pending: Vec::new(), version, synced_ms: now_ms, retry_at_ms: 0, referenced: true }
+        Entry {
+            owner,
+            profile,
+            pending: Vec::new(),
+            version,
+            synced_ms: now_ms,
+            retry_at_ms: 0,
+            last_present: super::model::Present::default(),
+            last_weight: 1.0,
+            referenced: true,
+        }
     }
 
     /// Its events are in shared data now.
@@ -257,9 +274,9 @@ mod tests {
     fn pending_is_bounded() {
         let mut e = entry(1);
         for s in 0..100 {
-            e.push(Event::Status(s));
+            e.push(Event::Status { status: s, weight: 1.0 });
         }
         assert_eq!(e.pending.len(), PENDING_CAP);
-        assert_eq!(e.pending.last(), Some(&Event::Status(99)));
+        assert_eq!(e.pending.last(), Some(&Event::Status { status: 99, weight: 1.0 }));
     }
 }

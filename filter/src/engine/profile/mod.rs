@@ -78,6 +78,8 @@ pub struct SyncReport {
 
 pub struct Profiler {
     learning: Learning,
+    /// `deviation_threshold`: a deviation at or above it opens an episode.
+    gate: f64,
     scoring: Scoring,
     prefix: String,
     lease_key: String,
@@ -94,6 +96,7 @@ impl Profiler {
     pub fn new(cfg: &BehavioralProfiling) -> Self {
         let prefix = format!("vigil/profile/{}/", cfg.max_profiles);
         Profiler {
+            gate: cfg.deviation_threshold,
             learning: Learning {
                 window_ms: f64::from(cfg.profile_window_hours) * 3_600_000.0,
                 session_gap_ms: u64::from(cfg.session.inactivity_minutes) * 60_000,
@@ -179,33 +182,90 @@ impl Profiler {
         }
         let entry = cache.get_mut(owner).ok_or(StoreError::Host(0))?;
         let obs = Self::observation(features, key);
-        let assessment = score::assess_and_learn(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
-        entry.push(Event::Request(obs));
-        // A busy identity syncs early, unless the table refused it within the last sync interval.
-        if entry.pending.len() >= MAX_PENDING && now >= entry.retry_at_ms {
-            // A failure keeps the events for the tick; the request keeps its score.
-            count_failure(self.sync_entry(&table, entry, now), metrics);
+        let (mut assessment, present) = score::assess(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
+        if let Assessment::Scored(d) = &mut assessment {
+            self.hold(&mut entry.profile, &obs, d);
         }
+        entry.last_present = present;
+        entry.push(Event::Request(obs));
         Ok(assessment)
     }
 
-    /// Records a decided request's risk in the identity's standing (history,
-    /// trend, drift). Returns true when this request completes a drift: the
-    /// profile has been rebased and the caller reports it. No host call.
-    pub fn record_risk(&self, owner: u64, at_ms: u64, risk: f64, deviated: bool, drift_ms: u64) -> bool {
+    /// The episode: a request continuing an open one scores at least what it
+    /// holds; a deviation opens or renews one (`standing::Episode`).
+    fn hold(&self, profile: &mut Profile, obs: &Observation, d: &mut Deviation) {
+        let part = |c: Component| d.parts.iter().find(|(k, _)| *k == c).map_or(0.0, |(_, s)| *s);
+        let ctx = standing::Context {
+            country: obs.country.unwrap_or(0),
+            asn: obs.asn.unwrap_or(0),
+            session: obs.session.unwrap_or(0),
+        };
+        // What is new to the identity in this request's context marks the episode.
+        let new_country = part(Component::Country) >= score::REASON_AT || part(Component::Travel) >= score::REASON_AT;
+        let marks = standing::Context {
+            country: if new_country { ctx.country } else { 0 },
+            asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
+            session: if profile.session.requests <= 5 { ctx.session } else { 0 },
+        };
+        let (score, continues) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
+        if continues && score > d.own {
+            let e = &profile.standing.episode;
+            d.reasons.insert(
+                0,
+                format!(
+                    "episode {score:.2}: continues a deviation that opened {} s ago (this request alone {:.2})",
+                    (obs.time_ms / 1000).saturating_sub(u64::from(e.opened_s)),
+                    d.own
+                ),
+            );
+        }
+        d.score = score;
+        d.episode = continues;
+    }
+
+    /// What a decided request teaches its identity's profile: its baseline
+    /// at `weight` (`score::learning_weight`), its risk into the standing
+    /// (history, trend, drift). Returns true when this request completes a
+    /// drift: the profile has been rebased and the caller reports it. No host
+    /// call.
+    /// `request_ms` is the request's own time (its event's), `at_ms` the
+    /// decision's; the store is for a busy identity's early sync.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_decision(
+        &self,
+        owner: u64,
+        request_ms: u64,
+        at_ms: u64,
+        risk: f64,
+        deviated: bool,
+        weight: f32,
+        drift_ms: u64,
+        store: &dyn SharedStore,
+        metrics: &dyn MetricsSink,
+    ) -> bool {
         let mut cache = self.cache.borrow_mut();
         let Some(entry) = cache.peek_mut(owner) else { return false };
         entry.profile.standing.record(at_ms, risk, deviated);
-        // Folded into the request's own event when it is the last one, so a
+        entry.last_weight = weight;
+        // Folded into the request's own event (normally the last one), so a
         // decision adds no event (and no earlier sync) of its own.
         let risk = risk as f32;
-        match entry.pending.pop() {
-            Some(Event::Request(obs)) => entry.push(Event::Scored { obs, risk, deviated }),
-            Some(other) => {
-                entry.push(other);
-                entry.push(Event::Risk { at_ms, risk, deviated });
+        let own = entry.pending.iter().rposition(|e| matches!(e, Event::Request(o) if o.time_ms == request_ms));
+        match own.and_then(|i| entry.pending.get_mut(i)) {
+            Some(slot) => {
+                if let Event::Request(obs) = slot {
+                    let obs = obs.clone();
+                    entry.profile.learn_baseline(&obs, &entry.last_present, weight);
+                    *slot = Event::Scored { obs, risk, deviated, weight };
+                }
             }
             None => entry.push(Event::Risk { at_ms, risk, deviated }),
+        }
+        // A busy identity syncs early (once decided: its events are complete),
+        // unless the table refused it within the last sync interval.
+        if entry.pending.len() >= MAX_PENDING && at_ms >= entry.retry_at_ms {
+            // A failure keeps the events for the tick; the request keeps its score.
+            count_failure(self.sync_entry(&self.table(store, metrics), entry, at_ms), metrics);
         }
         if !entry.profile.standing.drifted(at_ms, drift_ms) {
             return false;
@@ -257,11 +317,13 @@ impl Profiler {
         Ok(Some(updated.record))
     }
 
-    /// Learns the status the identity's request got.
+    /// Learns the status the identity's request got, at the weight its
+    /// decision gave the request (the recent failure share always).
     pub fn observe_status(&self, owner: u64, status: u16) {
         if let Some(entry) = self.cache.borrow_mut().get_mut(owner) {
-            entry.profile.learn_status(status);
-            entry.push(Event::Status(status));
+            let weight = entry.last_weight;
+            entry.profile.learn_status(status, weight);
+            entry.push(Event::Status { status, weight });
         }
     }
 
@@ -337,10 +399,13 @@ impl Profiler {
                 let mut p = p.clone();
                 for event in pending {
                     match event {
-                        Event::Request(obs) => p.learn(obs, learning),
-                        Event::Status(s) => p.learn_status(*s),
-                        Event::Scored { obs, risk, deviated } => {
-                            p.learn(obs, learning);
+                        Event::Request(obs) => {
+                            p.learn_present(obs, learning);
+                        }
+                        Event::Status { status, weight } => p.learn_status(*status, *weight),
+                        Event::Scored { obs, risk, deviated, weight } => {
+                            let present = p.learn_present(obs, learning);
+                            p.learn_baseline(obs, &present, *weight);
                             p.standing.record(obs.time_ms, f64::from(*risk), *deviated);
                         }
                         Event::Risk { at_ms, risk, deviated } => p.standing.record(*at_ms, f64::from(*risk), *deviated),
@@ -352,6 +417,7 @@ impl Profiler {
                         Event::Rebase { .. } => {}
                     }
                 }
+                p.standing.merge_episode(&local.standing.episode);
                 p
             }
             // Not in shared data (new, evicted or reclaimed): this worker's copy is all there is.
@@ -410,6 +476,13 @@ mod tests {
         HashKey::from_secret(b"test")
     }
 
+    /// Observes a request and records it as decided ordinary, as the pipeline does.
+    fn decided(p: &Profiler, f: &Features, key: &HashKey, store: &MemoryStore, metrics: &MemoryMetrics) -> Result<Assessment, StoreError> {
+        let a = p.observe(f, key, store, metrics)?;
+        p.record_decision(f.identity.hash, f.time_ms, f.time_ms, 0.0, false, 1.0, u64::MAX, store, metrics);
+        Ok(a)
+    }
+
     fn observations(p: &Profiler, owner: u64, store: &MemoryStore) -> u32 {
         p.read(owner, store, &MemoryMetrics::default()).unwrap().map_or(0, |p| p.observations)
     }
@@ -420,21 +493,21 @@ mod tests {
         let (a, b) = (Profiler::new(&cfg(64, 64)), Profiler::new(&cfg(64, 64)));
         a.start(&store, &metrics).unwrap();
         // The profile exists in shared data (worker b taught it and synced).
-        b.observe(&features(42, 1_000, "/a"), &key(), &store, &metrics).unwrap();
+        decided(&b, &features(42, 1_000, "/a"), &key(), &store, &metrics).unwrap();
         b.on_tick(3_000, 2, &store, &metrics);
         // Worker a reads it (a miss), learns three requests, and syncs: one
         // write, and no read of the profile (the one read is the cleanup
         // lease, which worker b holds).
         for t in [4_000, 4_100, 4_200] {
-            a.observe(&features(42, t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&a, &features(42, t, "/a"), &key(), &store, &metrics).unwrap();
         }
         let (reads, writes) = (store.reads.get(), store.writes.get());
         a.on_tick(6_000, 1, &store, &metrics);
         assert_eq!((store.reads.get() - reads, store.writes.get() - writes), (1, 1));
         assert_eq!(observations(&a, 42, &store), 4);
         // Both read, b writes first: a's blind write is refused and a merges instead.
-        a.observe(&features(42, 10_000, "/a"), &key(), &store, &metrics).unwrap(); // refreshes (clean, a sync old)
-        b.observe(&features(42, 10_000, "/b"), &key(), &store, &metrics).unwrap();
+        decided(&a, &features(42, 10_000, "/a"), &key(), &store, &metrics).unwrap(); // refreshes (clean, a sync old)
+        decided(&b, &features(42, 10_000, "/b"), &key(), &store, &metrics).unwrap();
         b.on_tick(12_000, 2, &store, &metrics);
         a.on_tick(12_000, 1, &store, &metrics);
         assert_eq!(observations(&a, 42, &store), 6, "nothing lost");
@@ -450,11 +523,11 @@ mod tests {
         for round in 0..20 {
             for _ in 0..7 {
                 t += 100;
-                a.observe(&features(42, t, "/a"), &key(), &store, &metrics).unwrap();
+                decided(&a, &features(42, t, "/a"), &key(), &store, &metrics).unwrap();
             }
             for _ in 0..5 {
                 t += 100;
-                b.observe(&features(42, t, "/b"), &key(), &store, &metrics).unwrap();
+                decided(&b, &features(42, t, "/b"), &key(), &store, &metrics).unwrap();
             }
             if round % 2 == 0 {
                 a.on_tick(t, 1, &store, &metrics);
@@ -466,7 +539,7 @@ mod tests {
         }
         assert_eq!(observations(&a, 42, &store), 20 * 12);
         // A worker that has not seen the identity for a tick reads what both taught.
-        let d = match b.observe(&features(42, t + 5_000, "/a"), &key(), &store, &metrics).unwrap() {
+        let d = match decided(&b, &features(42, t + 5_000, "/a"), &key(), &store, &metrics).unwrap() {
             Assessment::Scored(d) => d,
             cold => unreachable!("{cold:?}"),
         };
@@ -485,19 +558,19 @@ mod tests {
         let p = Profiler::new(&c);
         p.start(&store, &metrics).unwrap();
         for t in 0..5 {
-            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(7, t, "/a"), &key(), &store, &metrics).unwrap();
         }
         assert_eq!(p.on_tick(5_000, 1, &store, &metrics).written, 0, "not due before the interval");
         assert_eq!(p.on_tick(10_005, 1, &store, &metrics).written, 1);
         assert_eq!(observations(&p, 7, &store), 5);
         // Clean and synced 5 s ago: the default interval would re-read it, this one does not.
         let reads = store.reads.get();
-        p.observe(&features(7, 15_000, "/a"), &key(), &store, &metrics).unwrap();
+        decided(&p, &features(7, 15_000, "/a"), &key(), &store, &metrics).unwrap();
         assert_eq!(store.reads.get(), reads, "used the cached copy");
         assert_eq!(p.on_tick(20_006, 1, &store, &metrics).written, 1);
         // Clean and synced more than the interval ago: re-read before use.
         let reads = store.reads.get();
-        p.observe(&features(7, 30_100, "/a"), &key(), &store, &metrics).unwrap();
+        decided(&p, &features(7, 30_100, "/a"), &key(), &store, &metrics).unwrap();
         assert!(store.reads.get() > reads, "re-read after the interval");
         assert_eq!(observations(&p, 7, &store), 6);
     }
@@ -508,12 +581,12 @@ mod tests {
         let p = Profiler::new(&cfg(64, 64));
         p.start(&store, &metrics).unwrap();
         for t in 0..10 {
-            p.observe(&features(7, t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(7, t, "/a"), &key(), &store, &metrics).unwrap();
         }
         assert_eq!(p.on_tick(500, 1, &store, &metrics).written, 0, "not due before SYNC_MS");
         p.on_tick(SYNC_MS, 1, &store, &metrics);
         for t in 10..20 {
-            p.observe(&features(7, SYNC_MS + t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(7, SYNC_MS + t, "/a"), &key(), &store, &metrics).unwrap();
         }
         store.inject_conflicts.set(3);
         let report = p.on_tick(2 * SYNC_MS, 1, &store, &metrics);
@@ -531,7 +604,7 @@ mod tests {
         for round in 0..50 {
             for user in 1..=16u64 {
                 t += 10;
-                p.observe(&features(user, t, "/home"), &key(), &store, &metrics).unwrap();
+                decided(&p, &features(user, t, "/home"), &key(), &store, &metrics).unwrap();
             }
             if round % 5 == 0 {
                 p.on_tick(t, 1, &store, &metrics);
@@ -543,7 +616,7 @@ mod tests {
         let (keys, bytes) = (store.len(), store.bytes());
         for i in 0..40_000u64 {
             t += 1;
-            let _ = p.observe(&features(1_000 + i * 7, t, "/x"), &key(), &store, &metrics);
+            let _ = decided(&p, &features(1_000 + i * 7, t, "/x"), &key(), &store, &metrics);
             if i % 100 == 0 {
                 p.on_tick(t, 1, &store, &metrics);
             }
@@ -567,7 +640,7 @@ mod tests {
         let (a, b) = (Profiler::new(&c), Profiler::new(&c));
         a.start(&store, &metrics).unwrap();
         for user in 1..=10u64 {
-            a.observe(&features(user, 0, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&a, &features(user, 0, "/a"), &key(), &store, &metrics).unwrap();
         }
         a.on_tick(SYNC_MS, 1, &store, &metrics);
         assert_eq!(metrics.get(Metric::StoreSlotsUsed(Table::Profile)), 10);
@@ -591,7 +664,7 @@ mod tests {
         let p = Profiler::new(&cfg(64, 64));
         p.start(&store, &metrics).unwrap();
         for t in 0..5 {
-            p.observe(&features(9, t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(9, t, "/a"), &key(), &store, &metrics).unwrap();
             p.observe_status(9, 401);
         }
         p.on_tick(SYNC_MS, 1, &store, &metrics);
@@ -605,7 +678,7 @@ mod tests {
         let p = Profiler::new(&cfg(64, 64));
         p.start(&store, &metrics).unwrap();
         for t in 0..100 {
-            p.observe(&features(5, t, "/a"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(5, t, "/a"), &key(), &store, &metrics).unwrap();
             p.observe_status(5, 200);
         }
         p.on_tick(SYNC_MS + 100, 1, &store, &metrics);
@@ -620,14 +693,14 @@ mod tests {
         // Fill every slot with established profiles.
         for round in 0..40u64 {
             for user in 1..=64u64 {
-                p.observe(&features(user, round * 10, "/a"), &key(), &store, &metrics).unwrap();
+                decided(&p, &features(user, round * 10, "/a"), &key(), &store, &metrics).unwrap();
             }
             p.on_tick(round * 10 + SYNC_MS * (round + 1), 1, &store, &metrics);
         }
         let refused_before = metrics.get(Metric::StoreNotAdmitted(Table::Profile));
         // A newcomer busy enough to want early syncs.
         for t in 0..200 {
-            p.observe(&features(999_999, 50_000 + t, "/x"), &key(), &store, &metrics).unwrap();
+            decided(&p, &features(999_999, 50_000 + t, "/x"), &key(), &store, &metrics).unwrap();
         }
         let refusals = metrics.get(Metric::StoreNotAdmitted(Table::Profile)) - refused_before;
         assert!(refusals <= 2, "{refusals} refusals for 200 requests");

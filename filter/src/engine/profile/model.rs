@@ -42,8 +42,17 @@ pub const MAX_ENCODED: usize = 1
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
 
-/// 2 added the standing (risk history, feedback, drift); 1 is still read.
-const VERSION: u8 = 2;
+/// 2 added the standing (risk history, feedback, drift), 3 its episode;
+/// 1 and 2 are still read.
+const VERSION: u8 = 3;
+
+/// What `learn_present` saw that `learn_baseline` needs later: the gap since
+/// the previous request, and whether the request came in order.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Present {
+    pub gap: Option<f64>,
+    pub in_order: bool,
+}
 
 /// What one request contributes to its identity's profile.
 #[derive(Debug, Clone, PartialEq)]
@@ -183,20 +192,35 @@ impl Profile {
             }
     }
 
-    /// Learns one request. Events older than the profile (another worker's,
-    /// merged late) still count, but teach no timing.
+    /// Learns one request as normal (weight 1): `learn_present`, then
+    /// `learn_baseline`.
     pub fn learn(&mut self, obs: &Observation, l: &Learning) {
+        let present = self.learn_present(obs, l);
+        self.learn_baseline(obs, &present, 1.0);
+    }
+
+    /// What is happening now, for every request however it was judged: time
+    /// fades the history, the recent mix, pace and session move on. Returns
+    /// what `learn_baseline` needs once the request is decided. Events older
+    /// than the profile (another worker's, merged late) still count, but
+    /// teach no timing.
+    pub fn learn_present(&mut self, obs: &Observation, l: &Learning) -> Present {
         let d = self.decay_at(obs.time_ms, l);
-        let fresh = self.observations == 0;
+        let fresh = self.observations == 0 && self.last_ms == 0;
         let in_order = fresh || obs.time_ms >= self.last_ms;
         let df = d as f32;
-        self.weight = self.weight * df + 1.0;
+        self.weight *= df;
         for r in &mut self.routes {
             r.long *= df;
             r.recent *= RECENT_KEEP;
         }
         self.other_route.long *= df;
         self.other_route.recent *= RECENT_KEEP;
+        match self.routes.iter_mut().find(|r| r.key == obs.route) {
+            Some(r) => r.recent += 1.0,
+            // Until the baseline takes the route (if it does), it is recent "other".
+            None => self.other_route.recent += 1.0,
+        }
         for w in self.methods.iter_mut().chain(self.hours.iter_mut()).chain(self.status.iter_mut()) {
             *w *= df;
         }
@@ -206,25 +230,20 @@ impl Profile {
         for a in &mut self.asns {
             a.long *= df;
         }
-
-        bump(&mut self.routes, &mut self.other_route, obs.route, TOP_ROUTES, 1.0);
-        if let Some(m) = self.methods.get_mut(method_index(obs.method)) {
-            *m += 1.0;
+        for m in [&mut self.size, &mut self.gap] {
+            m.fade(d);
         }
-        if let Some(h) = self.hours.get_mut(hour_of_day(obs.time_ms)) {
-            *h += 1.0;
-        }
-        self.size.push(ln1p_ms(obs.request_bytes), d);
 
+        let mut gap = None;
         if in_order && !fresh {
-            let gap = ln1p_ms(obs.time_ms - self.last_ms);
-            self.gap.push(gap, d);
+            let g = ln1p_ms(obs.time_ms - self.last_ms);
+            gap = Some(g);
             // The recent pace watches for "faster": a pause says only "not
             // faster", so it counts as the usual gap, and a burst right after
             // a break shows at once.
-            let paced = gap.min(f64::from(self.gap.mean));
+            let paced = g.min(f64::from(self.gap.mean));
             self.recent_gap = if self.gap.w <= 1.0 {
-                gap as f32
+                g as f32
             } else {
                 (f64::from(self.recent_gap) * (1.0 - RECENT_GAP_ALPHA) + paced * RECENT_GAP_ALPHA) as f32
             };
@@ -239,24 +258,61 @@ impl Profile {
                 self.session = Session { id: obs.session.unwrap_or(0), start_ms: obs.time_ms, requests: 0 };
             }
             self.session.requests = self.session.requests.saturating_add(1);
+            self.last_ms = obs.time_ms;
         }
+        Present { gap, in_order }
+    }
 
+    /// What the request teaches the identity's normal, at `weight` in [0, 1]:
+    /// 1 for a request judged ordinary, little for one that deviated, 0 for
+    /// one refused. A route, country or network learned at under half a
+    /// request's weight is not given a place of its own, so an attack
+    /// repeated a thousand times stays as new as it was.
+    pub fn learn_baseline(&mut self, obs: &Observation, present: &Present, weight: f32) {
+        let weight = if weight.is_finite() { weight.clamp(0.0, 1.0) } else { 0.0 };
+        let full = weight >= 0.5;
+        self.weight += weight;
+        if full || self.route_weight(obs.route).is_some() {
+            let tracked = self.route_weight(obs.route).is_some();
+            bump(&mut self.routes, &mut self.other_route, obs.route, TOP_ROUTES, weight, 0.0);
+            if !tracked {
+                // Its recent share moves from "other" to its own place.
+                if let Some(r) = self.routes.iter_mut().find(|r| r.key == obs.route) {
+                    r.recent += 1.0;
+                    self.other_route.recent = (self.other_route.recent - 1.0).max(0.0);
+                }
+            }
+        } else {
+            self.other_route.long += weight;
+        }
+        if let Some(m) = self.methods.get_mut(method_index(obs.method)) {
+            *m += weight;
+        }
+        if let Some(h) = self.hours.get_mut(hour_of_day(obs.time_ms)) {
+            *h += weight;
+        }
+        self.size.push_weighted(ln1p_ms(obs.request_bytes), weight);
+        if let Some(g) = present.gap {
+            self.gap.push_weighted(g, weight);
+        }
         if let Some(country) = obs.country {
-            let mut sink = Weighted::default();
-            bump(&mut self.countries, &mut sink, country, TOP_COUNTRIES, 0.0);
-            if in_order {
+            if full || self.countries.iter().any(|c| c.key == country) {
+                let mut sink = Weighted::default();
+                bump(&mut self.countries, &mut sink, country, TOP_COUNTRIES, weight, 0.0);
+            }
+            if present.in_order && full {
                 self.last_country = country;
                 self.last_country_ms = obs.time_ms;
             }
         }
         if let Some(asn) = obs.asn {
-            let mut sink = Weighted::default();
-            bump(&mut self.asns, &mut sink, asn, TOP_ASNS, 0.0);
+            if full || self.asns.iter().any(|a| a.key == asn) {
+                let mut sink = Weighted::default();
+                bump(&mut self.asns, &mut sink, asn, TOP_ASNS, weight, 0.0);
+            }
         }
-
-        self.observations = self.observations.saturating_add(1);
-        if in_order {
-            self.last_ms = obs.time_ms;
+        if full {
+            self.observations = self.observations.saturating_add(1);
         }
     }
 
@@ -286,7 +342,7 @@ impl Profile {
     /// An operator said requests on `route` are this identity's normal (a
     /// false positive): the route gains `weight` requests' worth of history.
     pub fn accept_route(&mut self, route: u32, weight: f32) {
-        bump(&mut self.routes, &mut self.other_route, route, TOP_ROUTES, 0.0);
+        bump(&mut self.routes, &mut self.other_route, route, TOP_ROUTES, 1.0, 0.0);
         if let Some(r) = self.routes.iter_mut().find(|r| r.key == route) {
             r.long += (weight - 1.0).max(0.0);
         }
@@ -301,11 +357,12 @@ impl Profile {
         }
     }
 
-    /// Learns the status of an answered request.
-    pub fn learn_status(&mut self, status: u16) {
+    /// Learns the status of an answered request: into the baseline at
+    /// `weight` (its request's), into the recent failure share always.
+    pub fn learn_status(&mut self, status: u16, weight: f32) {
         let class = status_class(status);
         if let Some(s) = self.status.get_mut(class) {
-            *s += 1.0;
+            *s += if weight.is_finite() { weight.clamp(0.0, 1.0) } else { 0.0 };
         }
         let failed = if matches!(class, 2 | 3) { 1.0 } else { 0.0 };
         self.recent_fail =
@@ -368,7 +425,7 @@ impl Profile {
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
         let mut r = Reader(bytes);
         let version = r.u8()?;
-        if version != VERSION && version != 1 {
+        if !(1..=VERSION).contains(&version) {
             return None;
         }
         let mut p = Profile { observations: r.u32()?, last_ms: r.u64()?, weight: r.f32()?, ..Profile::default() };
@@ -410,8 +467,8 @@ impl Profile {
         for _ in 0..n {
             p.asns.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
         }
-        if version == VERSION {
-            p.standing = Standing::decode(&mut r)?;
+        if version >= 2 {
+            p.standing = Standing::decode(&mut r, version >= 3)?;
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
@@ -432,21 +489,22 @@ fn bump<K: Copy + PartialEq + Default>(
     other: &mut Weighted<()>,
     key: K,
     cap: usize,
+    amount: f32,
     recent: f32,
 ) {
     if let Some(e) = list.iter_mut().find(|e| e.key == key) {
-        e.long += 1.0;
+        e.long += amount;
         e.recent += recent;
         return;
     }
-    let fresh = Weighted { key, long: 1.0, recent };
+    let fresh = Weighted { key, long: amount, recent };
     if list.len() < cap {
         list.push(fresh);
         return;
     }
     if let Some(e) = list.iter_mut().min_by(|a, b| a.long.total_cmp(&b.long)) {
         other.recent += e.recent;
-        *e = Weighted { long: e.long + 1.0, ..fresh };
+        *e = Weighted { long: e.long + amount, ..fresh };
     }
 }
 
@@ -493,7 +551,7 @@ mod tests {
             o.method = [Method::Get, Method::Post, Method::Delete][i as usize % 3];
             o.request_bytes = i * 10;
             p.learn(&o, &l);
-            p.learn_status([200, 404, 500, 401][i as usize % 4]);
+            p.learn_status([200, 404, 500, 401][i as usize % 4], 1.0);
             p.standing.record(1_000 + i * 1_000, 0.3, i % 2 == 0);
         }
         for i in 0..9 {

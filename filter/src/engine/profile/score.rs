@@ -97,8 +97,13 @@ pub enum Assessment {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Deviation {
-    /// `behavioral_score`, in [0, 1].
+    /// `behavioral_score`, in [0, 1]: the request's own deviation, or what
+    /// the episode it continues holds, whichever is higher.
     pub score: f64,
+    /// The request's own deviation.
+    pub own: f64,
+    /// It continues an open episode.
+    pub episode: bool,
     pub observations: u32,
     /// The profile's decayed request count: how much evidence it rests on.
     pub weight: f64,
@@ -108,9 +113,8 @@ pub struct Deviation {
     pub reasons: Vec<String>,
 }
 
-/// Scores `obs` against `profile`, then teaches the profile. Surprise is
-/// judged against the history before this request; the recent window (mix,
-/// rate, session) includes it.
+/// Scores `obs` against `profile`, then teaches the profile as if the
+/// request were ordinary (weight 1): tests, benches and replays.
 pub fn assess_and_learn(
     profile: &mut Profile,
     obs: &Observation,
@@ -118,26 +122,70 @@ pub fn assess_and_learn(
     learning: &Learning,
     scoring: &Scoring,
 ) -> Assessment {
+    let (assessment, present) = assess(profile, obs, route_name, learning, scoring);
+    profile.learn_baseline(obs, &present, 1.0);
+    assessment
+}
+
+/// Scores `obs` against `profile` and records the present (recent mix, pace,
+/// session: `Profile::learn_present`). Surprise is judged against the history
+/// before this request; the recent window (mix, rate, session) includes it.
+/// What the request teaches the baseline waits for its decision
+/// (`Profile::learn_baseline` with the returned `Present`).
+pub fn assess(
+    profile: &mut Profile,
+    obs: &Observation,
+    route_name: &str,
+    learning: &Learning,
+    scoring: &Scoring,
+) -> (Assessment, model::Present) {
     if profile.observations < scoring.min_observations {
-        profile.learn(obs, learning);
-        return Assessment::Cold { observations: profile.observations };
+        let present = profile.learn_present(obs, learning);
+        // Counted as it will be once learned.
+        return (Assessment::Cold { observations: profile.observations.saturating_add(1) }, present);
     }
     let mut parts: Vec<(Component, f64, Reason)> = Vec::with_capacity(11);
     before(profile, obs, route_name, scoring, &mut parts);
-    profile.learn(obs, learning);
+    let present = profile.learn_present(obs, learning);
     after(profile, &mut parts);
 
     let score = 1.0 - parts.iter().map(|(c, s, _)| 1.0 - c.weight() * s.clamp(0.0, 1.0)).product::<f64>();
     let mut strong: Vec<&(Component, f64, Reason)> = parts.iter().filter(|(_, s, _)| *s >= REASON_AT).collect();
     strong.sort_by(|a, b| (b.1 * b.0.weight()).total_cmp(&(a.1 * a.0.weight())));
     let reasons = strong.iter().map(|(c, s, r)| format!("{} {:.2}: {}", c.as_str(), s, r.text())).collect();
-    Assessment::Scored(Deviation {
+    let assessment = Assessment::Scored(Deviation {
         score: score.clamp(0.0, 1.0),
-        observations: profile.observations,
+        own: score.clamp(0.0, 1.0),
+        episode: false,
+        // Counted as it will be once learned.
+        observations: profile.observations.saturating_add(1),
         weight: f64::from(profile.weight),
         parts: parts.iter().map(|(c, s, _)| (*c, *s)).collect(),
         reasons,
-    })
+    });
+    (assessment, present)
+}
+
+/// How much a decided request teaches its identity's normal, in [0, 1]: a
+/// refusal nothing, a flagged request or one that deviated (`own` at or above
+/// `gate`) a trace, an ordinary one (under 0.3) everything, and in between
+/// less the more it deviated. So the normal follows what was judged normal,
+/// and a change the identity keeps up at a moderate deviation (a traveller's
+/// new country) is still learned, more slowly.
+pub fn learning_weight(own: f64, gate: f64, flagged: bool, refused: bool) -> f32 {
+    const TRACE: f64 = 0.02;
+    const ORDINARY: f64 = 0.3;
+    if refused {
+        return 0.0;
+    }
+    let w = if !own.is_finite() || own >= gate {
+        TRACE
+    } else if own <= ORDINARY || gate <= ORDINARY {
+        1.0
+    } else {
+        (1.0 - (own - ORDINARY) / (gate - ORDINARY)).max(0.1)
+    };
+    (if flagged { w.min(TRACE) } else { w }) as f32
 }
 
 /// The evidence behind a component, formatted only when it is reported.
@@ -346,7 +394,7 @@ mod tests {
             t += gap(rng);
             let (o, status) = usual(rng, t);
             assess_and_learn(&mut p, &o, "/x", &learning(), &scoring());
-            p.learn_status(status);
+            p.learn_status(status, 1.0);
         }
         (p, t)
     }
@@ -371,7 +419,7 @@ mod tests {
             t += gap(&mut rng);
             let (o, status) = usual(&mut rng, t);
             scores.push(scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring())).score);
-            p.learn_status(status);
+            p.learn_status(status, 1.0);
         }
         let mean = scores.iter().sum::<f64>() / scores.len() as f64;
         let max = scores.iter().copied().fold(0.0, f64::max);
@@ -460,7 +508,7 @@ mod tests {
 
         let mut p = p0;
         for _ in 0..8 {
-            p.learn_status(401);
+            p.learn_status(401, 1.0);
         }
         let (o, _) = usual(&mut rng, t + 2_000);
         let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));

@@ -19,7 +19,69 @@ const DEVIATING_ALPHA: f32 = 0.1;
 pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
-pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4;
+pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4;
+/// An episode's held score halves every this many seconds without a
+/// request that renews it: an attack under way stays suspect for minutes, a
+/// one-off oddity fades.
+pub const EPISODE_HALF_LIFE_S: f64 = 300.0;
+/// Below this held score the episode is over.
+/// Half the default deviation threshold: a held score at or above it never
+/// speaks for "ordinary" in the ensemble.
+pub const EPISODE_END: f32 = 0.35;
+
+/// A deviation that has not ended: the identity stays suspect. Requests that
+/// continue it (the same new country, network or session as the one that
+/// opened it, or a deviation of their own) score at least what the episode
+/// holds, so an attacker cannot dilute a takeover with ordinary-looking
+/// requests, and the victim's own routine (none of the marks, no deviation)
+/// neither closes it nor is held by it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Episode {
+    /// The peak deviation (0: no episode).
+    pub level: f32,
+    /// When the peak was last renewed, and when the episode opened (s).
+    pub peak_s: u32,
+    pub opened_s: u32,
+    /// The opening request's unusual context (0: none): its country when new
+    /// to the identity, its network, its session token.
+    pub country: u16,
+    pub asn: u32,
+    pub session: u32,
+    /// When an operator last ended an episode (s): a worker's older copy of
+    /// it must not come back at the next merge.
+    pub cleared_s: u32,
+}
+
+/// The context a request arrives in, as an episode compares it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Context {
+    pub country: u16,
+    pub asn: u32,
+    pub session: u32,
+}
+
+impl Episode {
+    pub fn is_open(&self) -> bool {
+        self.level > 0.0
+    }
+
+    /// What the episode holds at `at_s`: its peak, halved per half-life since renewed.
+    pub fn held(&self, at_s: u32) -> f64 {
+        if !self.is_open() {
+            return 0.0;
+        }
+        let idle = f64::from(at_s.saturating_sub(self.peak_s));
+        f64::from(self.level) * (-idle / EPISODE_HALF_LIFE_S).exp2()
+    }
+
+    /// Whether a request in `ctx` whose own deviation is `own` carries the
+    /// episode on: it shares a mark, or deviates itself (at least half the gate).
+    pub fn continued_by(&self, ctx: &Context, own: f64, gate: f64) -> bool {
+        let shares = |mark: u32, value: u32| mark != 0 && mark == value;
+        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || shares(self.session, ctx.session) || own >= gate / 2.0
+    }
+}
 
 /// An operator's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -97,9 +159,59 @@ pub struct Standing {
     pub deviating_since_s: u32,
     pub drifts: u16,
     pub rebased_s: u32,
+    pub episode: Episode,
 }
 
 impl Standing {
+    /// Scores a request against the open episode, and opens or renews one.
+    /// `own` is the request's own deviation, `gate` the deviation threshold,
+    /// `marks` the request's unusual context (what is new to the identity).
+    /// Returns the score the request stands at (at least `own`) and whether
+    /// it continues an episode.
+    pub fn episode_score(&mut self, at_ms: u64, own: f64, gate: f64, ctx: &Context, marks: &Context) -> (f64, bool) {
+        let at_s = (at_ms / 1000) as u32;
+        let e = &mut self.episode;
+        let held = e.held(at_s);
+        if e.is_open() && held < f64::from(EPISODE_END) {
+            *e = Episode { cleared_s: e.cleared_s, ..Episode::default() };
+        }
+        let continues = e.is_open() && e.continued_by(ctx, own, gate);
+        let score = if continues { own.max(held) } else { own };
+        if own >= gate && own >= held {
+            if !e.is_open() {
+                *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, session: marks.session, ..*e };
+            } else {
+                // A renewed peak may bring marks of its own.
+                e.country = if e.country == 0 { marks.country } else { e.country };
+                e.asn = if e.asn == 0 { marks.asn } else { e.asn };
+                e.session = if e.session == 0 { marks.session } else { e.session };
+            }
+            e.level = own as f32;
+            e.peak_s = at_s;
+        }
+        (score, continues)
+    }
+
+    /// The operator said the deviation is normal (a false positive): the
+    /// episode is over.
+    pub fn end_episode(&mut self, at_ms: u64) {
+        self.episode = Episode { cleared_s: (at_ms / 1000) as u32, ..Episode::default() };
+    }
+
+    /// Merges another worker's view of the episode into this (shared) copy:
+    /// the one renewed last wins, unless an operator ended episodes since.
+    pub fn merge_episode(&mut self, local: &Episode) {
+        let shared = &mut self.episode;
+        let cleared = shared.cleared_s.max(local.cleared_s);
+        if local.is_open() && local.peak_s > shared.peak_s && local.peak_s > cleared {
+            *shared = *local;
+        }
+        shared.cleared_s = cleared;
+        if shared.is_open() && shared.peak_s <= cleared {
+            *shared = Episode { cleared_s: cleared, ..Episode::default() };
+        }
+    }
+
     /// Records a decided request's risk, and whether its behaviour deviated.
     pub fn record(&mut self, at_ms: u64, risk: f64, deviated: bool) {
         let risk = risk.clamp(0.0, 1.0) as f32;
@@ -197,9 +309,18 @@ impl Standing {
         w.u32(self.deviating_since_s);
         w.u16(self.drifts);
         w.u32(self.rebased_s);
+        let e = &self.episode;
+        w.f32(e.level);
+        w.u32(e.peak_s);
+        w.u32(e.opened_s);
+        w.u16(e.country);
+        w.u32(e.asn);
+        w.u32(e.session);
+        w.u32(e.cleared_s);
     }
 
-    pub fn decode(r: &mut Reader) -> Option<Standing> {
+    /// `with_episode`: the encoding has the episode (profile version 3 on).
+    pub fn decode(r: &mut Reader, with_episode: bool) -> Option<Standing> {
         let n = usize::from(r.u8()?);
         if n > HISTORY {
             return None;
@@ -228,8 +349,11 @@ impl Standing {
         s.deviating_since_s = r.u32()?;
         s.drifts = r.u16()?;
         s.rebased_s = r.u32()?;
+        if with_episode {
+            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, session: r.u32()?, cleared_s: r.u32()? };
+        }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
-        (unit(s.fast) && unit(s.slow) && unit(s.deviating) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
+        (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
     }
 }
 
@@ -325,12 +449,12 @@ mod tests {
         s.encode(&mut Writer(&mut bytes));
         assert_eq!(bytes.len(), MAX_ENCODED);
         let mut r = Reader(&bytes);
-        assert_eq!(Standing::decode(&mut r), Some(s.clone()));
+        assert_eq!(Standing::decode(&mut r, true), Some(s.clone()));
         assert!(r.is_empty());
         let mut bad = s;
         bad.offset = f32::NAN;
         let mut bytes = Vec::new();
         bad.encode(&mut Writer(&mut bytes));
-        assert_eq!(Standing::decode(&mut Reader(&bytes)), None);
+        assert_eq!(Standing::decode(&mut Reader(&bytes), true), None);
     }
 }

@@ -26,6 +26,20 @@ impl Moments {
         (self.w, self.mean, self.var) = (w as f32, mean as f32, var as f32);
     }
 
+    /// Adds `x` with weight `weight` (no fading: `fade` first). A weight of
+    /// 0 changes nothing.
+    pub fn push_weighted(&mut self, x: f64, weight: f32) {
+        if !x.is_finite() || weight.is_nan() || weight <= 0.0 {
+            return;
+        }
+        let w = f64::from(self.w) + f64::from(weight);
+        let a = f64::from(weight) / w;
+        let delta = x - f64::from(self.mean);
+        let mean = f64::from(self.mean) + a * delta;
+        let var = (1.0 - a) * (f64::from(self.var) + a * delta * delta);
+        (self.w, self.mean, self.var) = (w as f32, mean as f32, var as f32);
+    }
+
     pub fn fade(&mut self, decay: f64) {
         self.w = (f64::from(self.w) * decay) as f32;
     }
