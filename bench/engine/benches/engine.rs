@@ -285,6 +285,7 @@ fn profile_update(c: &mut Criterion) {
         session: None,
         country: Some(0x4445),
         asn: Some(3320),
+        object: None,
     };
     let mut trained = Profile::default();
     for i in 0..500 {

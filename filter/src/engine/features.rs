@@ -52,6 +52,8 @@ pub struct Features {
     pub identity: Identity,
     pub method: Method,
     pub route: String,
+    /// The object the path names (its last id-like segment), keyed-hashed.
+    pub object: Option<ObjectRef>,
     /// Declared request body size (`content-length`), 0 when absent.
     pub request_bytes: u64,
     pub time_ms: u64,
@@ -90,6 +92,7 @@ impl Features {
             identity,
             method,
             route,
+            object: None,
             request_bytes: 0,
             time_ms,
             session: None,
@@ -104,6 +107,14 @@ impl Features {
             ml_model: None,
         }
     }
+}
+
+/// An object a request names: a keyed hash of its id (never the id), and
+/// the id's value when it is a number, for sequential walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectRef {
+    pub hash: u32,
+    pub number: Option<u64>,
 }
 
 /// One detector's opinion: a score in [0, 1].
@@ -125,6 +136,10 @@ pub enum Combine {
     /// A detector in the weighted ensemble (`ml_scoring_weights`); it counts
     /// only from `gate` up (e.g. `deviation_threshold`).
     Weighted { weight: f64, gate: f64 },
+    /// Like `Weighted`, but it can only add evidence: its quiet means it
+    /// found nothing, not that the request is ordinary (a newcomer against
+    /// its population), so it never damps the others.
+    Support { weight: f64, gate: f64 },
     /// Like `Weighted`, but about the request's surroundings (the traffic of
     /// its route), not about its identity: on its own it can flag a request,
     /// never refuse it.

@@ -6,13 +6,13 @@ use super::alerts::{self, Alerts};
 use super::config::{Config, EventFormat, Mode};
 use super::decision::{self, Decision};
 use super::events::{self, Event};
-use super::features::{Combine, Features, Method, Signal, ThreatDetail};
+use super::features::{Combine, Features, Method, ObjectRef, Signal, ThreatDetail};
 use super::feedback::{self, decisions::Decided, Feedback};
 use super::hash::HashKey;
 use super::identity::{self, IdentityKind};
 use super::ml::{self, vector, Exchange, Ml};
 use super::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
-use super::profile::{self, model, Assessment, Profiler};
+use super::profile::{self, model, population, Assessment, Profiler};
 use super::rate;
 use super::slots::Hints;
 use super::scoring;
@@ -144,6 +144,10 @@ impl Engine {
         let mut log = TickLog::default();
         if let Some(p) = &self.profiler {
             p.on_tick(now_ms, instance, store, metrics);
+            if let Err(e) = p.population.on_tick(now_ms, store, metrics) {
+                metrics.add(Metric::StoreErrors, 1);
+                log.warn.push(format!("population: cannot fold newcomer samples into shared data ({e:?}), kept for the next tick"));
+            }
         }
         if let Some(m) = &self.ml {
             m.on_tick(now_ms, callouts, metrics);
@@ -231,6 +235,13 @@ impl Engine {
             let deviated = v.features.behavioral_score.is_some_and(|s| s >= gate) && v.decision == Decision::Allow;
             let weight = profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, flagged, v.enforced);
             let drift_ms = u64::from(self.config.behavioral_profiling.drift_minutes) * 60_000;
+            // A young identity's closed minute joins its population when its
+            // decisions let it teach (a flagged newcomer is no sample).
+            if let Some((now, Some((minute, taught)))) = p.activity(v.features.identity.hash, v.features.time_ms) {
+                if taught >= 0.5 && weight >= 0.5 && now.age_ms < population::YOUNG_MS + 60_000 {
+                    p.population.sample(v.features.identity.kind, &minute);
+                }
+            }
             if p.record_decision(v.features.identity.hash, v.features.time_ms, now_ms, v.risk, deviated, weight, drift_ms, store, metrics) {
                 metrics.add(Metric::Drift(feedback::DRIFT_IDENTITY), 1);
                 let message = format!(
@@ -317,7 +328,7 @@ impl Engine {
         for s in &v.signals {
             let _ = match s.combine {
                 Combine::Strongest => write!(out, " {}={:.3} [floor]", s.name, s.score),
-                Combine::Weighted { weight, gate } => write!(
+                Combine::Weighted { weight, gate } | Combine::Support { weight, gate } => write!(
                     out,
                     " {}={:.3} [weight {weight:.2}, gate {gate:.2}, {}]",
                     s.name,
@@ -646,8 +657,10 @@ impl Engine {
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
         }
         let method = req.header(":method").map_or(Method::Other, Method::parse);
-        let route = route::template(req.header(":path").unwrap_or(b"/"));
+        let (route, object) = route::template_and_object(req.header(":path").unwrap_or(b"/"));
+        let object = object.map(|o| ObjectRef { hash: self.hash_key.hash(&[b"object\x00", o.raw]) as u32, number: o.number });
         Features {
+            object,
             request_bytes: req
                 .header("content-length")
                 .and_then(|v| std::str::from_utf8(v).ok())
@@ -705,13 +718,19 @@ impl Engine {
             // Everyone without an identity would share one meaningless profile.
             return Outcome::Done;
         }
-        match profiler.observe(&v.features, &self.hash_key, store, metrics) {
-            Ok(Assessment::Cold { observations }) => {
+        let assessment = match profiler.observe(&v.features, &self.hash_key, store, metrics) {
+            Ok(a) => a,
+            Err(error) => return Outcome::Failed { step: profile::SIGNAL, error },
+        };
+        let gate = self.config.behavioral_profiling.deviation_threshold;
+        let weight = self.config.ml_scoring_weights.behavioral_deviation;
+        let cold = matches!(assessment, Assessment::Cold { .. });
+        match assessment {
+            Assessment::Cold { observations } => {
                 metrics.add(Metric::ProfileCold, 1);
                 v.profile = Some(ProfileState::Cold { observations });
             }
-            Ok(Assessment::Scored(d)) => {
-                let gate = self.config.behavioral_profiling.deviation_threshold;
+            Assessment::Scored(d) => {
                 v.profile = Some(ProfileState::Warm { observations: d.observations });
                 v.features.behavioral_score = Some(d.score);
                 v.own_deviation = Some(d.own);
@@ -719,14 +738,24 @@ impl Engine {
                     name: profile::SIGNAL,
                     score: d.score,
                     confidence: scoring::profile_confidence(d.weight, self.config.behavioral_profiling.min_observations),
-                    combine: Combine::Weighted { weight: self.config.ml_scoring_weights.behavioral_deviation, gate },
+                    combine: Combine::Weighted { weight, gate },
                 });
                 if d.score >= gate {
                     metrics.add(Metric::ProfileDeviations, 1);
                     v.threat_details.extend(d.reasons.into_iter().map(|reason| ThreatDetail { signal: profile::SIGNAL, reason }));
                 }
             }
-            Err(error) => return Outcome::Failed { step: profile::SIGNAL, error },
+        }
+        // A newcomer is judged against what newcomers of its kind do: its own
+        // profile cannot judge it yet (cold), or not for long enough (young).
+        if let Some((now, _)) = profiler.activity(v.features.identity.hash, v.features.time_ms) {
+            if cold || now.age_ms < population::YOUNG_MS {
+                if let Some(j) = profiler.population.judge(v.features.identity.kind, &now) {
+                    let combine = Combine::Support { weight, gate };
+                    v.signals.push(Signal { name: population::SIGNAL, score: j.score, confidence: j.confidence, combine });
+                    v.threat_details.extend(j.reasons.into_iter().map(|reason| ThreatDetail { signal: population::SIGNAL, reason }));
+                }
+            }
         }
         Outcome::Done
     }
@@ -895,7 +924,7 @@ mod tests {
         for v in &verdicts {
             let score = v.features.behavioral_score.unwrap();
             assert!(score > 0.85, "{score}");
-            assert!((v.risk - score).abs() < 1e-9, "alone, the behavioural detector's score is the risk");
+            assert!(v.risk >= score - 1e-9, "the risk is at least the behavioural detector's score");
             assert!(v.decision >= Decision::Throttle && v.enforced);
             assert!(v.features.refused, "Vigil's own refusal teaches no status");
         }
@@ -995,6 +1024,84 @@ mod tests {
         }
         // Four learned: the fifth, at the ceiling, was flagged; the rest refused.
         assert_eq!(last.unwrap().profile, Some(ProfileState::Cold { observations: 5 }));
+    }
+
+    /// One request answered `status`, as the host runs it.
+    fn answered(e: &Engine, store: &MemoryStore, metrics: &MemoryMetrics, user: &str, path: &str, t: u64, status: u16) -> Verdict {
+        let mut v = e.on_request(&as_user(user, path, "DE"), t, store, metrics);
+        e.on_response(&mut v.features, Some(status), 5_000);
+        e.on_complete(&v.features, t);
+        v
+    }
+
+    /// Seconds from `onset` to the first flagged verdict, and the share flagged from then on.
+    fn caught(verdicts: &[(u64, Decision)], onset: u64) -> (Option<f64>, f64) {
+        let first = verdicts.iter().position(|(_, d)| *d >= Decision::Flag);
+        let Some(i) = first else { return (None, 0.0) };
+        let after = &verdicts[i..];
+        let flagged = after.iter().filter(|(_, d)| *d >= Decision::Flag).count();
+        (Some((verdicts[i].0 - onset) as f64 / 1000.0), flagged as f64 / after.len() as f64)
+    }
+
+    #[test]
+    fn bola_by_an_established_identity_on_its_own_route_is_caught() {
+        let (e, store, metrics) = profiling(false);
+        let mut t = 1_000_000;
+        // Weeks of habit compressed: a handful of her own orders, now and then.
+        for i in 0..300u64 {
+            t += 2_000 + (i * 7919) % 3_000;
+            let path = if i % 2 == 0 { format!("/orders/{}", [311, 4_102, 977, 12][(i / 2 % 4) as usize]) } else { "/orders".into() };
+            let v = answered(&e, &store, &metrics, "erin", &path, t, 200);
+            assert_eq!(v.decision, Decision::Allow, "routine {i}: {:?}", v.threat_details);
+        }
+        let onset = t;
+        let mut seen = Vec::new();
+        for i in 0..200u64 {
+            t += 250;
+            let v = answered(&e, &store, &metrics, "erin", &format!("/orders/{}", 5_000 + i), t, if i % 5 == 0 { 200 } else { 403 });
+            seen.push((t, v.decision));
+        }
+        let (delay, share) = caught(&seen, onset);
+        assert!(delay.is_some_and(|d| d <= 10.0), "{delay:?}");
+        assert!(share >= 0.9, "{share}");
+    }
+
+    #[test]
+    fn a_fresh_scraper_fast_or_slow_is_judged_against_the_population() {
+        let (e, store, metrics) = profiling(false);
+        // An ordinary population of newcomers: a few requests, a few objects each.
+        let mut t = 1_000_000;
+        for u in 0..120u64 {
+            for k in 0..6u64 {
+                let v = answered(&e, &store, &metrics, &format!("new{u}"), &format!("/products/{}", (u * 31 + k * 977) % 5_000), t + k * 9_000, 200);
+                assert_eq!(v.decision, Decision::Allow, "newcomer {u}: {:?}", v.threat_details);
+            }
+            t += 1_000;
+            // Each newcomer's minute closes and is sampled; ticks fold them in.
+            answered(&e, &store, &metrics, &format!("new{u}"), "/products", t + 61_000, 200);
+            e.on_tick(t + 61_000, 1, &store, &metrics, &NoCallouts);
+        }
+        t += 120_000;
+        e.on_tick(t, 1, &store, &metrics, &NoCallouts);
+        for (name, gap_ms, count) in [("fast", 100u64, 300u64), ("slow", 500, 120)] {
+            let onset = t;
+            let mut seen = Vec::new();
+            for i in 0..count {
+                t += gap_ms;
+                let v = answered(&e, &store, &metrics, name, &format!("/products/{}", 10_000 + i), t, 200);
+                seen.push((t, v.decision));
+            }
+            let (delay, share) = caught(&seen, onset);
+            assert!(delay.is_some_and(|d| d <= 10.0), "{name}: {delay:?}");
+            assert!(share >= 0.9, "{name}: {share}");
+            t += 600_000;
+        }
+        // A page load fanning out twenty requests at once is not a scraper.
+        for k in 0..20u64 {
+            let path = if k < 8 { format!("/products/{}", [17, 4_021, 388, 9, 1_200, 77, 3_030, 650][k as usize]) } else { format!("/api/widget{k}") };
+            let v = answered(&e, &store, &metrics, "browser", &path, t + k * 5, 200);
+            assert_eq!(v.decision, Decision::Allow, "fan-out {k}: {:?}", v.threat_details);
+        }
     }
 
     #[test]

@@ -59,6 +59,8 @@ pub fn soft_gate(score: f64, gate: f64) -> f64 {
 /// - A detector (`Weighted`) with score s and gate g gives evidence
 ///   e = soft_gate(s, g); its say is v = w·c (weight times confidence),
 ///   relative to the strongest say among the detectors with evidence, v*.
+/// - Support (`Support`, a newcomer against its population) counts like a
+///   detector but never speaks for "ordinary".
 /// - Context (`Context`, the route's traffic) counts like a detector, but only
 ///   from its gate up: quiet traffic says nothing about the requester.
 ///
@@ -87,18 +89,21 @@ struct Voice {
 
 fn voice(s: &Signal, with_context: bool) -> Option<(Voice, f64)> {
     let score = s.score.clamp(0.0, 1.0);
-    let (weight, gate, context) = match s.combine {
+    // (weight, gate, gated softly, may speak for "ordinary")
+    let (weight, gate, soft, opposes) = match s.combine {
         Combine::Strongest => return None,
-        Combine::Weighted { weight, gate } => (weight, finite_or_zero(gate).clamp(0.0, 1.0), false),
-        Combine::Context { weight, gate } if with_context && score >= gate => (weight, gate, true),
+        Combine::Weighted { weight, gate } => (weight, gate, true, true),
+        Combine::Support { weight, gate } => (weight, gate, true, false),
+        Combine::Context { weight, gate } if with_context && score >= gate => (weight, gate, false, false),
         Combine::Context { .. } => return None,
     };
+    let gate = finite_or_zero(gate).clamp(0.0, 1.0);
     let weight = finite_or_zero(weight).max(0.0);
     let confidence = finite_or_zero(s.confidence).clamp(0.0, 1.0);
     let say = weight * confidence;
-    let evidence = if context { score } else { soft_gate(score, gate) };
+    let evidence = if soft { soft_gate(score, gate) } else { score };
     // Only a detector well below its gate speaks for "ordinary".
-    let quiet = if !context && gate > 0.0 && score < gate / 2.0 { say * (1.0 - score / gate) } else { 0.0 };
+    let quiet = if opposes && gate > 0.0 && score < gate / 2.0 { say * (1.0 - score / gate) } else { 0.0 };
     Some((Voice { evidence, say, quiet }, weight))
 }
 

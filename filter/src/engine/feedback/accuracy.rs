@@ -34,9 +34,9 @@ impl Counts {
 }
 
 /// Counts per detector, in `DETECTORS` order.
-pub type Table7 = [Counts; DETECTORS.len()];
+pub type PerDetector = [Counts; DETECTORS.len()];
 
-fn encode(t: &Table7) -> Vec<u8> {
+fn encode(t: &PerDetector) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 + t.len() * 12);
     let mut w = Writer(&mut out);
     w.u8(t.len() as u8);
@@ -48,12 +48,12 @@ fn encode(t: &Table7) -> Vec<u8> {
     out
 }
 
-fn decode(bytes: &[u8]) -> Option<Table7> {
+fn decode(bytes: &[u8]) -> Option<PerDetector> {
     let mut r = Reader(bytes);
     if usize::from(r.u8()?) != DETECTORS.len() {
         return None;
     }
-    let mut t = Table7::default();
+    let mut t = PerDetector::default();
     for c in &mut t {
         *c = Counts { true_positives: r.u32()?, false_positives: r.u32()?, missed: r.u32()? };
     }
@@ -61,14 +61,14 @@ fn decode(bytes: &[u8]) -> Option<Table7> {
 }
 
 /// Reads the counts.
-pub fn read(store: &dyn SharedStore) -> Result<Table7, StoreError> {
+pub fn read(store: &dyn SharedStore) -> Result<PerDetector, StoreError> {
     Ok(store.get(KEY)?.and_then(|(b, _)| decode(&b)).unwrap_or_default())
 }
 
 /// Counts one verdict on a decision whose detectors `mask` weighed in
 /// (`None`: a threat on a request Vigil did not flag, missed by all), and
 /// moves the precision and recall gauges by what changed.
-pub fn record(label: Label, mask: Option<u16>, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<Table7, StoreError> {
+pub fn record(label: Label, mask: Option<u16>, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<PerDetector, StoreError> {
     let (before, after) = record::update(store, metrics, Table::Feedback, KEY, |bytes| {
         let before = bytes.and_then(decode).unwrap_or_default();
         let mut after = before;
@@ -103,7 +103,7 @@ fn move_gauge(metrics: &dyn MetricsSink, m: Metric, before: Option<f64>, after: 
 }
 
 /// The detector a gauge or count is about, for the admin API.
-pub fn named(t: &Table7) -> impl Iterator<Item = (Detector, Counts)> + '_ {
+pub fn named(t: &PerDetector) -> impl Iterator<Item = (Detector, Counts)> + '_ {
     DETECTORS.into_iter().zip(t.iter().copied())
 }
 

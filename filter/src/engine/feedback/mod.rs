@@ -39,9 +39,11 @@ pub enum Detector {
     MlUnavailable,
     BehavioralModel,
     AnomalyModel,
+    /// A newcomer against its population (`profile::population`).
+    Population,
 }
 
-pub const DETECTORS: [Detector; 7] = [
+pub const DETECTORS: [Detector; 8] = [
     Detector::Rate,
     Detector::Behavior,
     Detector::Traffic,
@@ -49,6 +51,7 @@ pub const DETECTORS: [Detector; 7] = [
     Detector::MlUnavailable,
     Detector::BehavioralModel,
     Detector::AnomalyModel,
+    Detector::Population,
 ];
 
 impl Detector {
@@ -65,6 +68,7 @@ impl Detector {
             Detector::MlUnavailable => "ml_unavailable",
             Detector::BehavioralModel => "model_behavioral",
             Detector::AnomalyModel => "model_anomaly",
+            Detector::Population => "population",
         }
     }
 
@@ -77,6 +81,7 @@ impl Detector {
         match name {
             super::rate::SIGNAL => Some(Detector::Rate),
             super::profile::SIGNAL => Some(Detector::Behavior),
+            super::profile::population::SIGNAL => Some(Detector::Population),
             super::traffic::SIGNAL => Some(Detector::Traffic),
             super::ml::SIGNAL => Some(Detector::Ml),
             super::ml::FAILURE_SIGNAL => Some(Detector::MlUnavailable),
@@ -93,7 +98,7 @@ pub fn mask(signals: &[Signal], ml_model: Option<Role>, flag_at: f64) -> u16 {
     for s in signals {
         let weighed = match s.combine {
             Combine::Strongest => s.score >= flag_at,
-            Combine::Weighted { gate, .. } | Combine::Context { gate, .. } => s.score >= gate,
+            Combine::Weighted { gate, .. } | Combine::Support { gate, .. } | Combine::Context { gate, .. } => s.score >= gate,
         };
         if let (true, Some(d)) = (weighed, Detector::of_signal(s.name)) {
             m |= d.bit();

@@ -12,8 +12,10 @@
 //! a profile worth less than itself. A cleanup elected by lease reclaims
 //! profiles idle past their TTL.
 
+pub mod activity;
 pub mod cache;
 pub mod model;
+pub mod population;
 pub mod score;
 pub mod standing;
 pub mod stats;
@@ -90,6 +92,8 @@ pub struct Profiler {
     cache: RefCell<Cache>,
     /// Where this worker last found identities in the profile table.
     hints: Hints,
+    /// What newcomers of each kind normally do (`population`).
+    pub population: population::Population,
 }
 
 impl Profiler {
@@ -112,6 +116,7 @@ impl Profiler {
             sync_ms: u64::from(cfg.sync_interval_ms),
             cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
             hints: Hints::for_slots(cfg.max_profiles),
+            population: population::Population::new("vigil/"),
         }
     }
 
@@ -141,7 +146,17 @@ impl Profiler {
             session: features.session,
             country: features.country,
             asn: features.asn,
+            object: features.object,
         }
+    }
+
+    /// The identity's last sliding minute, and the activity minute its
+    /// latest request closed (if it opened one), from this worker's copy.
+    /// No host call.
+    pub fn activity(&self, owner: u64, now_ms: u64) -> Option<(activity::Summary, Option<(activity::Minute, f32)>)> {
+        let mut cache = self.cache.borrow_mut();
+        let e = cache.peek_mut(owner)?;
+        Some((e.profile.activity.summary(now_ms), e.last_present.closed))
     }
 
     /// Scores the request against its identity's profile and learns from it.

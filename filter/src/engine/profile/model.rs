@@ -6,6 +6,7 @@
 //! smoothly. "Recent" weights fade per request instead (the last ~10), which
 //! is what the recent mix is compared against.
 
+use super::activity::{self, Activity};
 use super::standing::Standing;
 use super::stats::Moments;
 use crate::engine::features::Method;
@@ -37,7 +38,8 @@ pub const MAX_ENCODED: usize = 1
     + 4 + 8 + 4 + 12 * 3
     + 1 + TOP_COUNTRIES * 6 + 2 + 8
     + 1 + TOP_ASNS * 8
-    + super::standing::MAX_ENCODED;
+    + super::standing::MAX_ENCODED
+    + activity::ENCODED;
 
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
@@ -52,6 +54,8 @@ const VERSION: u8 = 3;
 pub struct Present {
     pub gap: Option<f64>,
     pub in_order: bool,
+    /// The activity minute this request closed, if it opened a new one.
+    pub closed: Option<(activity::Minute, f32)>,
 }
 
 /// What one request contributes to its identity's profile.
@@ -67,6 +71,8 @@ pub struct Observation {
     /// ISO 3166 alpha-2 country, packed in two bytes.
     pub country: Option<u16>,
     pub asn: Option<u32>,
+    /// The object the request names (keyed hash and numeric value).
+    pub object: Option<crate::engine::features::ObjectRef>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -122,6 +128,8 @@ pub struct Profile {
     pub last_country_ms: u64,
     pub asns: Vec<Weighted<u32>>,
     pub standing: Standing,
+    /// The last minute or so: objects, walks, pace (profile version 3 on).
+    pub activity: Activity,
 }
 
 pub fn method_index(m: Method) -> usize {
@@ -260,7 +268,8 @@ impl Profile {
             self.session.requests = self.session.requests.saturating_add(1);
             self.last_ms = obs.time_ms;
         }
-        Present { gap, in_order }
+        let closed = self.activity.record(obs.time_ms, obs.route, obs.object);
+        Present { gap, in_order, closed }
     }
 
     /// What the request teaches the identity's normal, at `weight` in [0, 1]:
@@ -271,6 +280,7 @@ impl Profile {
     pub fn learn_baseline(&mut self, obs: &Observation, present: &Present, weight: f32) {
         let weight = if weight.is_finite() { weight.clamp(0.0, 1.0) } else { 0.0 };
         let full = weight >= 0.5;
+        self.activity.weighed(weight);
         self.weight += weight;
         if full || self.route_weight(obs.route).is_some() {
             let tracked = self.route_weight(obs.route).is_some();
@@ -365,6 +375,9 @@ impl Profile {
             *s += if weight.is_finite() { weight.clamp(0.0, 1.0) } else { 0.0 };
         }
         let failed = if matches!(class, 2 | 3) { 1.0 } else { 0.0 };
+        if failed > 0.0 {
+            self.activity.failed();
+        }
         self.recent_fail =
             (f64::from(self.recent_fail) * (1.0 - RECENT_FAIL_ALPHA) + failed * RECENT_FAIL_ALPHA) as f32;
     }
@@ -420,6 +433,7 @@ impl Profile {
             w.f32(a.long);
         }
         self.standing.encode(&mut w);
+        self.activity.encode(&mut w);
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
@@ -469,6 +483,9 @@ impl Profile {
         }
         if version >= 2 {
             p.standing = Standing::decode(&mut r, version >= 3)?;
+        }
+        if version >= 3 {
+            p.activity = Activity::decode(&mut r)?;
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
@@ -537,6 +554,7 @@ mod tests {
             session: None,
             country: country_code(b"de"),
             asn: Some(3320),
+            object: None,
         }
     }
 
@@ -571,11 +589,18 @@ mod tests {
         assert_eq!(bytes.len(), MAX_ENCODED, "all lists full");
         assert_eq!(Profile::decode(&bytes), Some(p.clone()));
         // A version-1 record (before the standing) is still read.
-        let mut v1 = bytes[..MAX_ENCODED - super::super::standing::MAX_ENCODED].to_vec();
+        let mut v1 = bytes[..MAX_ENCODED - super::super::standing::MAX_ENCODED - activity::ENCODED].to_vec();
         v1[0] = 1;
         let old = Profile::decode(&v1).expect("a version-1 profile");
         assert_eq!(old.standing, Standing::default());
         assert_eq!(old.routes, p.routes);
+        // A version-2 record (a standing without its episode, no activity) too.
+        let episode = 4 + 4 + 4 + 2 + 4 + 4 + 4;
+        let mut v2 = bytes[..MAX_ENCODED - activity::ENCODED - episode].to_vec();
+        v2[0] = 2;
+        let old = Profile::decode(&v2).expect("a version-2 profile");
+        assert_eq!(old.standing.history, p.standing.history);
+        assert_eq!(old.activity, Activity::default());
     }
 
     #[test]

@@ -30,6 +30,10 @@ pub enum Component {
     Asn,
     /// The current session's length and pace against past sessions.
     Session,
+    /// Distinct objects in the last minute against the identity's usual.
+    Objects,
+    /// A sequential walk over object ids on one route.
+    Walk,
 }
 
 impl Component {
@@ -46,6 +50,8 @@ impl Component {
             Component::Travel => "travel",
             Component::Asn => "asn",
             Component::Session => "session",
+            Component::Objects => "objects",
+            Component::Walk => "walk",
         }
     }
 
@@ -63,6 +69,8 @@ impl Component {
             Component::Travel => 0.8,
             Component::Asn => 0.25,
             Component::Session => 0.35,
+            Component::Objects => 0.6,
+            Component::Walk => 0.6,
         }
     }
 }
@@ -144,7 +152,7 @@ pub fn assess(
         // Counted as it will be once learned.
         return (Assessment::Cold { observations: profile.observations.saturating_add(1) }, present);
     }
-    let mut parts: Vec<(Component, f64, Reason)> = Vec::with_capacity(11);
+    let mut parts: Vec<(Component, f64, Reason)> = Vec::with_capacity(13);
     before(profile, obs, route_name, scoring, &mut parts);
     let present = profile.learn_present(obs, learning);
     after(profile, &mut parts);
@@ -201,6 +209,8 @@ enum Reason {
     Mix { distance: f64 },
     Rate { factor: f64 },
     Session { requests: u32, z: f64 },
+    Objects { per_minute: f64, usual: f64 },
+    Walk { run: u16 },
 }
 
 impl Reason {
@@ -229,6 +239,10 @@ impl Reason {
             Reason::Mix { distance } => format!("recent endpoint mix unlike the usual (Hellinger {distance:.2})"),
             Reason::Rate { factor } => format!("requests {factor:.0}x faster than usual"),
             Reason::Session { requests, z } => format!("session of {requests} requests, z={z:.1} against past sessions"),
+            Reason::Objects { per_minute, usual } => {
+                format!("{per_minute:.0} distinct objects in the last minute (usual {usual:.0})")
+            }
+            Reason::Walk { run } => format!("{run} object ids in sequence on one route"),
         }
     }
 }
@@ -308,7 +322,36 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
     }
 }
 
+/// Fewer distinct objects a minute than this never score: reading a page of
+/// orders is not enumeration, whatever the identity's habit.
+pub const OBJECTS_FLOOR: f64 = 12.0;
+/// The spread floor of ln(1 + objects per minute), and the usual assumed
+/// before an identity has any object minutes (about 2 a minute).
+const OBJECTS_MIN_SD: f64 = 0.5;
+const OBJECTS_PRIOR: f64 = 1.1;
+
+/// A sequential walk's score: 0.5 at 12 steps, 0.9 at 18, near 1 from 25;
+/// a page showing a handful of neighbouring items stays near 0.
+pub fn walk_score(run: u16) -> f64 {
+    if run < 5 { 0.0 } else { logistic(f64::from(run), 12.0, 0.35) }
+}
+
+fn objects_parts(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
+    let now = p.activity.summary(p.last_ms);
+    if now.objects >= OBJECTS_FLOOR {
+        let u = &p.activity.usual_objects;
+        let (mean, sd) = if u.w >= 3.0 { (f64::from(u.mean), f64::from(u.var).max(0.0).sqrt()) } else { (OBJECTS_PRIOR, 0.0) };
+        let z = (now.objects.ln_1p() - mean) / sd.max(OBJECTS_MIN_SD);
+        let reason = Reason::Objects { per_minute: now.objects, usual: mean.exp() - 1.0 };
+        out.push((Component::Objects, logistic(z, Z_MID, Z_SLOPE), reason));
+    }
+    if now.run >= 5 {
+        out.push((Component::Walk, walk_score(now.run), Reason::Walk { run: now.run }));
+    }
+}
+
 fn after(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
+    objects_parts(p, out);
     let recent = p.routes.iter().map(|r| f64::from(r.recent)).chain(std::iter::once(f64::from(p.other_route.recent)));
     let long = p.routes.iter().map(|r| f64::from(r.long)).chain(std::iter::once(f64::from(p.other_route.long)));
     let distance = hellinger(recent, long);
@@ -378,6 +421,7 @@ mod tests {
             session: None,
             country: country_code(b"DE"),
             asn: Some(3320),
+            object: None,
         };
         (obs, status)
     }
@@ -457,6 +501,7 @@ mod tests {
                 session: None,
                 country: country_code(b"KP"),
                 asn: Some(64_512),
+                object: None,
             };
             let d = scored(assess_and_learn(&mut p, &o, "/admin/export", &learning(), &scoring()));
             assert!(d.score > 0.9, "request {i}: {} {:?}", d.score, d.parts);
@@ -528,6 +573,7 @@ mod tests {
                 session: None,
                 country: Some(i as u16 + 1),
                 asn: None,
+                object: None,
             };
             assert_eq!(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()), Assessment::Cold {
                 observations: i as u32 + 1
@@ -562,6 +608,7 @@ mod tests {
                 session: None,
                 country: None,
                 asn: None,
+                object: None,
             };
             assess_and_learn(&mut p, &o, "/x", &learning(), &scoring());
         }
@@ -574,6 +621,7 @@ mod tests {
             session: None,
             country: None,
             asn: None,
+            object: None,
         };
         let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));
         assert!(part(&d, Component::Endpoint) < 0.2, "{:?}", d.parts);
