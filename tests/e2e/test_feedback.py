@@ -40,9 +40,12 @@ def decided(stack, path, country):
 
 def test_a_false_positive_marked_once_stops_the_pattern_on_both_workers(stack_factory):
     stack = stack_factory(feedback_config())
-    # dave's routine, from the US, learned by both workers (fresh connections).
+    # dave's routine, from the US, learned by both workers (fresh connections):
+    # a few invoices of his own, again and again (walking invoice ids in
+    # sequence would be enumeration, which Vigil flags).
     for i in range(80):
-        decision, _, _ = decided(stack, ["/api/invoices", "/api/account", f"/api/invoices/{i}"][i % 3], "US")
+        invoice = [17, 42, 1003, 8][i % 4]
+        decision, _, _ = decided(stack, ["/api/invoices", "/api/account", f"/api/invoices/{invoice}"][i % 3], "US")
         assert i < 40 or decision == "allow", (i, decision)
         time.sleep(0.05)
     time.sleep(1.5)  # one sync: every worker reads the merged profile

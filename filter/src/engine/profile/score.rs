@@ -325,10 +325,11 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
 /// Fewer distinct objects a minute than this never score: reading a page of
 /// orders is not enumeration, whatever the identity's habit.
 pub const OBJECTS_FLOOR: f64 = 12.0;
-/// The spread floor of ln(1 + objects per minute), and the usual assumed
-/// before an identity has any object minutes (about 2 a minute).
+/// The spread floor of ln(1 + objects per minute).
 const OBJECTS_MIN_SD: f64 = 0.5;
-const OBJECTS_PRIOR: f64 = 1.1;
+/// Active minutes an identity's usual needs before it judges: until then its
+/// objects are the population's to judge (a young identity), not its own.
+const OBJECTS_MIN_MINUTES: f32 = 2.0;
 
 /// A sequential walk's score: 0.5 at 12 steps, 0.9 at 18, near 1 from 25;
 /// a page showing a handful of neighbouring items stays near 0.
@@ -338,9 +339,9 @@ pub fn walk_score(run: u16) -> f64 {
 
 fn objects_parts(p: &Profile, out: &mut Vec<(Component, f64, Reason)>) {
     let now = p.activity.summary(p.last_ms);
-    if now.objects >= OBJECTS_FLOOR {
-        let u = &p.activity.usual_objects;
-        let (mean, sd) = if u.w >= 3.0 { (f64::from(u.mean), f64::from(u.var).max(0.0).sqrt()) } else { (OBJECTS_PRIOR, 0.0) };
+    let u = &p.activity.usual_objects;
+    if now.objects >= OBJECTS_FLOOR && u.w >= OBJECTS_MIN_MINUTES {
+        let (mean, sd) = (f64::from(u.mean), f64::from(u.var).max(0.0).sqrt());
         let z = (now.objects.ln_1p() - mean) / sd.max(OBJECTS_MIN_SD);
         let reason = Reason::Objects { per_minute: now.objects, usual: mean.exp() - 1.0 };
         out.push((Component::Objects, logistic(z, Z_MID, Z_SLOPE), reason));
