@@ -32,6 +32,8 @@ def test_the_tours_takeover_stays_refused_until_an_operator_says_otherwise(stack
     assert status == 403, body
     request_id = json.loads(body)["request_id"]
     assert request_id
+    stack.settle()
+    assert stack.counter("wasmcustom.vigil_profile_episodes_total") >= 1
     status, answer = stack.vigil_admin(
         "POST", f"/vigil/admin/feedback?request_id={request_id}&verdict=false_positive", token=TOKEN)
     assert status == 200 and answer["status"] == "recorded" and answer["pattern_kept"] is True, answer

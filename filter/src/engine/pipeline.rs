@@ -740,6 +740,9 @@ impl Engine {
                     confidence: scoring::profile_confidence(d.weight, self.config.behavioral_profiling.min_observations),
                     combine: Combine::Weighted { weight, gate },
                 });
+                if d.opened {
+                    metrics.add(Metric::ProfileEpisodes, 1);
+                }
                 if d.score >= gate {
                     metrics.add(Metric::ProfileDeviations, 1);
                     v.threat_details.extend(d.reasons.into_iter().map(|reason| ThreatDetail { signal: profile::SIGNAL, reason }));
@@ -751,6 +754,9 @@ impl Engine {
         if let Some((now, _)) = profiler.activity(v.features.identity.hash, v.features.time_ms) {
             if cold || now.age_ms < population::YOUNG_MS {
                 if let Some(j) = profiler.population.judge(v.features.identity.kind, &now) {
+                    if j.score >= gate {
+                        metrics.add(Metric::PopulationDeviations, 1);
+                    }
                     let combine = Combine::Support { weight, gate };
                     v.signals.push(Signal { name: population::SIGNAL, score: j.score, confidence: j.confidence, combine });
                     v.threat_details.extend(j.reasons.into_iter().map(|reason| ThreatDetail { signal: population::SIGNAL, reason }));

@@ -78,6 +78,10 @@ pub enum Metric {
     ProfileCold,
     /// A behavioural score at or above `deviation_threshold`.
     ProfileDeviations,
+    /// A deviation opened an episode (the identity stays suspect).
+    ProfileEpisodes,
+    /// A newcomer's population score at or above `deviation_threshold`.
+    PopulationDeviations,
     /// Requests counted by the traffic analysis (once, whichever worker saw them).
     TrafficRequests,
     /// Seconds analysed (once each, by whichever VM holds the lease).

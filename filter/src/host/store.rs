@@ -32,7 +32,7 @@ impl SharedStore for HostStore {
 /// process-wide, so the same name defined by each worker's VM is one stat.
 /// A `.decision.X` or `.table.X` suffix becomes a label through the
 /// `stats_tags` rules in envoy.yaml.
-const COUNTERS: [(Metric, &str); 26] = [
+const COUNTERS: [(Metric, &str); 28] = [
     (Metric::Requests, "vigil_requests_total"),
     (Metric::DecisionAllow, "vigil_decisions_total.decision.allow"),
     (Metric::DecisionFlag, "vigil_decisions_total.decision.flag"),
@@ -50,6 +50,8 @@ const COUNTERS: [(Metric, &str); 26] = [
     (Metric::ProfileCacheMisses, "vigil_profile_cache_misses_total"),
     (Metric::ProfileCold, "vigil_profile_cold_total"),
     (Metric::ProfileDeviations, "vigil_profile_deviations_total"),
+    (Metric::ProfileEpisodes, "vigil_profile_episodes_total"),
+    (Metric::PopulationDeviations, "vigil_population_deviations_total"),
     (Metric::StoreCasConflicts(Table::Traffic), "vigil_store_cas_conflicts_total.table.traffic"),
     (Metric::TrafficRequests, "vigil_traffic_requests_total"),
     (Metric::TrafficSeconds, "vigil_traffic_analyzed_seconds_total"),

@@ -222,7 +222,8 @@ impl Profiler {
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
             session: if profile.session.requests <= 5 { ctx.session } else { 0 },
         };
-        let (score, continues) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
+        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
+        d.opened = opened;
         if continues && score > d.own {
             let e = &profile.standing.episode;
             d.reasons.insert(

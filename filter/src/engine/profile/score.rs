@@ -112,6 +112,8 @@ pub struct Deviation {
     pub own: f64,
     /// It continues an open episode.
     pub episode: bool,
+    /// It opened one.
+    pub opened: bool,
     pub observations: u32,
     /// The profile's decayed request count: how much evidence it rests on.
     pub weight: f64,
@@ -165,6 +167,7 @@ pub fn assess(
         score: score.clamp(0.0, 1.0),
         own: score.clamp(0.0, 1.0),
         episode: false,
+        opened: false,
         // Counted as it will be once learned.
         observations: profile.observations.saturating_add(1),
         weight: f64::from(profile.weight),

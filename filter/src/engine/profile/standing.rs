@@ -166,9 +166,9 @@ impl Standing {
     /// Scores a request against the open episode, and opens or renews one.
     /// `own` is the request's own deviation, `gate` the deviation threshold,
     /// `marks` the request's unusual context (what is new to the identity).
-    /// Returns the score the request stands at (at least `own`) and whether
-    /// it continues an episode.
-    pub fn episode_score(&mut self, at_ms: u64, own: f64, gate: f64, ctx: &Context, marks: &Context) -> (f64, bool) {
+    /// Returns the score the request stands at (at least `own`), whether it
+    /// continues an episode, and whether it opened one.
+    pub fn episode_score(&mut self, at_ms: u64, own: f64, gate: f64, ctx: &Context, marks: &Context) -> (f64, bool, bool) {
         let at_s = (at_ms / 1000) as u32;
         let e = &mut self.episode;
         let held = e.held(at_s);
@@ -177,8 +177,10 @@ impl Standing {
         }
         let continues = e.is_open() && e.continued_by(ctx, own, gate);
         let score = if continues { own.max(held) } else { own };
+        let mut opened = false;
         if own >= gate && own >= held {
             if !e.is_open() {
+                opened = true;
                 *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, session: marks.session, ..*e };
             } else {
                 // A renewed peak may bring marks of its own.
@@ -189,7 +191,7 @@ impl Standing {
             e.level = own as f32;
             e.peak_s = at_s;
         }
-        (score, continues)
+        (score, continues, opened)
     }
 
     /// The operator said the deviation is normal (a false positive): the
