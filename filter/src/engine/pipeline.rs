@@ -433,7 +433,7 @@ impl Engine {
         let features = self.extract(req, now_ms);
         let mut v = Verdict {
             features,
-            signals: Vec::with_capacity(2),
+            signals: Vec::with_capacity(4),
             threat_details: Vec::new(),
             risk: 0.0,
             interval: (0.0, 0.0),

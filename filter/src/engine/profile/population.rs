@@ -107,15 +107,9 @@ impl Histograms {
         }
     }
 
-    /// P(X >= x) for feature `f`, the prior folded in.
-    fn tail(&self, f: usize, x: f64) -> f64 {
-        let b = bin(x);
-        let row = self.counts.get(f);
-        let above: f64 = row.map_or(0.0, |r| r.iter().skip(b).map(|c| f64::from(*c)).sum());
-        let scale = PRIOR_SCALE.get(f).copied().unwrap_or(1.0);
-        // The prior's tail from the same bin edge, so both count alike.
-        let prior = (-bin_floor(b) / scale).exp();
-        (above + PRIOR_WEIGHT * prior) / (f64::from(self.total) + PRIOR_WEIGHT)
+    /// The count at or above bin `b` of feature `f`.
+    fn above(&self, f: usize, b: usize) -> f64 {
+        self.counts.get(f).map_or(0.0, |r| r.iter().skip(b).map(|c| f64::from(*c)).sum())
     }
 
     fn encode(&self) -> Vec<u8> {
@@ -205,12 +199,12 @@ impl Population {
             if x < floor {
                 continue;
             }
-            // The shared view plus this worker's samples not yet folded in.
-            let tail = {
-                let mut both = *h;
-                both.merge(p);
-                both.tail(f, *x)
-            };
+            // P(X >= x): the shared view plus this worker's samples not yet
+            // folded in, and the prior's tail from the same bin edge.
+            let b = bin(*x);
+            let prior = (-bin_floor(b) / PRIOR_SCALE.get(f).copied().unwrap_or(1.0)).exp();
+            let total = f64::from(h.total + p.total);
+            let tail = (h.above(f, b) + p.above(f, b) + PRIOR_WEIGHT * prior) / (total + PRIOR_WEIGHT);
             let s = logistic(-tail.max(1e-12).log2(), BITS_MID, BITS_SLOPE);
             if let Some(slot) = parts.get_mut(f) {
                 *slot = s;
