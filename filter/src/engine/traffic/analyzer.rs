@@ -4,7 +4,7 @@
 //! once, not once per worker, and survives a change of holder.
 
 use super::detector::Params;
-use super::series::{Metric, Series, METRICS};
+use super::series::{Floors, Metric, Series, METRICS};
 use super::tally::{Counts, Tally};
 use crate::engine::codec::{Reader, Writer};
 
@@ -70,6 +70,8 @@ pub struct Settings {
     /// A series anomalous this long (short breaks aside) has drifted: its
     /// baseline is re-learned and the drift reported.
     pub drift_s: u64,
+    /// The minimum meaningful change per metric (`time_series_analysis.min_change`).
+    pub floors: Floors,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -175,7 +177,7 @@ impl State {
             // The most anomalous series; on a tie (all zero), the first: volume, always there.
             let mut best: Option<ScopeScore> = None;
             for (series, metric) in tracked.series.iter_mut().zip(METRICS) {
-                let reading = series.observe(metric, tally, s.alpha);
+                let reading = series.observe(metric, tally, s.alpha, s.floors.get(metric));
                 // This second still scores as observed; the re-learned baseline
                 // scores the next.
                 if let Some(shift) = series.track(reading.as_ref(), second, s.threshold, s.drift_s) {
@@ -349,6 +351,7 @@ mod tests {
             max_routes: 2,
             idle_s: 60,
             drift_s: 600,
+            floors: Floors::default(),
         }
     }
 
@@ -434,6 +437,7 @@ mod tests {
             max_routes: 4,
             idle_s: 3_600,
             drift_s: 600,
+            floors: Floors::default(),
         }
     }
 

@@ -120,6 +120,7 @@ impl Traffic {
             max_routes: cfg.max_routes as usize,
             idle_s: window_s,
             drift_s: u64::from(cfg.drift_minutes) * 60,
+            floors: series::Floors(cfg.min_change.by_metric()),
         };
         // Settings that change the state's shape get their own keys.
         let prefix = format!("vigil/traffic/{}/{}/", cfg.max_routes, cfg.analysis_window_minutes);
@@ -465,7 +466,7 @@ mod tests {
     use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
 
     fn cfg() -> TimeSeriesAnalysis {
-        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4, drift_minutes: 10 }
+        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4, drift_minutes: 10, ..TimeSeriesAnalysis::default() }
     }
 
     /// Two workers, each seeing half the traffic, ticking every 100 ms.
