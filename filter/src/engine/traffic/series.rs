@@ -28,6 +28,14 @@
 //! spiky series teaches the detector that spikes are normal, where the
 //! z-score still sees an outage many times larger than any spike.
 //!
+//! **Young series.** Until its warm-up is over a series has no baseline of
+//! its own. A route's young series is then judged against what the
+//! established routes say is typical (the highest baseline among them, or
+//! the listener's), upwards only and with a population's spread
+//! ([`POPULATION_SPREAD`]): a new route that takes a flood, fails most of
+//! its requests or is far slower than every other is flagged from its
+//! first seconds; one with ordinary traffic is not.
+//!
 //! **Drift.** A series that stays anomalous for the configured drift time
 //! (`time_series_analysis.drift_minutes`), with no break of more than
 //! [`DRIFT_GRACE_S`] seconds, has a new normal: its baseline is re-learned at
@@ -44,6 +52,14 @@ pub const Z_MIN: f64 = 3.0;
 
 /// A spread is never below this, so a z-score stays finite whatever the floors.
 const MIN_SPREAD: f64 = 1e-9;
+
+/// A young series (its route first seen less than a warm-up ago) is judged
+/// against the highest typical value among the established scopes, with a
+/// spread of at least this share of it: it is unusual only from 2.5 times
+/// that value (z = 3) and certainly so from 4 times (z = 6). Routes differ
+/// by far more than their own noise, so a new route like any existing one,
+/// or a little busier or slower than the busiest, is ordinary.
+pub const POPULATION_SPREAD: f64 = 0.5;
 
 /// The minimum meaningful change per metric (`time_series_analysis.min_change`,
 /// indexed by [`Metric::index`]): a deviation from the baseline smaller than
@@ -80,6 +96,15 @@ pub fn meaningful(shift: f64, floor: f64) -> f64 {
         return 1.0;
     }
     ((shift - floor) / (0.5 * floor)).clamp(0.0, 1.0)
+}
+
+/// What an established series says is typical: its baseline and spread.
+/// A young route's series is measured against the highest of these among
+/// the established routes (see `analyzer`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Typical {
+    pub level: f64,
+    pub sd: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -304,10 +329,31 @@ impl Series {
         }
     }
 
+    /// Whether the warm-up is over: the series is judged against its own
+    /// baseline (before that, only against `typical`, when given).
+    pub fn warm(&self) -> bool {
+        self.detector.samples() > self.warmup
+    }
+
+    /// The baseline and its spread, once warm: what this series says is
+    /// typical, for judging young routes by.
+    pub fn typical(&self) -> Option<Typical> {
+        self.warm().then(|| Typical { level: self.mean, sd: self.var.max(0.0).sqrt() })
+    }
+
     /// Takes this second's tally; `alpha` is the baseline's weight per second
     /// (one over the analysis window), `floor` the metric's minimum
     /// meaningful change.
-    pub fn observe(&mut self, metric: Metric, t: &Tally, alpha: f64, floor: f64) -> Option<Reading> {
+    ///
+    /// Until the series is warm it has no baseline of its own to be judged
+    /// by. With `typical` (for a route: the highest typical value among the
+    /// established routes, see `analyzer`), it is judged against that
+    /// instead, upwards only, with a spread of at least
+    /// [`POPULATION_SPREAD`] of it: a brand-new route that takes a flood or
+    /// fails most of its requests is flagged from its first seconds, one
+    /// with ordinary traffic is not. Without it (the listener, "other", or
+    /// no route established yet), it scores nothing, as before.
+    pub fn observe(&mut self, metric: Metric, t: &Tally, alpha: f64, floor: f64, typical: Option<Typical>) -> Option<Reading> {
         let x = metric.value(t)?;
         let first = self.detector.samples() == 0;
         let previous = (!first).then(|| self.detector.last());
@@ -315,13 +361,22 @@ impl Series {
         let floor = floor.max(0.0);
         let spread = self.var.max(0.0).sqrt().max(metric.noise(self.mean, t.requests)).max(floor / Z_MIN);
         let z = (x - self.mean) / spread;
-        let warm = self.detector.samples() > self.warmup;
+        let warm = self.warm();
         let reading = if warm {
             let material = if metric.two_sided() { z.abs() >= Z_MIN } else { z >= Z_MIN };
             let by_z = ((z.abs() - Z_MIN) / Z_MIN).clamp(0.0, 1.0);
             let kept = meaningful(metric.shift(x, previous, self.mean), floor);
             let score = if material { detected.max(by_z) * kept } else { 0.0 };
             Reading { metric, score, value: x, baseline: self.mean, z }
+        } else if let Some(typ) = typical {
+            // Against the population: upwards only (a young route being
+            // quieter or faster than the busiest, slowest one is ordinary).
+            let spread = typ.sd.max(metric.noise(typ.level, t.requests)).max(floor / Z_MIN).max(POPULATION_SPREAD * typ.level.abs());
+            let z = (x - typ.level) / spread;
+            let shift = if metric.two_sided() { x - typ.level } else { metric.shift(x, previous, typ.level) };
+            let score = ((z - Z_MIN) / Z_MIN).clamp(0.0, 1.0) * meaningful(shift, floor);
+            // z stays 0: a young series' deviation from others is no drift of its own.
+            Reading { metric, score, value: x, baseline: typ.level, z: 0.0 }
         } else {
             Reading { metric, score: 0.0, value: x, baseline: self.mean, z: 0.0 }
         };
@@ -380,7 +435,7 @@ mod tests {
 
     /// A reading with the default floors, judged against its own baseline only.
     fn see(s: &mut Series, metric: Metric, t: &Tally, alpha: f64) -> Option<Reading> {
-        s.observe(metric, t, alpha, Floors::default().get(metric))
+        s.observe(metric, t, alpha, Floors::default().get(metric), None)
     }
 
     fn params() -> Params {
@@ -464,7 +519,7 @@ mod tests {
         for sec in 0..200u64 {
             let t = timed(120, |i| 4.5 + unit(sec * 1_000 + i));
             for (x, m) in s.iter_mut().zip([Metric::LatencyP50, Metric::LatencyP95, Metric::LatencyP99]) {
-                x.observe(m, &t, 1.0 / 120.0, floors.get(m));
+                x.observe(m, &t, 1.0 / 120.0, floors.get(m), None);
             }
         }
         s
@@ -474,7 +529,7 @@ mod tests {
     fn latency_scores(s: &mut [Series; 3], t: &Tally, floors: Floors) -> [f64; 3] {
         let mut out = [0.0; 3];
         for ((x, m), o) in s.iter_mut().zip([Metric::LatencyP50, Metric::LatencyP95, Metric::LatencyP99]).zip(&mut out) {
-            *o = x.observe(m, t, 1.0 / 120.0, floors.get(m)).map_or(0.0, |r| r.score);
+            *o = x.observe(m, t, 1.0 / 120.0, floors.get(m), None).map_or(0.0, |r| r.score);
         }
         out
     }
@@ -548,9 +603,9 @@ mod tests {
             let step = 40.0 + 0.2 * k as f64;
             let mut s = Series::new(params());
             for sec in 0..200u64 {
-                s.observe(Metric::Requests, &tally(100 + sec % 3, 0, 5), 1.0 / 120.0, floors.get(Metric::Requests));
+                s.observe(Metric::Requests, &tally(100 + sec % 3, 0, 5), 1.0 / 120.0, floors.get(Metric::Requests), None);
             }
-            let r = s.observe(Metric::Requests, &tally(101 + step as u64, 0, 5), 1.0 / 120.0, floors.get(Metric::Requests)).unwrap();
+            let r = s.observe(Metric::Requests, &tally(101 + step as u64, 0, 5), 1.0 / 120.0, floors.get(Metric::Requests), None).unwrap();
             if step < 50.0 {
                 assert_eq!(r.score, 0.0, "{step}: {r:?}");
             }
@@ -558,6 +613,35 @@ mod tests {
             last = r.score;
         }
         assert!(last >= 0.9, "a step of 80 is an anomaly: {last}");
+    }
+
+    /// A young series (warm-up not over) is judged against the typical value
+    /// it is given, upwards only and with a population's spread; with none,
+    /// it scores nothing, as before.
+    #[test]
+    fn a_young_series_is_judged_against_the_typical_value() {
+        let routes = Typical { level: 20.0, sd: 2.0 };
+        let floor = Floors::default().get(Metric::Requests);
+        let first = |n: u64, typical| Series::new(params()).observe(Metric::Requests, &tally(n, 0, 5), 0.01, floor, typical).unwrap();
+        assert!(first(200, Some(routes)).score >= 0.9, "a flood in its first second");
+        assert_eq!(first(200, None).score, 0.0, "nothing to compare with");
+        for ordinary in [1, 20, 40] {
+            assert_eq!(first(ordinary, Some(routes)).score, 0.0, "{ordinary} rps");
+        }
+        // 80% errors against routes that typically fail 1%.
+        let typical = Some(Typical { level: 0.01, sd: 0.01 });
+        let floor = Floors::default().get(Metric::ServerErrorRate);
+        let errors = Series::new(params()).observe(Metric::ServerErrorRate, &tally(20, 16, 5), 0.01, floor, typical).unwrap();
+        assert!(errors.score >= 0.9 && errors.baseline == 0.01 && errors.z == 0.0, "{errors:?}");
+        let clean = Series::new(params()).observe(Metric::ServerErrorRate, &tally(20, 0, 5), 0.01, floor, typical).unwrap();
+        assert_eq!(clean.score, 0.0);
+        // Once warm, its own baseline decides and the typical value is ignored.
+        let mut s = Series::new(params());
+        for sec in 0..40u64 {
+            s.observe(Metric::Requests, &tally(200 + sec % 3, 0, 5), 0.01, 5.0, Some(routes));
+        }
+        assert!(s.warm());
+        assert_eq!(s.observe(Metric::Requests, &tally(201, 0, 5), 0.01, 5.0, Some(routes)).unwrap().score, 0.0);
     }
 
     /// A reading of `score` at `second`, for driving `track` directly.
