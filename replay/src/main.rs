@@ -4,7 +4,9 @@
 //!
 //!   vigil-replay timeseries --input FILE.csv --output OUT.csv
 //!   vigil-replay nab --data DIR --labels combined_windows.json [--threshold T]
+//!   vigil-replay accesslog --input access.log [--time-series JSON] [--stall-at S --stall-ms MS] [--jitter-from S --jitter-ms MS]
 
+mod accesslog;
 mod nab;
 
 use std::collections::BTreeMap;
@@ -17,7 +19,9 @@ const USAGE: &str = "usage:
   vigil-replay timeseries --input FILE.csv --output OUT.csv
   vigil-replay nab --data DIR --labels combined_windows.json [--threshold T] [--choose name=v1,v2,...]
   (both take --param name=value to override a detector parameter, for tuning;
-   --choose scores choosing that parameter by leave-one-category-out)";
+   --choose scores choosing that parameter by leave-one-category-out)
+  vigil-replay accesslog --input access.log [--time-series JSON] [--stall-at S --stall-ms MS] [--jitter-from S --jitter-ms MS]
+  (an Envoy JSON access log through the traffic analysis; JSON is a time_series_analysis object)";
 
 /// The filter's default `anomaly_sensitivity`; `threshold(DEFAULT_SENSITIVITY)`
 /// is what a detection means in production, the fixed threshold reported.
@@ -28,6 +32,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("timeseries") => timeseries(&args[1..]),
         Some("nab") => nab_command(&args[1..]),
+        Some("accesslog") => accesslog_command(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -110,6 +115,26 @@ fn set_param(p: &mut Params, k: &str, v: f64) -> Result<(), String> {
             _ => return Err(format!("unknown parameter `{k}`")),
         }
     }
+    Ok(())
+}
+
+fn accesslog_command(args: &[String]) -> Result<(), String> {
+    let input = PathBuf::from(required(args, "--input")?);
+    let text = fs::read_to_string(&input).map_err(|e| format!("{}: {e}", input.display()))?;
+    let ts = flag(args, "--time-series").unwrap_or_else(|| "{}".into());
+    let cfg = vigil::engine::config::parse(format!(r#"{{"time_series_analysis": {ts}}}"#).as_bytes())
+        .map_err(|e| format!("--time-series: {e}"))?
+        .time_series_analysis;
+    let number = |name: &str| -> Result<Option<u64>, String> {
+        flag(args, name).map(|v| v.parse().map_err(|_| format!("{name} `{v}` is not a whole number"))).transpose()
+    };
+    let pair = |a: &str, b: &str| -> Result<Option<(u64, u64)>, String> { Ok(number(a)?.zip(number(b)?)) };
+    let options = accesslog::Options { cfg, stall: pair("--stall-at", "--stall-ms")?, jitter: pair("--jitter-from", "--jitter-ms")? };
+    let onsets = accesslog::replay(&text, &options)?;
+    for line in &onsets {
+        println!("{line}");
+    }
+    println!("{} anomaly onsets", onsets.len());
     Ok(())
 }
 
