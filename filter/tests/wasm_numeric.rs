@@ -148,6 +148,7 @@ fn traffic_detector_and_analysis_in_wasm() {
         max_routes: 4,
         idle_s: 120,
         drift_s: 600,
+        floors: vigil::engine::traffic::series::Floors::default(),
     };
     let mut state = State::new(0, &settings);
     let second = |t: u64, failing: bool| {

@@ -2,10 +2,17 @@
 
 One run, four routes at a steady 20 requests per second each, for longer than
 the analysis warm-up; then, at once, one route bursts tenfold, one starts
-answering 503 and one slows down tenfold, while the fourth stays steady. Each
-fault must be flagged within 10 seconds, naming its metric and route; the
-steady phase and the steady route must raise nothing; and every request must
-be counted exactly once, as Envoy itself counted it.
+answering 503 and one slows down tenfold, while the fourth stays steady, and a
+route never seen before appears with five times the traffic of any other (a
+young route, judged against the established ones rather than skipped while it
+warms up). Each fault must be flagged within 10 seconds, naming its metric and
+route; the steady phase and the steady route must raise nothing; and every
+request must be counted exactly once, as Envoy itself counted it.
+
+The steady phase runs on a shared 2-core machine: CPU jitter and stalls of the
+host move the latency quantiles of these fast routes (5 ms) by tens of
+milliseconds now and then. The minimum meaningful change per metric
+(`time_series_analysis.min_change`, defaults) is what keeps that quiet.
 """
 
 from __future__ import annotations
@@ -29,9 +36,12 @@ ROUTES = {
     "errors": ("/status/200", "/status/503", RATE, RATE),
     "slow": ("/slow/5", "/slow/50", RATE, RATE),
     "steady": ("/direct/steady", "/direct/steady", RATE, RATE),
+    # Not a request before the onset: a young route from its first second.
+    "fresh": ("/direct/fresh", "/direct/fresh", 0, 5 * RATE),
 }
-TEMPLATES = {"burst": "/direct/burst", "errors": "/status/{id}", "slow": "/slow/{id}", "steady": "/direct/steady"}
-EXPECTED = {"burst": "requests_per_s", "errors": "5xx_rate", "slow": "latency_p50_ms"}
+TEMPLATES = {"burst": "/direct/burst", "errors": "/status/{id}", "slow": "/slow/{id}", "steady": "/direct/steady",
+             "fresh": "/direct/fresh"}
+EXPECTED = {"burst": "requests_per_s", "errors": "5xx_rate", "slow": "latency_p50_ms", "fresh": "requests_per_s"}
 ONSET = re.compile(r"traffic anomaly: (\S+) on (\S+) scored")
 THRESHOLD = re.compile(r"traffic analysis: anomaly threshold ([0-9.]+)")
 
@@ -62,11 +72,16 @@ class Load:
     def loop(self, name: str, k: int, share: int):
         before, after, rate_before, rate_after = ROUTES[name]
         conn, used = None, 0
-        next_at = time.monotonic() + k / (rate_before)
+        next_at = time.monotonic() + k / max(rate_before, rate_after)
         while not self.stop.is_set():
             faulty = self.faulty.is_set()
             rate = (rate_after if faulty else rate_before) / share
             now = time.monotonic()
+            if rate == 0:
+                # Not sending yet: start on time once the onset comes.
+                next_at = now + k / max(rate_before, rate_after)
+                self.faulty.wait(0.05)
+                continue
             if next_at > now:
                 time.sleep(min(next_at - now, 0.05))
                 continue
@@ -86,7 +101,7 @@ class Load:
                 continue
             with self.lock:
                 self.sent[name] += 1
-                if name != "burst" and name != "steady" and resp.status in (200, 503):
+                if name in ("errors", "slow") and resp.status in (200, 503):
                     try:
                         self.last_signals[name] = echoed(body)["x-vigil-signals"]
                     except (ValueError, KeyError):
@@ -132,7 +147,7 @@ def test_burst_errors_and_slowdown_are_flagged_within_10_s_and_steady_traffic_is
                         found[name] = time.monotonic() - onset
             return len(found) == len(EXPECTED)
 
-        wait_for(all_flagged, timeout=10, what=f"all three faults flagged (found {found})")
+        wait_for(all_flagged, timeout=10, what=f"all four faults flagged (found {found})")
         print(f"\ndetection delay after onset (s): " + ", ".join(f"{k} {v:.1f}" for k, v in sorted(found.items())))
         time.sleep(3)
         # Requests on a faulty route now carry a high traffic score.
@@ -145,6 +160,9 @@ def test_burst_errors_and_slowdown_are_flagged_within_10_s_and_steady_traffic_is
 
     # The steady route never raised anything of its own.
     assert not [o for o in onsets(stack) if o[1] == TEMPLATES["steady"]], onsets(stack)
+    # The young route was judged against the established routes.
+    assert re.search(r"traffic anomaly: requests_per_s on /direct/fresh scored [0-9.]+ \(\S+ vs established routes' ",
+                     stack.envoy_log_text()), onsets(stack)
 
     # The burst route's requests (answered by Envoy, so seen in the access log)
     # carry the score, with the metric and route named. (Their decision is the

@@ -258,6 +258,7 @@ fn traffic_scoring(c: &mut Criterion) {
         max_routes: 16,
         idle_s: 3_600,
         drift_s: 600,
+        floors: traffic::series::Floors::default(),
     };
     let mut second = Counts::default();
     for i in 0..2_000u64 {

@@ -657,6 +657,9 @@ pub struct TimeSeriesAnalysis {
     /// A series anomalous this long (short breaks aside) has drifted: its
     /// baseline is re-learned at the new level and the drift reported.
     pub drift_minutes: u32,
+    /// The minimum meaningful change per metric: a smaller deviation from
+    /// the baseline is never an anomaly.
+    pub min_change: MinChange,
 }
 
 impl Default for TimeSeriesAnalysis {
@@ -667,7 +670,49 @@ impl Default for TimeSeriesAnalysis {
             anomaly_sensitivity: 0.8,
             max_routes: 16,
             drift_minutes: 10,
+            min_change: MinChange::default(),
         }
+    }
+}
+
+/// `time_series_analysis.min_change`: per metric (keys as the metric names in
+/// threat details and metric labels), the smallest deviation from a series'
+/// baseline that can be an incident, in the metric's unit. 0 leaves it to
+/// the statistics alone.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MinChange {
+    pub requests_per_s: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p95_ms: f64,
+    pub latency_p99_ms: f64,
+    /// A share (0.05 is 5 percentage points).
+    #[serde(rename = "4xx_rate")]
+    pub client_error_rate: f64,
+    #[serde(rename = "5xx_rate")]
+    pub server_error_rate: f64,
+}
+
+impl MinChange {
+    /// In the order of the traffic series (`traffic::series::METRICS`).
+    pub fn by_metric(&self) -> [f64; 6] {
+        [
+            self.requests_per_s,
+            self.latency_p50_ms,
+            self.latency_p95_ms,
+            self.latency_p99_ms,
+            self.client_error_rate,
+            self.server_error_rate,
+        ]
+    }
+}
+
+impl Default for MinChange {
+    /// The traffic analysis' own defaults (one list of numbers, not two).
+    fn default() -> Self {
+        let [requests_per_s, latency_p50_ms, latency_p95_ms, latency_p99_ms, client_error_rate, server_error_rate] =
+            crate::engine::traffic::series::Floors::default().0;
+        Self { requests_per_s, latency_p50_ms, latency_p95_ms, latency_p99_ms, client_error_rate, server_error_rate }
     }
 }
 
@@ -964,6 +1009,13 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     unit_interval("time_series_analysis.anomaly_sensitivity", t.anomaly_sensitivity)?;
     in_range("time_series_analysis.max_routes", t.max_routes, 1, 64)?;
     in_range("time_series_analysis.drift_minutes", t.drift_minutes, 1, 24 * 60)?;
+    let m = &t.min_change;
+    in_range("time_series_analysis.min_change.requests_per_s", m.requests_per_s, 0.0, 1e6)?;
+    for (key, v) in [("latency_p50_ms", m.latency_p50_ms), ("latency_p95_ms", m.latency_p95_ms), ("latency_p99_ms", m.latency_p99_ms)] {
+        in_range(&format!("time_series_analysis.min_change.{key}"), v, 0.0, 600_000.0)?;
+    }
+    unit_interval("time_series_analysis.min_change.4xx_rate", m.client_error_rate)?;
+    unit_interval("time_series_analysis.min_change.5xx_rate", m.server_error_rate)?;
 
     let w = &c.ml_scoring_weights;
     unit_interval("ml_scoring_weights.behavioral_deviation", w.behavioral_deviation)?;
@@ -1199,6 +1251,27 @@ mod tests {
         assert_eq!(e.field, "time_series_analysis.max_routes");
         let e = err(r#"{"behavioral_profiling": {"sync_interval_ms": 50}}"#);
         assert_eq!(e.field, "behavioral_profiling.sync_interval_ms");
+    }
+
+    #[test]
+    fn min_change_has_defaults_parses_and_is_validated_naming_the_field() {
+        let m = parse(b"{}").unwrap().time_series_analysis.min_change;
+        assert_eq!(m.by_metric(), [5.0, 20.0, 50.0, 100.0, 0.05, 0.05]);
+        let c = parse(br#"{"time_series_analysis": {"min_change": {"latency_p95_ms": 30, "5xx_rate": 0.02, "requests_per_s": 0}}}"#).unwrap();
+        let m = c.time_series_analysis.min_change;
+        assert_eq!((m.latency_p95_ms, m.server_error_rate, m.requests_per_s, m.latency_p50_ms), (30.0, 0.02, 0.0, 20.0));
+        for (bad, field) in [
+            (r#"{"latency_p95_ms": -1}"#, "time_series_analysis.min_change.latency_p95_ms"),
+            (r#"{"latency_p99_ms": 1e9}"#, "time_series_analysis.min_change.latency_p99_ms"),
+            (r#"{"requests_per_s": -0.5}"#, "time_series_analysis.min_change.requests_per_s"),
+            (r#"{"4xx_rate": 5}"#, "time_series_analysis.min_change.4xx_rate"),
+            (r#"{"5xx_rate": -0.01}"#, "time_series_analysis.min_change.5xx_rate"),
+            (r#"{"latency_p50_ms": "10ms"}"#, "time_series_analysis.min_change.latency_p50_ms"),
+            (r#"{"latency_ms": 10}"#, "time_series_analysis.min_change"),
+        ] {
+            let e = err(&format!(r#"{{"time_series_analysis": {{"min_change": {bad}}}}}"#));
+            assert!(e.field.starts_with(field), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! once, not once per worker, and survives a change of holder.
 
 use super::detector::Params;
-use super::series::{Metric, Series, METRICS};
+use super::series::{Floors, Metric, Series, Typical, METRICS};
 use super::tally::{Counts, Tally};
 use crate::engine::codec::{Reader, Writer};
 
@@ -70,6 +70,8 @@ pub struct Settings {
     /// A series anomalous this long (short breaks aside) has drifted: its
     /// baseline is re-learned and the drift reported.
     pub drift_s: u64,
+    /// The minimum meaningful change per metric (`time_series_analysis.min_change`).
+    pub floors: Floors,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -97,6 +99,9 @@ pub struct Onset {
     pub score: f64,
     pub value: f64,
     pub baseline: f64,
+    /// The series is young (its route first seen less than a warm-up ago):
+    /// `baseline` is the highest typical value among the established routes.
+    pub young: bool,
 }
 
 /// A series whose normal shifted for good: anomalous for the drift time (or,
@@ -165,17 +170,24 @@ impl State {
             *slot = other;
         }
 
+        // What the established scopes say is typical, before this second
+        // moves their baselines: young routes are judged against it.
+        let typical = self.typical();
         let mut scores = Vec::with_capacity(self.tracked.len());
         let mut onsets = Vec::new();
         let mut drifts = Vec::new();
-        for (tracked, tally) in self.tracked.iter_mut().zip(&tallies) {
+        for (i, (tracked, tally)) in self.tracked.iter_mut().zip(&tallies).enumerate() {
             if tally.requests > 0 {
                 tracked.last_seen = second;
             }
+            // Routes only: the listener and "other" have no population to be
+            // compared with (they warm up at start-up, with everything else).
+            let population = if i >= 2 { typical } else { [None; METRICS.len()] };
             // The most anomalous series; on a tie (all zero), the first: volume, always there.
             let mut best: Option<ScopeScore> = None;
-            for (series, metric) in tracked.series.iter_mut().zip(METRICS) {
-                let reading = series.observe(metric, tally, s.alpha);
+            for ((series, metric), typical) in tracked.series.iter_mut().zip(METRICS).zip(population) {
+                let reading = series.observe(metric, tally, s.alpha, s.floors.get(metric), typical);
+                let young = !series.warm();
                 // This second still scores as observed; the re-learned baseline
                 // scores the next.
                 if let Some(shift) = series.track(reading.as_ref(), second, s.threshold, s.drift_s) {
@@ -184,7 +196,7 @@ impl State {
                 let Some(r) = reading else { continue };
                 if r.score >= s.threshold && !series.active {
                     series.active = true;
-                    onsets.push(Onset { scope: tracked.scope.clone(), metric, score: r.score, value: r.value, baseline: r.baseline });
+                    onsets.push(Onset { scope: tracked.scope.clone(), metric, score: r.score, value: r.value, baseline: r.baseline, young });
                 } else if r.score < s.threshold / 2.0 {
                     series.active = false;
                 }
@@ -202,6 +214,22 @@ impl State {
         }
         self.cursor = second;
         Analysis { scores, onsets, drifts }
+    }
+
+    /// Per metric, what is typical among the established scopes, for judging
+    /// young routes: the highest baseline among the routes whose series is
+    /// warm (with its spread), or the listener's when no route's is. The
+    /// highest, so a new route is unusual only where it is beyond every
+    /// established one. Worked out from the state each second: nothing is stored.
+    fn typical(&self) -> [Option<Typical>; METRICS.len()] {
+        let mut out = [None; METRICS.len()];
+        for (k, slot) in out.iter_mut().enumerate() {
+            let routes = self.tracked.iter().skip(2).filter_map(|t| t.series.get(k)?.typical());
+            *slot = routes
+                .max_by(|a, b| a.level.total_cmp(&b.level))
+                .or_else(|| self.tracked.first()?.series.get(k)?.typical());
+        }
+        out
     }
 
     /// The index of `route`'s scope, tracking it if there is room (a free
@@ -349,6 +377,7 @@ mod tests {
             max_routes: 2,
             idle_s: 60,
             drift_s: 600,
+            floors: Floors::default(),
         }
     }
 
@@ -404,6 +433,75 @@ mod tests {
         assert_eq!(b_5xx.count(), 1, "{all:?}");
     }
 
+    /// Two established routes (20 and 30 rps, 2 ms, no errors) for 100 s, then
+    /// `new` joins them: the onsets of its first 60 seconds (its warm-up is 30).
+    fn newcomer(new: impl Fn(u64, &mut Counts)) -> Vec<(u64, Onset)> {
+        let s = Settings { max_routes: 4, ..settings() };
+        let mut st = State::new(0, &s);
+        let mut found = Vec::new();
+        for t in 1..=160u64 {
+            let mut c = second(&[("/a", 20 + t % 3, 0), ("/b", 30 + t % 2, 0)]);
+            if t > 100 {
+                new(t, &mut c);
+            }
+            let a = st.analyze(t, &c, &s);
+            assert!(t > 100 || a.onsets.is_empty(), "steady second {t}: {:?}", a.onsets);
+            found.extend(a.onsets.into_iter().map(|o| (t - 100, o)));
+        }
+        found
+    }
+
+    fn on_new(found: &[(u64, Onset)]) -> Vec<(u64, Metric)> {
+        found.iter().filter(|(_, o)| o.scope == Scope::Route("/new".into())).map(|(t, o)| (*t, o.metric)).collect()
+    }
+
+    #[test]
+    fn a_young_route_with_a_flood_or_an_outage_is_flagged_from_its_first_second() {
+        // 400 rps from the start: 13 times the busiest established route.
+        let flood = newcomer(|_, c| c.merge(&second(&[("/new", 400, 0)]), 64));
+        assert_eq!(on_new(&flood).first(), Some(&(1, Metric::Requests)), "{flood:?}");
+        let o = flood.iter().map(|(_, o)| o).find(|o| o.scope == Scope::Route("/new".into())).unwrap();
+        assert!(o.young && (29.0..32.0).contains(&o.baseline), "judged against /b's 30 rps: {o:?}");
+        // 80% of its requests fail (the others' 5xx rate is 0).
+        let failing = newcomer(|_, c| c.merge(&second(&[("/new", 20, 16)]), 64));
+        assert_eq!(on_new(&failing).first(), Some(&(1, Metric::ServerErrorRate)), "{failing:?}");
+        // Ten times slower than the slowest established route.
+        let slow = newcomer(|_, c| {
+            for _ in 0..20 {
+                c.add("/new", 64, Some(200), Some(300_000));
+            }
+        });
+        assert_eq!(on_new(&slow).first(), Some(&(1, Metric::LatencyP50)), "{slow:?}");
+    }
+
+    #[test]
+    fn a_young_route_with_ordinary_traffic_is_not_flagged() {
+        for (rate, errors) in [(1, 0), (25, 0), (45, 0), (30, 1)] {
+            let found = newcomer(|t, c| c.merge(&second(&[("/new", rate + t % 3, errors)]), 64));
+            // (The listener may well see its own volume rise: that is its business.)
+            assert!(on_new(&found).is_empty(), "{rate} rps, {errors} errors: {found:?}");
+        }
+        // Somewhat slower than the others (8 ms against 2): within the floor.
+        let found = newcomer(|_, c| {
+            for _ in 0..20 {
+                c.add("/new", 64, Some(200), Some(8_000));
+            }
+        });
+        assert!(on_new(&found).is_empty(), "{found:?}");
+    }
+
+    #[test]
+    fn with_no_established_scope_nothing_is_judged_young() {
+        // At start-up every scope is young together: a burst on one route in
+        // the warm-up has nothing to be compared with, as before.
+        let s = Settings { max_routes: 4, ..settings() };
+        let mut st = State::new(0, &s);
+        for t in 1..=25u64 {
+            let a = st.analyze(t, &second(&[("/a", if t == 20 { 500 } else { 20 }, 0), ("/b", 20, if t == 21 { 18 } else { 0 })]), &s);
+            assert!(a.onsets.is_empty() && a.scores.iter().all(|x| x.score == 0.0), "second {t}: {a:?}");
+        }
+    }
+
     #[test]
     fn state_and_snapshot_round_trip_and_refuse_garbage() {
         let s = settings();
@@ -434,6 +532,7 @@ mod tests {
             max_routes: 4,
             idle_s: 3_600,
             drift_s: 600,
+            floors: Floors::default(),
         }
     }
 

@@ -229,6 +229,11 @@ impl Detector {
         self.get(SMOOTH)
     }
 
+    /// The last sample taken (0 before the first).
+    pub fn last(&self) -> f64 {
+        self.get(LAST)
+    }
+
     /// The direction of the surprise behind the current score: 1 for a rise
     /// (a jump up, a value or level above its range, a bin above the
     /// seasonal prediction), -1 for a fall.

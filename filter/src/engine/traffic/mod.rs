@@ -120,6 +120,7 @@ impl Traffic {
             max_routes: cfg.max_routes as usize,
             idle_s: window_s,
             drift_s: u64::from(cfg.drift_minutes) * 60,
+            floors: series::Floors(cfg.min_change.by_metric()),
         };
         // Settings that change the state's shape get their own keys.
         let prefix = format!("vigil/traffic/{}/{}/", cfg.max_routes, cfg.analysis_window_minutes);
@@ -308,8 +309,11 @@ impl Traffic {
             metrics.add(Metric::TrafficSeconds, 1);
             for o in analysis.onsets {
                 metrics.add(Metric::TrafficAnomalies(o.metric), 1);
+                // A young route has no baseline of its own yet: it was judged
+                // against the established routes.
+                let against = if o.young { "established routes'" } else { "baseline" };
                 found.onsets.push(format!(
-                    "traffic anomaly: {} on {} scored {:.2} ({} vs baseline {})",
+                    "traffic anomaly: {} on {} scored {:.2} ({} vs {against} {})",
                     o.metric.as_str(),
                     o.scope.as_str(),
                     o.score,
@@ -465,7 +469,7 @@ mod tests {
     use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
 
     fn cfg() -> TimeSeriesAnalysis {
-        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4, drift_minutes: 10 }
+        TimeSeriesAnalysis { enable_traffic_analysis: true, analysis_window_minutes: 2, anomaly_sensitivity: 0.8, max_routes: 4, drift_minutes: 10, ..TimeSeriesAnalysis::default() }
     }
 
     /// Two workers, each seeing half the traffic, ticking every 100 ms.
@@ -549,6 +553,24 @@ mod tests {
         assert!(b.detail.as_deref().is_some_and(|d| d.starts_with("5xx_rate on /b")), "{b:?}");
         assert_eq!(t.metrics.get(Metric::TrafficAnomalies(series::Metric::ServerErrorRate)), 2, "listener and /b: {lines:?}");
         assert!(lines.iter().any(|l| l.contains("5xx_rate on /b")));
+    }
+
+    #[test]
+    fn a_new_route_failing_from_its_first_second_is_flagged_against_the_established_ones() {
+        let mut t = Two::new();
+        for s in 0..60 {
+            let lines = t.second(&[("/a", 40 + s % 7, 200, 5), ("/b", 20 + s % 3, 200, 5)]);
+            assert!(lines.is_empty(), "steady second {s}: {lines:?}");
+        }
+        // /new appears answering 503 to all of its 20 requests a second.
+        let mut lines = Vec::new();
+        for _ in 0..4 {
+            lines.extend(t.second(&[("/a", 40, 200, 5), ("/b", 20, 200, 5), ("/new", 20, 503, 5)]));
+        }
+        let onset = lines.iter().find(|l| l.contains("5xx_rate on /new")).expect("flagged");
+        assert!(onset.ends_with("(1.0 vs established routes' 0.000)"), "{onset}");
+        let a = t.workers[1].read("/new", t.now_ms).unwrap();
+        assert!(a.score >= t.workers[1].threshold() && a.detail.as_deref().is_some_and(|d| d.starts_with("5xx_rate on /new")), "{a:?}");
     }
 
     #[test]
