@@ -82,7 +82,7 @@ impl RootContext for VigilRoot {
                 return false;
             }
         };
-        let metrics = match HostMetrics::define() {
+        let metrics = match HostMetrics::define(&crate::engine::keys::Keys::labels(&config)) {
             Ok(m) => m,
             Err(status) => {
                 abi::log(abi::LOG_CRITICAL, &format!("cannot define metrics (status {status})"));
