@@ -328,7 +328,7 @@ impl Keys {
         let n = |x: f32| x.round() as u64;
         let noun = self.noun(kind, v6);
         if kind.extractor.spread_only() {
-            return format!("{noun} seen from {} client addresses in {} s (population p99: {})", n(s.members), self.window_s, n(s.p99));
+            return format!("{noun} seen from {} client addresses in {} s (population p75: {}, p99: {})", n(s.members), self.window_s, n(s.p75), n(s.p99));
         }
         let mut out = format!("{noun} carries {} identities in {} s", n(s.members), self.window_s);
         if let Some(f) = s.failure {
@@ -338,7 +338,7 @@ impl Keys {
             out.push_str(&format!(", {}% fresh", n(f * 100.0)));
         }
         let routes = n(s.routes);
-        out.push_str(&format!(" on {routes} route{} (population p99: {})", if routes == 1 { "" } else { "s" }, n(s.p99)));
+        out.push_str(&format!(" on {routes} route{} (population p75: {}, p99: {})", if routes == 1 { "" } else { "s" }, n(s.p75), n(s.p99)));
         out
     }
 
@@ -480,3 +480,6 @@ impl Keys {
         self.kinds.get(index).map_or(0, |k| k.local.borrow().pending_len())
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -2,8 +2,11 @@
 //!
 //! `score = crowd × badness`:
 //! - **crowd**: how far the key's distinct identities exceed what its kind
-//!   usually carries: 0 up to `max(population p99, min_identities)`, rising
-//!   to 1 at four times that (on a log scale).
+//!   usually carries: 0 up to `max(population p75, min_identities)`, rising
+//!   to 1 at four times that (on a log scale). The 75th percentile, not the
+//!   99th: some kinds are heavy-tailed (a popular browser's user agent
+//!   carries thousands), and a rare value carrying a hundred identities is a
+//!   crowd there too. Whether a crowd is an attack is badness's call.
 //! - **badness**: whether those identities behave like an attack: a failure
 //!   share well above the population's (mean + 3 sd, at least +0.15, at most
 //!   0.6), or a fresh share well above it (new identities). A crowd that
@@ -32,7 +35,8 @@ pub struct Scored {
     pub failure: Option<f32>,
     pub fresh: Option<f32>,
     pub routes: f32,
-    /// The population's 99th percentile of distinct members.
+    /// The population's 75th and 99th percentiles of distinct members.
+    pub p75: f32,
     pub p99: f32,
 }
 
@@ -47,8 +51,8 @@ pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -
         return None;
     }
     let members = r.bits.members();
-    let p99 = pop.quantile(0.99);
-    let floor = p99.max(s.min_identities).max(1.0);
+    let (p75, p99) = (pop.quantile(0.75), pop.quantile(0.99));
+    let floor = p75.max(s.min_identities).max(1.0);
     let crowd = (((members.max(1.0) / floor).log2()) / 2.0).clamp(0.0, 1.0);
     let failure = r.counts.failure_share();
     let fresh = r.counts.fresh_share();
@@ -80,7 +84,7 @@ pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -
     // says little about the request (a fifth of a loud one's say).
     let evidence = 1.0 - (-f64::from(r.counts.requests) / 8.0).exp();
     let confidence = (evidence * (0.2 + 0.8 * score)).clamp(0.0, 1.0);
-    Some(Scored { score, confidence, members, failure, fresh, routes: r.bits.routes(), p99 })
+    Some(Scored { score, confidence, members, failure, fresh, routes: r.bits.routes(), p75, p99 })
 }
 
 #[cfg(test)]
