@@ -30,6 +30,8 @@ pub struct Due {
     pub delta: Delta,
 }
 
+/// Each call of `take_due` looks at this share of the pending table.
+const SCAN_SHARE: usize = 4;
 /// Bits of the per-epoch "already sampled" filter for key values never handed in.
 const SAMPLED_WORDS: usize = 64;
 
@@ -38,8 +40,9 @@ pub struct Local {
     cache: Vec<Cached>,
     /// Population samples since the last hand-in.
     pub samples: Population,
-    /// The population as last read from shared data.
+    /// The population as last read from shared data, and what scoring reads of it.
     pub population: Option<Population>,
+    pub baseline: Option<super::population::Baseline>,
     sampled: [u64; SAMPLED_WORDS],
     sampled_epoch: u32,
     cursor: usize,
@@ -61,6 +64,7 @@ impl Local {
             cache: vec![Cached::default(); n],
             samples: Population::default(),
             population: None,
+            baseline: None,
             sampled: [0; SAMPLED_WORDS],
             sampled_epoch: 0,
             cursor: 0,
@@ -145,12 +149,15 @@ impl Local {
         }
     }
 
-    /// Takes out up to `budget` deltas due for a hand-in: worth sharing (two
-    /// identities or more, a failure, or a value already shared) and counted
-    /// for at least `sync_ms`. A value with one identity and no failure
-    /// after `hold_ms` is only a population sample (once per epoch): most
-    /// key values are like that, and they need no shared record.
-    pub fn take_due(&mut self, now_ms: u64, sync_ms: u64, hold_ms: u64, budget: usize, epoch: u32) -> Vec<Due> {
+    /// Takes out up to `budget` deltas due for a hand-in:
+    /// - a busy value (a failure, or `busy_members` distinct members or more
+    ///   as this worker sees it) after `sync_ms`;
+    /// - a quiet value worth sharing (two identities or more, or one already
+    ///   shared) after `hold_ms`: it cannot score, its view may lag;
+    /// - a value with one identity and no failure after `hold_ms` is only a
+    ///   population sample (once per epoch): most key values are like that,
+    ///   and they need no shared record.
+    pub fn take_due(&mut self, now_ms: u64, sync_ms: u64, hold_ms: u64, busy_members: f32, budget: usize, epoch: u32) -> Vec<Due> {
         if epoch != self.sampled_epoch {
             self.sampled = [0; SAMPLED_WORDS];
             self.sampled_epoch = epoch;
@@ -158,7 +165,10 @@ impl Local {
         let n = self.pending.len();
         let mut due = Vec::new();
         let mut scanned = 0;
-        while scanned < n && due.len() < budget {
+        // A quarter of the table per call: with a 100 ms tick every entry is
+        // looked at every 400 ms, not every tick.
+        let slice = n.div_ceil(SCAN_SHARE);
+        while scanned < slice && due.len() < budget {
             let i = (self.cursor + scanned) % n;
             scanned += 1;
             let Some(p) = self.pending.get(i).copied() else { continue };
@@ -166,9 +176,20 @@ impl Local {
                 continue;
             }
             let age = now_ms.saturating_sub(p.first_ms);
-            let shared = self.cached_of(p.key).is_some();
-            let worth = shared || p.delta.bits.member_bits() >= 2 || p.delta.counts.failures >= 0.5;
-            if worth && age >= sync_ms {
+            let cached = self.cached_of(p.key);
+            let failing = p.delta.counts.failures >= 0.5;
+            let bits = p.delta.bits.member_bits();
+            let members = match cached {
+                Some(c) => {
+                    let mut b = c.record.bits;
+                    b.merge(&p.delta.bits);
+                    b.members()
+                }
+                None => bits as f32,
+            };
+            let busy = failing || members >= busy_members;
+            let worth = cached.is_some() || bits >= 2 || failing;
+            if (busy && age >= sync_ms) || (worth && age >= hold_ms) {
                 due.push(Due { key: p.key, delta: p.delta });
             } else if !worth && age >= hold_ms {
                 self.sample_single(p.key, &p.delta.counts);
@@ -218,6 +239,11 @@ impl Local {
 mod tests {
     use super::*;
 
+    /// A whole pass over the table (four calls).
+    fn take(l: &mut Local, now: u64, sync: u64, hold: u64, busy: f32, budget: usize, epoch: u32) -> Vec<Due> {
+        (0..SCAN_SHARE).flat_map(|_| l.take_due(now, sync, hold, busy, budget, epoch)).collect()
+    }
+
     fn one(failed: bool) -> Counts {
         Counts { requests: 1.0, answered: 1.0, failures: if failed { 1.0 } else { 0.0 }, fresh: 0.0, fresh_known: 0.0 }
     }
@@ -248,18 +274,23 @@ mod tests {
         l.count(3, 13, 1, &one(false), 1, 0); // two identities: shared
         l.count(5, 11, 1, &one(false), 1, 0); // one identity, no failure: a sample
         l.count(7, 11, 1, &one(true), 1, 0); // a failure: shared
-        assert!(l.take_due(500, 1_000, 5_000, 10, 1).is_empty(), "not yet");
-        let due = l.take_due(1_000, 1_000, 5_000, 10, 1);
-        let mut keys: Vec<u64> = due.iter().map(|d| d.key).collect();
-        keys.sort();
-        assert_eq!(keys, [3, 7]);
+        assert!(take(&mut l, 500, 1_000, 5_000, 5.0, 10, 1).is_empty(), "not yet");
+        let due = take(&mut l, 1_000, 1_000, 5_000, 5.0, 10, 1);
+        assert_eq!(due.iter().map(|d| d.key).collect::<Vec<_>>(), [7], "the failing one first");
         assert_eq!(l.samples.samples, 0.0);
-        l.take_due(5_000, 1_000, 5_000, 10, 1);
+        let due = take(&mut l, 5_000, 1_000, 5_000, 5.0, 10, 1);
+        assert_eq!(due.iter().map(|d| d.key).collect::<Vec<_>>(), [3], "the quiet one later");
         assert_eq!(l.samples.samples, 1.0);
         assert!(l.view(5, 5_000, &w).is_none());
         // Once shared, a value is handed in whatever it carries.
         l.remember(5, KeyRecord::default(), 5_000);
         l.count(5, 11, 1, &one(false), 1, 6_000);
-        assert_eq!(l.take_due(7_000, 1_000, 5_000, 10, 1).len(), 1);
+        assert!(take(&mut l, 7_000, 1_000, 5_000, 5.0, 10, 1).is_empty());
+        assert_eq!(take(&mut l, 11_000, 1_000, 5_000, 5.0, 10, 1).len(), 1);
+        // A busy one (five identities) every sync.
+        for m in 20..26 {
+            l.count(9, m, 1, &one(false), 1, 11_000);
+        }
+        assert_eq!(take(&mut l, 12_000, 1_000, 5_000, 5.0, 10, 1).len(), 1);
     }
 }

@@ -210,6 +210,8 @@ impl Keys {
     /// Request path: reads each key's value, scores it against its kind's
     /// population (the `keys` signal), and attributes the route's traffic
     /// anomaly (the `traffic` signal) to its contributors. No host call.
+    // Out of line (here, `learn` and `on_tick`): a profile then shows what the keys cost.
+    #[inline(never)]
     pub fn assess(
         &self,
         req: &dyn RequestView,
@@ -232,7 +234,7 @@ impl Keys {
                 subjects.v6 |= 1 << i;
             }
             let local = kind.local.borrow();
-            let (Some(pop), Some(view)) = (local.population.as_ref(), local.view(value.key, now, &self.window)) else { continue };
+            let (Some(pop), Some(view)) = (local.baseline.as_ref(), local.view(value.key, now, &self.window)) else { continue };
             let Some(scored) = score::score(&view, pop, kind.extractor.spread_only(), &self.scoring) else { continue };
             metrics.add(Metric::Keys(KeyMetric::Scored, kind.index), 1);
             if best.as_ref().map_or(true, |(_, b, _)| scored.score > b.score) {
@@ -344,6 +346,7 @@ impl Keys {
 
     /// A completed request: counted in this worker's pending deltas (and the
     /// route's sketch). No host call, no allocation.
+    #[inline(never)]
     pub fn learn(&self, features: &Features, now_ms: u64) {
         let s = &features.keys;
         let answered = features.status.is_some() && !features.refused;
@@ -374,6 +377,7 @@ impl Keys {
     /// Periodic work (every worker, every tick): hand in due deltas (bounded
     /// per tick) and, once per sync interval, merge the population samples
     /// and the route counts. Returns problems worth a warning.
+    #[inline(never)]
     pub fn on_tick(&self, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Vec<String> {
         let mut problems = Vec::new();
         let epoch = self.window.epoch(now_ms);
@@ -382,7 +386,7 @@ impl Keys {
             if dropped > 0 {
                 metrics.add(Metric::Keys(KeyMetric::Dropped, kind.index), dropped);
             }
-            let due = kind.local.borrow_mut().take_due(now_ms, self.sync_ms, self.hold_ms, HAND_INS_PER_TICK, epoch);
+            let due = kind.local.borrow_mut().take_due(now_ms, self.sync_ms, self.hold_ms, self.scoring.min_identities, HAND_INS_PER_TICK, epoch);
             let table = self.table(kind, store, metrics);
             let mut failed = None;
             for d in &due {
@@ -456,6 +460,7 @@ impl Keys {
         local.samples = Population::default();
         if let Some(p) = merged {
             local.population = Some(p);
+            local.baseline = Some(p.baseline());
         }
         Ok(())
     }

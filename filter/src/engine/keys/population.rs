@@ -72,6 +72,18 @@ impl Moments {
     }
 }
 
+/// What scoring reads of a population, worked out once per sync rather than
+/// on every request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Baseline {
+    pub samples: f32,
+    pub p75: f32,
+    pub p99: f32,
+    /// Mean and standard deviation of the failure share, of the fresh share.
+    pub failure: Option<(f32, f32)>,
+    pub fresh: Option<(f32, f32)>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct Population {
     pub at_ms: u64,
@@ -138,6 +150,16 @@ impl Population {
         p.failure.merge(&local.failure);
         p.fresh.merge(&local.fresh);
         p
+    }
+
+    pub fn baseline(&self) -> Baseline {
+        Baseline {
+            samples: self.samples,
+            p75: self.quantile(0.75),
+            p99: self.quantile(0.99),
+            failure: self.failure.mean_sd(),
+            fresh: self.fresh.mean_sd(),
+        }
     }
 
     /// The `q` quantile of distinct identities per key value.

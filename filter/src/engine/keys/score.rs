@@ -16,7 +16,7 @@
 //! For `identity_addresses` the crowd is the signal (an identity seen from
 //! many addresses at once), badness is 1.
 
-use super::population::Population;
+use super::population::Baseline;
 use super::record::KeyRecord;
 
 /// What scoring needs besides the record and its population.
@@ -46,12 +46,12 @@ const COLD_POPULATION_FRESH: f32 = 0.5;
 
 /// The score of `r` (as of now) against `pop`; `None` until the population
 /// is large enough to say what is usual.
-pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -> Option<Scored> {
+pub fn score(r: &KeyRecord, pop: &Baseline, spread_only: bool, s: &Settings) -> Option<Scored> {
     if pop.samples < s.min_population {
         return None;
     }
     let members = r.bits.members();
-    let (p75, p99) = (pop.quantile(0.75), pop.quantile(0.99));
+    let (p75, p99) = (pop.p75, pop.p99);
     let floor = p75.max(s.min_identities).max(1.0);
     let crowd = (((members.max(1.0) / floor).log2()) / 2.0).clamp(0.0, 1.0);
     let failure = r.counts.failure_share();
@@ -59,7 +59,7 @@ pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -
     let badness = if spread_only {
         1.0
     } else {
-        let fail = match (pop.failure.mean_sd(), failure) {
+        let fail = match (pop.failure, failure) {
             (Some((mean, sd)), Some(_)) => {
                 // Shrunk toward the population's mean by two answers' worth.
                 let share = (r.counts.failures + 2.0 * mean) / (r.counts.answered + 2.0);
@@ -69,7 +69,7 @@ pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -
             (None, Some(share)) => ((share - 0.6) / 0.2).clamp(0.0, 1.0),
             _ => 0.0,
         };
-        let new = match (pop.fresh.mean_sd(), fresh) {
+        let new = match (pop.fresh, fresh) {
             (Some((mean, sd)), Some(_)) if mean <= COLD_POPULATION_FRESH => {
                 let share = (r.counts.fresh + 2.0 * mean) / (r.counts.fresh_known + 2.0);
                 let high = mean + (3.0 * sd).max(0.25);
@@ -90,6 +90,7 @@ pub fn score(r: &KeyRecord, pop: &Population, spread_only: bool, s: &Settings) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::keys::population::Population;
     use crate::engine::keys::record::{Bits, Counts};
 
     fn h(i: u64) -> u64 {
@@ -107,7 +108,7 @@ mod tests {
 
     /// Most /24s carry one identity, a few several; failures around 5%,
     /// fresh share around 10%.
-    fn population() -> Population {
+    fn population() -> Baseline {
         let mut p = Population::default();
         for i in 0..500u64 {
             let n = match i % 100 { 0 => 4, 1..=9 => 2, _ => 1 };
@@ -115,7 +116,7 @@ mod tests {
             let fresh = if i % 10 == 0 { 10.0 } else { 0.5 };
             p.sample(&record(n, 20.0, failures, fresh));
         }
-        p
+        p.baseline()
     }
 
     const S: Settings = Settings { min_population: 50.0, min_identities: 5.0 };
@@ -142,12 +143,13 @@ mod tests {
     fn nothing_is_said_before_the_population_is_known_and_a_fresh_population_ignores_freshness() {
         let mut small = Population::default();
         small.sample(&record(1, 5.0, 0.0, 0.0));
-        assert!(score(&record(143, 430.0, 400.0, 420.0), &small, false, &S).is_none());
+        assert!(score(&record(143, 430.0, 400.0, 420.0), &small.baseline(), false, &S).is_none());
         // Just after start every identity is fresh: freshness is no evidence then.
         let mut cold = Population::default();
         for _ in 0..100 {
             cold.sample(&record(1, 5.0, 0.0, 5.0));
         }
+        let cold = cold.baseline();
         let new_users = score(&record(40, 200.0, 0.0, 200.0), &cold, false, &S).unwrap();
         assert_eq!(new_users.score, 0.0, "{new_users:?}");
         let stuffing = score(&record(40, 200.0, 190.0, 200.0), &cold, false, &S).unwrap();
