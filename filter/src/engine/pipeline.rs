@@ -496,7 +496,8 @@ impl Engine {
     }
 
     /// The weight of configured detectors with nothing to say about this
-    /// request: a profile still cold (or none: anonymous), no model answer.
+    /// request: a profile still cold (or none: anonymous), no model answer,
+    /// no secondary key scored.
     fn missing_weight(&self, v: &Verdict) -> f64 {
         let w = &self.config.ml_scoring_weights;
         let mut missing = 0.0;
@@ -505,6 +506,11 @@ impl Engine {
         }
         if self.ml.is_some() && v.features.user_deviation_score.is_none() {
             missing += w.user_anomaly;
+        }
+        // Secondary keys configured, but none scored this request (no key
+        // value, or its population is still too small to say what is usual).
+        if self.keys.is_some() && !v.signals.iter().any(|s| s.name == keys::SIGNAL) {
+            missing += w.secondary_keys;
         }
         missing
     }
