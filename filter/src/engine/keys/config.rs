@@ -50,7 +50,7 @@ impl Default for SecondaryKeys {
             max_keys: 4096,
             window_seconds: 60,
             baseline_minutes: 60,
-            min_population: 50,
+            min_population: 20,
             min_identities: 5,
             failure_statuses: vec![401, 403, 404, 429],
             score_threshold: 0.5,
@@ -304,7 +304,7 @@ mod tests {
         let c = parse(b"{}").unwrap();
         let k = &c.secondary_keys;
         assert!(!k.enabled && k.keys.is_empty());
-        assert_eq!((k.max_keys, k.window_seconds, k.min_population, k.sync_interval_ms), (4096, 60, 50, 1000));
+        assert_eq!((k.max_keys, k.window_seconds, k.min_population, k.sync_interval_ms), (4096, 60, 20, 1000));
         assert_eq!(k.failure_statuses, vec![401, 403, 404, 429]);
         assert_eq!(c.ml_scoring_weights.secondary_keys, 0.3);
         assert!(k.attribution.enabled);
