@@ -119,6 +119,23 @@ impl RootContext for VigilRoot {
                 ),
             );
         }
+        let keys = &engine.config.secondary_keys;
+        if keys.enabled {
+            let attribution = match (keys.attribution.enabled, engine.config.time_series_analysis.enable_traffic_analysis) {
+                (true, true) => "on",
+                (true, false) => "off (it needs time_series_analysis.enable_traffic_analysis)",
+                (false, _) => "off",
+            };
+            abi::log(
+                abi::LOG_INFO,
+                &format!(
+                    "secondary keys: [{}], {} s window, {} slots each; route anomaly attribution {attribution}",
+                    crate::engine::keys::Keys::labels(&engine.config).join(", "),
+                    keys.window_seconds,
+                    keys.max_keys
+                ),
+            );
+        }
         if let Some(ml) = engine.ml() {
             let c = &engine.config.ml_model_config;
             abi::log(
