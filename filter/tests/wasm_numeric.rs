@@ -210,3 +210,37 @@ fn model_answers_and_feature_vector_in_wasm() {
     assert!((v[4] - 1.0).abs() < 1e-6 && (v[5] - 0.5).abs() < 1e-6, "06:00 UTC");
     assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
 }
+
+#[wasm_bindgen_test]
+fn secondary_keys_counting_population_and_score_in_wasm() {
+    use vigil::engine::keys::population::Population;
+    use vigil::engine::keys::record::{Bits, Counts, Delta, KeyRecord, Window};
+    use vigil::engine::keys::score::{score, Settings};
+    use vigil::engine::slots::Record;
+    let key = HashKey::new(9, 10);
+    let w = Window::new(60);
+    let record = |identities: u64, requests: f32, failures: f32| {
+        let mut bits = Bits::default();
+        for i in 0..identities {
+            bits.add(key.hash(&[&i.to_le_bytes()]) | 1, 3, w.epoch(1_700_000_000_000));
+        }
+        let counts = Counts { requests, answered: requests, failures, ..Counts::default() };
+        KeyRecord::merged(None, &Delta { counts, bits }, 1_700_000_000_000, &w).0
+    };
+    let stuffing = record(143, 430.0, 400.0);
+    assert!((stuffing.bits.members() - 143.0).abs() < 15.0, "{}", stuffing.bits.members());
+    let mut out = Vec::new();
+    stuffing.encode(&mut out);
+    assert_eq!(KeyRecord::decode(&out), Some(stuffing));
+    let mut pop = Population::default();
+    for i in 0..300u64 {
+        pop.sample(&record(if i % 50 == 0 { 3 } else { 1 }, 20.0, if i % 20 == 0 { 1.0 } else { 0.0 }));
+    }
+    let base = pop.baseline();
+    assert_eq!(base.p75, 1.0);
+    let s = Settings { min_population: 50.0, min_identities: 5.0 };
+    assert!(score(&stuffing, &base, false, &s).unwrap().score > 0.9);
+    assert!(score(&record(30, 600.0, 12.0), &base, false, &s).unwrap().score < 0.05);
+    let later = stuffing.at(1_700_000_000_000 + 60_000, &w);
+    assert!((later.counts.requests - 430.0 * (-1.0f32).exp()).abs() < 0.5);
+}

@@ -25,7 +25,7 @@ impl fmt::Display for ConfigError {
 }
 
 impl ConfigError {
-    fn new(field: &str, reason: impl Into<String>) -> Self {
+    pub(crate) fn new(field: &str, reason: impl Into<String>) -> Self {
         Self { field: field.to_string(), reason: reason.into() }
     }
 }
@@ -73,6 +73,8 @@ pub struct Config {
     pub debug: DebugConfig,
     pub adaptive_thresholds: AdaptiveThresholds,
     pub admin: AdminConfig,
+    /// Client prefix, ASN, country, fingerprint headers: see `keys`.
+    pub secondary_keys: crate::engine::keys::config::SecondaryKeys,
 }
 
 /// Thresholds that move: per route group toward a target false-positive
@@ -389,6 +391,7 @@ impl Default for Config {
             debug: DebugConfig::default(),
             adaptive_thresholds: AdaptiveThresholds::default(),
             admin: AdminConfig::default(),
+            secondary_keys: Default::default(),
         }
     }
 }
@@ -722,11 +725,13 @@ pub struct MlScoringWeights {
     pub behavioral_deviation: f64,
     pub traffic_anomaly: f64,
     pub user_anomaly: f64,
+    /// The `keys` detector (`secondary_keys`).
+    pub secondary_keys: f64,
 }
 
 impl Default for MlScoringWeights {
     fn default() -> Self {
-        Self { behavioral_deviation: 0.4, traffic_anomaly: 0.3, user_anomaly: 0.5 }
+        Self { behavioral_deviation: 0.4, traffic_anomaly: 0.3, user_anomaly: 0.5, secondary_keys: 0.3 }
     }
 }
 
@@ -842,7 +847,7 @@ pub fn parse(bytes: &[u8]) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
+pub(crate) fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
     if v.is_finite() && (0.0..=1.0).contains(&v) {
         Ok(())
     } else {
@@ -850,7 +855,7 @@ fn unit_interval(field: &str, v: f64) -> Result<(), ConfigError> {
     }
 }
 
-fn in_range<T: PartialOrd + fmt::Display + Copy>(field: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
+pub(crate) fn in_range<T: PartialOrd + fmt::Display + Copy>(field: &str, v: T, lo: T, hi: T) -> Result<(), ConfigError> {
     if v >= lo && v <= hi {
         Ok(())
     } else {
@@ -1021,6 +1026,8 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
     unit_interval("ml_scoring_weights.behavioral_deviation", w.behavioral_deviation)?;
     unit_interval("ml_scoring_weights.traffic_anomaly", w.traffic_anomaly)?;
     unit_interval("ml_scoring_weights.user_anomaly", w.user_anomaly)?;
+    unit_interval("ml_scoring_weights.secondary_keys", w.secondary_keys)?;
+    crate::engine::keys::config::validate(c)?;
 
     if c.identity.sources.is_empty() {
         return Err(ConfigError::new("identity.sources", "must list at least one source"));
@@ -1112,7 +1119,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
 }
 
 /// Envoy lowercases header names; a configured name must match what it sees.
-fn is_header_name(name: &str) -> bool {
+pub(crate) fn is_header_name(name: &str) -> bool {
     !name.is_empty()
         && name
             .bytes()

@@ -81,6 +81,9 @@ pub struct Features {
     /// Which model gave `user_deviation_score` (`None` for a stored `async`
     /// answer, whichever model gave it), for feedback's per-model accuracy.
     pub ml_model: Option<crate::engine::ml::Role>,
+    /// The request's secondary-key values (keyed hashes), for learning at
+    /// completion (`secondary_keys`); all zero when off.
+    pub keys: crate::engine::keys::Subjects,
 }
 
 impl Features {
@@ -105,6 +108,7 @@ impl Features {
             traffic_anomaly_score: None,
             user_deviation_score: None,
             ml_model: None,
+            keys: crate::engine::keys::Subjects::default(),
         }
     }
 }

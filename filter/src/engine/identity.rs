@@ -167,7 +167,7 @@ fn client_ip(req: &dyn RequestView, hops: u32) -> Option<IpAddr> {
 }
 
 /// Parses `ip`, `ip:port`, `[v6]` or `[v6]:port`.
-fn parse_ip(s: &[u8]) -> Option<IpAddr> {
+pub(crate) fn parse_ip(s: &[u8]) -> Option<IpAddr> {
     let s = std::str::from_utf8(s).ok()?.trim();
     if let Ok(ip) = s.parse() {
         return Some(ip);

@@ -13,6 +13,7 @@ pub mod features;
 pub mod feedback;
 pub mod hash;
 pub mod identity;
+pub mod keys;
 pub mod lease;
 pub mod ml;
 pub mod outbox;

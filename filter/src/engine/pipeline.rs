@@ -10,6 +10,7 @@ use super::features::{Combine, Features, Method, ObjectRef, Signal, ThreatDetail
 use super::feedback::{self, decisions::Decided, Feedback};
 use super::hash::HashKey;
 use super::identity::{self, IdentityKind};
+use super::keys::{self, Keys};
 use super::ml::{self, vector, Exchange, Ml};
 use super::ports::{Callouts, Metric, MetricsSink, SharedStore, StoreError};
 use super::profile::{self, model, population, Assessment, Profiler};
@@ -34,6 +35,8 @@ pub struct Engine {
     alerts: Option<Alerts>,
     collector: Option<events::collector::Collector>,
     feedback: Feedback,
+    /// Secondary keys and route-anomaly attribution (`secondary_keys`).
+    keys: Option<Keys>,
 }
 
 /// What periodic work has to say: problems (logged at warn) and security
@@ -100,7 +103,8 @@ impl Engine {
         let collector = config.siem.collector.as_ref().and_then(|c| events::collector::Collector::new(c, syslog_host));
         let feedback = Feedback::new(&config.adaptive_thresholds, config.admin.enabled().then_some(config.admin.recent_decisions));
         let rate_hints = config.rate_limit.enabled.then(|| Hints::for_slots(config.rate_limit.max_identities));
-        Self { config, hash_key, rate_prefix, rate_hints, profiler, traffic, ml, alerts, collector, feedback }
+        let keys = config.secondary_keys.enabled.then(|| Keys::new(&config, hash_key));
+        Self { config, hash_key, rate_prefix, rate_hints, profiler, traffic, ml, alerts, collector, feedback, keys }
     }
 
     /// Start-up work: creates the shared tables. Idempotent across workers.
@@ -123,6 +127,9 @@ impl Engine {
             created += a.start(store, metrics)?;
         }
         created += self.feedback.start(store, metrics)?;
+        if let Some(k) = &self.keys {
+            created += k.start(store, metrics)?;
+        }
         Ok(created)
     }
 
@@ -186,6 +193,9 @@ impl Engine {
         if let Some(a) = &self.alerts {
             log.warn.extend(a.outbox.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("alerts: {l}")));
         }
+        if let Some(k) = &self.keys {
+            log.warn.extend(k.on_tick(now_ms, store, metrics));
+        }
         if let Some(c) = &self.collector {
             log.warn.extend(c.on_tick(now_ms, callouts, metrics).into_iter().map(|l| format!("siem: {l}")));
         }
@@ -206,6 +216,9 @@ impl Engine {
             // models are counted under `ml`).
             for d in feedback::DETECTORS.iter().filter(|d| !d.is_model() && v.mask & d.bit() != 0) {
                 metrics.add(Metric::DecisionReasons(d.as_str()), 1);
+            }
+            if v.signals.iter().any(|s| s.name == keys::SIGNAL && matches!(s.combine, Combine::Weighted { gate, .. } if s.score >= gate)) {
+                metrics.add(Metric::DecisionReasons(keys::SIGNAL), 1);
             }
         }
         if let Some(e) = Event::of_decision(v) {
@@ -450,6 +463,7 @@ impl Engine {
 
         self.traffic_step(&mut v, now_ms);
         let local_steps = [self.rate_step(&mut v, now_ms, store, metrics), self.profile_step(&mut v, store, metrics)];
+        self.keys_step(req, &mut v, metrics);
         // The local risk, before the model's own earlier verdict joins it: an
         // identity the model flagged is not asked about on every request.
         let local_risk = scoring::risk(&v.signals, 0.0).score;
@@ -515,7 +529,8 @@ impl Engine {
     }
 
     /// The weight of configured detectors with nothing to say about this
-    /// request: a profile still cold (or none: anonymous), no model answer.
+    /// request: a profile still cold (or none: anonymous), no model answer,
+    /// no secondary key scored.
     fn missing_weight(&self, v: &Verdict) -> f64 {
         let w = &self.config.ml_scoring_weights;
         let mut missing = 0.0;
@@ -524,6 +539,11 @@ impl Engine {
         }
         if self.ml.is_some() && v.features.user_deviation_score.is_none() {
             missing += w.user_anomaly;
+        }
+        // Secondary keys configured, but none scored this request (no key
+        // value, or its population is still too small to say what is usual).
+        if self.keys.is_some() && !v.signals.iter().any(|s| s.name == keys::SIGNAL) {
+            missing += w.secondary_keys;
         }
         missing
     }
@@ -615,7 +635,9 @@ impl Engine {
     /// Whether any detector reads response features (status, latency). Reading
     /// them costs host calls on every response, so the host asks only then.
     pub fn wants_response_features(&self) -> bool {
-        self.config.behavioral_profiling.enable_user_profiling || self.config.time_series_analysis.enable_traffic_analysis
+        self.config.behavioral_profiling.enable_user_profiling
+            || self.config.time_series_analysis.enable_traffic_analysis
+            || self.keys.is_some()
     }
 
     /// Completes the features with what the response tells.
@@ -633,6 +655,9 @@ impl Engine {
         // Vigil's own 429/403 must not teach a profile that the identity collects failures.
         if let (Some(p), Some(status), false) = (&self.profiler, features.status, features.refused) {
             p.observe_status(features.identity.hash, status);
+        }
+        if let Some(k) = &self.keys {
+            k.learn(features, now_ms);
         }
     }
 
@@ -687,6 +712,22 @@ impl Engine {
         if let Some(reason) = a.detail {
             v.threat_details.push(ThreatDetail { signal: traffic::SIGNAL, reason });
         }
+    }
+
+    /// Secondary keys (`secondary_keys`): the `keys` signal, and the traffic
+    /// signal attributed to the route anomaly's contributors. No host call.
+    fn keys_step(&self, req: &dyn RequestView, v: &mut Verdict, metrics: &dyn MetricsSink) {
+        let Some(k) = &self.keys else { return };
+        let fresh = match v.profile {
+            Some(ProfileState::Cold { observations }) if observations <= keys::FRESH_OBSERVATIONS => keys::Freshness::Fresh,
+            Some(_) => keys::Freshness::Established,
+            None => keys::Freshness::Unknown,
+        };
+        k.assess(req, &mut v.features, fresh, &mut v.signals, &mut v.threat_details, metrics);
+    }
+
+    pub fn keys(&self) -> Option<&Keys> {
+        self.keys.as_ref()
     }
 
     /// The model's view of the request, from the features and what the steps found.

@@ -43,6 +43,8 @@ pub enum Table {
     Decisions,
     /// Route groups' thresholds and feedback accuracy.
     Feedback,
+    /// Secondary keys' values, their populations and routes' contributors.
+    Keys,
 }
 
 /// Every number the engine reports. Kept as an enum so label cardinality is
@@ -126,6 +128,10 @@ pub enum Metric {
     ThresholdAdjustments,
     /// Admin API calls, by outcome (`ok`, `unauthorized`, `bad_request`, `rate_limited`, ...).
     AdminCalls(&'static str),
+    /// Secondary keys, per configured key (its index in `secondary_keys.keys`).
+    Keys(crate::engine::keys::KeyMetric, u8),
+    /// Requests on an anomalous route, by whether they drive the anomaly.
+    Attribution(crate::engine::keys::attribution::Role),
 }
 
 pub trait MetricsSink {

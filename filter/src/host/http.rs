@@ -123,8 +123,9 @@ fn log_lines(lines: Vec<String>) {
 }
 
 /// The request as the engine sees it: the header list fetched in one host
-/// call, and the peer address fetched only if an identity source asks.
-struct HostRequest(HeaderList);
+/// call, and the peer address fetched only if an identity source or a
+/// secondary key asks (once, however many ask).
+struct HostRequest(HeaderList, std::cell::OnceCell<Option<String>>);
 
 impl RequestView for HostRequest {
     fn header(&self, name: &str) -> Option<&[u8]> {
@@ -132,8 +133,12 @@ impl RequestView for HostRequest {
     }
 
     fn peer_address(&self) -> Option<String> {
-        let bytes = abi::property(&["source", "address"]).ok()??;
-        String::from_utf8(bytes).ok()
+        self.1
+            .get_or_init(|| {
+                let bytes = abi::property(&["source", "address"]).ok()??;
+                String::from_utf8(bytes).ok()
+            })
+            .clone()
     }
 }
 
@@ -175,7 +180,7 @@ impl HttpContext for VigilHttp {
                 return Action::Continue;
             }
         };
-        let req = HostRequest(HeaderList::new(headers));
+        let req = HostRequest(HeaderList::new(headers), std::cell::OnceCell::new());
         if let Some(action) = self.admin_call(&req, started / 1_000_000) {
             return action;
         }

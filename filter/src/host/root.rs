@@ -82,7 +82,7 @@ impl RootContext for VigilRoot {
                 return false;
             }
         };
-        let metrics = match HostMetrics::define() {
+        let metrics = match HostMetrics::define(&crate::engine::keys::Keys::labels(&config)) {
             Ok(m) => m,
             Err(status) => {
                 abi::log(abi::LOG_CRITICAL, &format!("cannot define metrics (status {status})"));
@@ -116,6 +116,23 @@ impl RootContext for VigilRoot {
                     ts.analysis_window_minutes,
                     ts.max_routes,
                     ts.drift_minutes
+                ),
+            );
+        }
+        let keys = &engine.config.secondary_keys;
+        if keys.enabled {
+            let attribution = match (keys.attribution.enabled, engine.config.time_series_analysis.enable_traffic_analysis) {
+                (true, true) => "on",
+                (true, false) => "off (it needs time_series_analysis.enable_traffic_analysis)",
+                (false, _) => "off",
+            };
+            abi::log(
+                abi::LOG_INFO,
+                &format!(
+                    "secondary keys: [{}], {} s window, {} slots each; route anomaly attribution {attribution}",
+                    crate::engine::keys::Keys::labels(&engine.config).join(", "),
+                    keys.window_seconds,
+                    keys.max_keys
                 ),
             );
         }

@@ -127,6 +127,37 @@ fn feedback_metrics() -> (Named, Named, Named) {
     (counters, gauges, Vec::new())
 }
 
+/// Secondary keys (one set per configured key, `.key.<label>`: at most 8)
+/// and route-anomaly attribution (`.role.X`).
+fn keys_metrics(labels: &[String]) -> (Named, Named, Named) {
+    use crate::engine::keys::{attribution::Role, KeyMetric};
+    let (mut counters, mut gauges): (Named, Named) = (Vec::new(), Vec::new());
+    for (i, label) in labels.iter().enumerate().take(crate::engine::keys::MAX_KEYS) {
+        for m in KeyMetric::ALL {
+            let entry = (Metric::Keys(m, i as u8), format!("{}.key.{label}", m.name()));
+            if m.is_gauge() {
+                gauges.push(entry);
+            } else {
+                counters.push(entry);
+            }
+        }
+    }
+    for role in Role::ALL {
+        counters.push((Metric::Attribution(role), format!("vigil_attribution_total.role.{}", role.as_str())));
+    }
+    counters.push((Metric::DecisionReasons(crate::engine::keys::SIGNAL), "vigil_decision_reasons_total.reason.keys".to_string()));
+    for (m, name) in [
+        (Metric::StoreCasConflicts(Table::Keys), "vigil_store_cas_conflicts_total.table.keys"),
+        (Metric::StoreEvictions(Table::Keys), "vigil_store_evictions_total.table.keys"),
+        (Metric::StoreNotAdmitted(Table::Keys), "vigil_store_not_admitted_total.table.keys"),
+    ] {
+        counters.push((m, name.to_string()));
+    }
+    gauges.push((Metric::StoreSlotsUsed(Table::Keys), "vigil_store_slots_used.table.keys".to_string()));
+    gauges.push((Metric::StoreBytes(Table::Keys), "vigil_store_bytes.table.keys".to_string()));
+    (counters, gauges, Vec::new())
+}
+
 /// Alerts, notifications, events, decision reasons and the risk histogram.
 fn reporting_metrics() -> (Named, Named, Named) {
     use crate::engine::config::Severity;
@@ -183,7 +214,8 @@ pub struct HostMetrics {
 }
 
 impl HostMetrics {
-    pub fn define() -> Result<HostMetrics, abi::Status> {
+    /// `key_labels`: the configured secondary keys' labels, in order.
+    pub fn define(key_labels: &[String]) -> Result<HostMetrics, abi::Status> {
         let mut ids = Vec::with_capacity(COUNTERS.len() + GAUGES.len());
         for (m, name) in COUNTERS {
             ids.push((m, abi::define_metric(abi::COUNTER, name)?));
@@ -192,7 +224,7 @@ impl HostMetrics {
             ids.push((m, abi::define_metric(abi::GAUGE, name)?));
         }
         let mut histograms = Vec::new();
-        for (counters, gauges, hists) in [ml_metrics(), reporting_metrics(), feedback_metrics()] {
+        for (counters, gauges, hists) in [ml_metrics(), reporting_metrics(), feedback_metrics(), keys_metrics(key_labels)] {
             for (m, name) in counters {
                 ids.push((m, abi::define_metric(abi::COUNTER, &name)?));
             }

@@ -39,7 +39,8 @@ const PRIOR_WEIGHT: f64 = 30.0;
 /// The prior's exponential scale per feature: requests, objects, endpoints, failures.
 const PRIOR_SCALE: [f64; FEATURES] = [15.0, 5.0, 4.0, 1.5];
 /// Below these a feature never scores, however quiet the population: a
-/// newcomer reading a page of a dozen items is not a scraper.
+/// newcomer reading a page of a dozen items is not a scraper. Failures
+/// also need to be half the minute's answers or more.
 const FLOOR: [f64; FEATURES] = [30.0, 12.0, 8.0, 5.0];
 /// How much each feature alone can add (noisy-OR, as in the profile).
 const WEIGHT: [f64; FEATURES] = [0.6, 0.8, 0.5, 0.7];
@@ -194,9 +195,12 @@ impl Population {
         let mut keep = 1.0;
         let mut parts = [0.0; FEATURES];
         let xs = [now.requests, now.objects, now.routes, now.fails];
+        // Failures count only when most of the minute failed: a newcomer
+        // stumbling on a few 404s among many answers is not guessing.
+        let mostly_failed = now.fails >= 0.5 * now.requests;
         for f in 0..FEATURES {
             let (Some(x), Some(floor), Some(w)) = (xs.get(f), FLOOR.get(f), WEIGHT.get(f)) else { continue };
-            if x < floor {
+            if x < floor || (f == 3 && !mostly_failed) {
                 continue;
             }
             // P(X >= x): the shared view plus this worker's samples not yet
