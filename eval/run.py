@@ -104,6 +104,15 @@ def run_seed(seed: int, args, model_port: int | None) -> dict:
         if sched.errors:
             raise LabFailure("scenario code failed: " + "; ".join(sched.errors))
         upstream = stack.upstream_records()
+        # Vigil's own counters: decisions, and the model calls in --ml runs
+        # (each VM hands its counters to Envoy once a second: let them settle).
+        try:
+            stack.settle(timeout=10)
+        except AssertionError:
+            pass
+        vigil_stats = {k.removeprefix("wasmcustom."): v for k, v in stack.stats().items()
+                       if k.startswith(("wasmcustom.vigil_ml_", "wasmcustom.vigil_decisions_total"))
+                       and v.strip().isdigit() and v.strip() != "0"}
     finally:
         stack.stop()  # Envoy writes out its access log as it stops
     details = {}
@@ -115,6 +124,9 @@ def run_seed(seed: int, args, model_port: int | None) -> dict:
         if isinstance(rec, dict):
             details[line.get("request_id")] = rec.get("threat_details", [])
     records, checks = join(results, upstream, details)
+    checks["vigil_stats"] = vigil_stats
+    checks["vigil_decisions_counted"] = sum(int(v) for k, v in vigil_stats.items()
+                                            if k.startswith("vigil_decisions_total"))
     with open(workdir / "requests.jsonl", "w") as f:
         for r in records:
             f.write(json.dumps(r) + "\n")
@@ -245,6 +257,13 @@ def main() -> int:
                   f"header {', '.join(c['header_shapes']) or 'none'}; {c['client_addresses']} simulated client "
                   f"addresses -> {c['client_address_identities']} client_ip identities; run {run['run_s']:.0f} s, "
                   f"wall {run['wall_s']:.0f} s. Per-request records: {run['requests_file']}")
+            if c["vigil_decisions_counted"] != c["sent"]:
+                print(f"Note: Vigil counted {c['vigil_decisions_counted']} decisions for {c['sent']} requests.")
+            if run["ml"]:
+                st = c["vigil_stats"]
+                calls = sum(int(v) for k, v in st.items() if k.startswith("vigil_ml_calls_total"))
+                fails = sum(int(v) for k, v in st.items() if k.startswith("vigil_ml_failures_total"))
+                print(f"Model: {calls} calls, {fails} failed attempts.")
             for p in c["problems"]:
                 print(f"LAB PROBLEM: {p}")
             if c["problems"]:

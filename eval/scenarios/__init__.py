@@ -31,5 +31,5 @@ ALL = [AtoGeo, AtoNoGeo, ScrapeFast, ScrapeSlow, StuffingFewIps, StuffingManyIps
 SLOTS = ["page_fanout", "ato_geo", "scrape_fast", "stuffing_few_ips", "bola", "ato_nogeo", "distributed_burst",
          "scrape_slow", "api_key_sharing", "stuffing_many_ips", "session_hijack", "forced_browsing"]
 # long scenario -> the slot whose onset is its onset
-LONG_AT = {"power_user": 0, "traveller": 3, "feature_adoption": 2, "slow_ramp": 4, "new_users": 6,
+LONG_AT = {"power_user": 0, "new_users": 0, "traveller": 3, "feature_adoption": 2, "slow_ramp": 4,
            "release_shift": 8}
