@@ -83,8 +83,9 @@ def totals(rows, records, warmup_end) -> dict:
         "benign_reqs": len(benign), "benign_reqs_flagged": sum(flagged(r) for r in benign),
         "scenarios": len(rows), "passed": sum(r["pass"] for r in rows),
     }
-    t["pass"] = bool(t["detected"] == t["attack_scenarios"] and t["later_share"] is not None
-                     and t["later_share"] >= TARGETS["later_share"]
+    attacks_ok = not attacks or (t["detected"] == t["attack_scenarios"] and t["later_share"] is not None
+                                 and t["later_share"] >= TARGETS["later_share"])
+    t["pass"] = bool(attacks_ok
                      and t["benign_ids_flagged"] <= TARGETS["benign_ids"] * t["benign_ids"]
                      and t["benign_reqs_flagged"] <= TARGETS["benign_reqs"] * t["benign_reqs"])
     return t

@@ -4,6 +4,11 @@ Two shapes exist, and the lab accepts whichever the build sends:
   x-vigil: decision=allow, risk=0.12, signals="rate=0.1;identity=user:..."
            (an RFC 9651 structured-field dictionary)
   x-vigil-decision / x-vigil-risk-score / x-vigil-signals (the older split headers)
+
+`x-vigil` wins when both are present. That is only safe because no lab client
+ever sends either: a build that writes the split headers passes a client's
+own `x-vigil` through to the upstream untouched (checked on this build), so an
+upstream that trusts `x-vigil` must make sure Vigil is the one writing it.
 """
 
 from __future__ import annotations
