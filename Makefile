@@ -13,7 +13,7 @@ WASM_BINDGEN_VERSION = $(shell awk '/^name = "wasm-bindgen"$$/{getline; gsub(/[^
 export ENVOY_BIN
 export VIGIL_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: run test bench build setup setup-rust setup-python setup-wasm-bindgen setup-wrk setup-model-server unit clippy wasm-test e2e clean
+.PHONY: run test bench eval build setup setup-rust setup-python setup-wasm-bindgen setup-wrk setup-model-server unit clippy wasm-test e2e clean
 
 run: setup build
 	@ENVOY_BIN=$(ENVOY_BIN) PYTHON=$(VENV)/bin/python bash envoy/run-local.sh
@@ -85,3 +85,15 @@ bench: setup setup-wrk build
 	cargo build --release --target $(WASM_TARGET) -p vigil-empty-filter -p vigil-floor-filter
 	cargo bench -p vigil-engine-bench
 	$(VENV)/bin/python bench/run.py $(BENCH_ARGS)
+
+# --- attack lab ---------------------------------------------------------------
+# Realistic attacks and benign changes through a real Envoy, scored per
+# scenario (eval/README.md). One seed takes about 10 minutes.
+#   make eval SEEDS="1 2 3"                 three seeds, one after another
+#   make eval EVAL_ARGS="--ml --json r.json" with the reference model server
+#   make eval EVAL_ARGS="--only bola"       one scenario
+SEEDS     ?= 1
+EVAL_ARGS ?=
+
+eval: setup setup-python build $(if $(findstring --ml,$(EVAL_ARGS)),setup-model-server)
+	$(VENV)/bin/python eval/run.py --seeds $(SEEDS) $(EVAL_ARGS)
