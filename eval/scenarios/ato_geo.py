@@ -12,6 +12,7 @@ while the victim keeps working from Germany under the same identity.
 import random
 
 from lab import personas as P
+from lab.client import Client
 from lab.scenario import Scenario, Window
 from lab.sched import Actor
 from lab.world import DEVICES
@@ -31,7 +32,6 @@ class AtoGeo(Scenario):
                                           P.support_action, median=4.0))]
 
     def actors(self, ctx, world, rng, w: Window):
-        from lab.client import Client
         place = world.place(self.country, "home", geo=self.geo)
         client = Client(f"user:{self.victim.name}", DEVICES["firefox_linux"], place, user=self.victim.name)
         who = P.Who(ctx, client, f"{self.name}-attacker", self.name, "attack")

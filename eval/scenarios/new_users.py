@@ -12,7 +12,7 @@ import random
 from lab import personas as P
 from lab.scenario import Scenario, Window
 from lab.sched import Actor
-from lab.world import BROWSERS
+from lab.world import BROWSERS, Account
 
 
 class NewUsers(Scenario):
@@ -38,7 +38,6 @@ class NewUsers(Scenario):
         return actors
 
     def life(self, who, world, name, password, stale_link, rng, w):
-        from lab.world import Account
         yield w.onset - who.ctx.now() + rng.uniform(0, 20)
         if stale_link:
             yield who.get(f"/api/products/{min(world.missing_products)}")

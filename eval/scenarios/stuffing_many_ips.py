@@ -5,8 +5,6 @@ attempt comes from another address (about 170 in a dozen countries), so no
 address, and no account, makes more than a few requests.
 """
 
-from lab.scenario import Window
-
 from .stuffing_few_ips import StuffingFewIps
 
 COUNTRIES = ["US", "BR", "IN", "VN", "ID", "RU", "TR", "UA", "NG", "DE", "FR", "PL", "IT", "ES"]
