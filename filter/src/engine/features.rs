@@ -67,6 +67,9 @@ pub struct Features {
     pub latency_us: Option<u64>,
     /// Vigil answered this request itself (enforced throttle or block).
     pub refused: bool,
+    /// How much the decision lets this request teach its identity's profile
+    /// (`profile::score::learning_weight`); its answer's status is learned at it.
+    pub learn_weight: f32,
     /// How unlike its identity's history this request is, in [0, 1]; `None`
     /// when profiling is off or the profile is still cold.
     pub behavioral_score: Option<f64>,
@@ -104,6 +107,7 @@ impl Features {
             status: None,
             latency_us: None,
             refused: false,
+            learn_weight: 1.0,
             behavioral_score: None,
             traffic_anomaly_score: None,
             user_deviation_score: None,

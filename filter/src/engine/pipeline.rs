@@ -79,6 +79,8 @@ pub struct Verdict {
     /// The request's own behavioural deviation, before any episode it
     /// continues raised it (what its learning weight follows).
     pub own_deviation: Option<f64>,
+    /// What the profile needs to learn the request once decided.
+    pub learning: Option<profile::Pending>,
     /// What a model is (or would be) sent; kept when a model is configured or
     /// `export_features` is on.
     pub ml_vector: Option<vector::Vector>,
@@ -217,7 +219,7 @@ impl Engine {
             for d in feedback::DETECTORS.iter().filter(|d| !d.is_model() && v.mask & d.bit() != 0) {
                 metrics.add(Metric::DecisionReasons(d.as_str()), 1);
             }
-            if v.signals.iter().any(|s| s.name == keys::SIGNAL && matches!(s.combine, Combine::Weighted { gate, .. } if s.score >= gate)) {
+            if v.signals.iter().any(|s| s.name == keys::SIGNAL && matches!(s.combine, Combine::Weighted { gate, .. } | Combine::Support { gate, .. } if s.score >= gate)) {
                 metrics.add(Metric::DecisionReasons(keys::SIGNAL), 1);
             }
         }
@@ -246,16 +248,18 @@ impl Engine {
             // feedback can raise an identity's thresholds): what was flagged
             // or refused never becomes the identity's normal by repetition.
             let deviated = v.features.behavioral_score.is_some_and(|s| s >= gate) && v.decision == Decision::Allow;
-            let weight = profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, flagged, v.enforced);
+            let weight = v.features.learn_weight;
             let drift_ms = u64::from(self.config.behavioral_profiling.drift_minutes) * 60_000;
+            let Some(pending) = &v.learning else { return };
             // A young identity's closed minute joins its population when its
-            // decisions let it teach (a flagged newcomer is no sample).
-            if let Some((now, Some((minute, taught)))) = p.activity(v.features.identity.hash, v.features.time_ms) {
+            // decisions let it teach (a flagged newcomer is no sample). An
+            // identity served by several workers may be sampled by each.
+            if let (Some((minute, taught)), Some(now)) = (pending.present.closed, p.activity(v.features.identity.hash, v.features.time_ms)) {
                 if taught >= 0.5 && weight >= 0.5 && now.age_ms < population::YOUNG_MS + 60_000 {
                     p.population.sample(v.features.identity.kind, &minute);
                 }
             }
-            if p.record_decision(v.features.identity.hash, v.features.time_ms, now_ms, v.risk, deviated, weight, drift_ms, store, metrics) {
+            if p.record_decision(v.features.identity.hash, pending, now_ms, v.risk, deviated, weight, drift_ms, store, metrics) {
                 metrics.add(Metric::Drift(feedback::DRIFT_IDENTITY), 1);
                 let message = format!(
                     "identity {} deviated from its profile for {} min on end: its normal has shifted; profile rebased (old history keeps {:.0}%)",
@@ -458,6 +462,7 @@ impl Engine {
             retry_after_s: None,
             profile: None,
             own_deviation: None,
+            learning: None,
             ml_vector: None,
         };
 
@@ -514,6 +519,9 @@ impl Engine {
         v.decision = decided;
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
         v.features.refused = v.enforced;
+        let gate = self.config.behavioral_profiling.deviation_threshold;
+        v.features.learn_weight =
+            profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, v.decision > Decision::Allow, v.enforced);
         metrics.add(
             match v.decision {
                 Decision::Allow => Metric::DecisionAllow,
@@ -534,7 +542,9 @@ impl Engine {
     fn missing_weight(&self, v: &Verdict) -> f64 {
         let w = &self.config.ml_scoring_weights;
         let mut missing = 0.0;
-        if self.profiler.is_some() && v.features.behavioral_score.is_none() {
+        // A cold profile is missing, unless the population stood in for it.
+        let population = v.signals.iter().any(|s| s.name == population::SIGNAL);
+        if self.profiler.is_some() && v.features.behavioral_score.is_none() && !population {
             missing += w.behavioral_deviation;
         }
         if self.ml.is_some() && v.features.user_deviation_score.is_none() {
@@ -654,7 +664,7 @@ impl Engine {
         }
         // Vigil's own 429/403 must not teach a profile that the identity collects failures.
         if let (Some(p), Some(status), false) = (&self.profiler, features.status, features.refused) {
-            p.observe_status(features.identity.hash, status);
+            p.observe_status(features.identity.hash, status, features.learn_weight);
         }
         if let Some(k) = &self.keys {
             k.learn(features, now_ms);
@@ -683,7 +693,10 @@ impl Engine {
         }
         let method = req.header(":method").map_or(Method::Other, Method::parse);
         let (route, object) = route::template_and_object(req.header(":path").unwrap_or(b"/"));
-        let object = object.map(|o| ObjectRef { hash: self.hash_key.hash(&[b"object\x00", o.raw]) as u32, number: o.number });
+        // Only the profile reads objects: no keyed hash otherwise.
+        let object = object
+            .filter(|_| self.profiler.is_some())
+            .map(|o| ObjectRef { hash: self.hash_key.hash(&[b"object\x00", o.raw]) as u32, number: o.number });
         Features {
             object,
             request_bytes: req
@@ -703,13 +716,19 @@ impl Engine {
         let Some(t) = &self.traffic else { return };
         let Some(a) = t.read(&v.features.route, now_ms) else { return };
         v.features.traffic_anomaly_score = Some(a.score);
-        v.signals.push(Signal {
-            name: traffic::SIGNAL,
-            score: a.score,
-            confidence: 1.0,
-            combine: Combine::Context { weight: self.config.ml_scoring_weights.traffic_anomaly, gate: t.threshold() },
-        });
-        if let Some(reason) = a.detail {
+        // The whole listener's anomaly says nothing about a request on a
+        // route that is itself quiet: visible, not counted (a stuffing run on
+        // /login must not flag the shoppers on /products).
+        let combine = if a.elsewhere {
+            Combine::Context { weight: 0.0, gate: f64::INFINITY }
+        } else {
+            Combine::Context { weight: self.config.ml_scoring_weights.traffic_anomaly, gate: t.threshold() }
+        };
+        v.signals.push(Signal { name: traffic::SIGNAL, score: a.score, confidence: 1.0, combine });
+        if let Some(mut reason) = a.detail {
+            if a.elsewhere {
+                reason.push_str(" (elsewhere on the listener: not counted for this route)");
+            }
             v.threat_details.push(ThreatDetail { signal: traffic::SIGNAL, reason });
         }
     }
@@ -760,7 +779,10 @@ impl Engine {
             return Outcome::Done;
         }
         let assessment = match profiler.observe(&v.features, &self.hash_key, store, metrics) {
-            Ok(a) => a,
+            Ok((a, pending)) => {
+                v.learning = Some(pending);
+                a
+            }
             Err(error) => return Outcome::Failed { step: profile::SIGNAL, error },
         };
         let gate = self.config.behavioral_profiling.deviation_threshold;
@@ -791,16 +813,19 @@ impl Engine {
             }
         }
         // A newcomer is judged against what newcomers of its kind do: its own
-        // profile cannot judge it yet (cold), or not for long enough (young).
-        if let Some((now, _)) = profiler.activity(v.features.identity.hash, v.features.time_ms) {
-            if cold || now.age_ms < population::YOUNG_MS {
+        // profile cannot judge it yet (cold), or cannot judge its objects yet
+        // (young, with fewer than two active minutes learned).
+        if let Some(now) = profiler.activity(v.features.identity.hash, v.features.time_ms) {
+            if cold || (now.age_ms < population::YOUNG_MS && !now.objects_known) {
                 if let Some(j) = profiler.population.judge(v.features.identity.kind, &now) {
                     if j.score >= gate {
                         metrics.add(Metric::PopulationDeviations, 1);
                     }
                     let combine = Combine::Support { weight, gate };
                     v.signals.push(Signal { name: population::SIGNAL, score: j.score, confidence: j.confidence, combine });
-                    v.threat_details.extend(j.reasons.into_iter().map(|reason| ThreatDetail { signal: population::SIGNAL, reason }));
+                    if j.score >= gate {
+                        v.threat_details.extend(j.reasons.into_iter().map(|reason| ThreatDetail { signal: population::SIGNAL, reason }));
+                    }
                 }
             }
         }

@@ -38,6 +38,9 @@ impl Risk {
 /// what the other detectors saw.
 pub const OPPOSITION: f64 = 0.5;
 
+/// Evidence under this is none: it neither supports nor sets the scale.
+const MIN_EVIDENCE: f64 = 0.01;
+
 /// A detector's score below its gate still counts, but fades fast: at the
 /// gate it counts in full, at 0.93 of it (0.65 against 0.7) about 0.86 of
 /// itself, at half of it an eighth. One weak oddity stays near 0; several
@@ -123,7 +126,10 @@ fn ensemble(signals: &[Signal], missing_weight: f64, with_context: bool) -> Risk
         total += weight;
         sure += v.say;
         quiet += v.quiet;
-        if v.evidence > 0.0 && v.say > 0.0 {
+        // Negligible evidence is no voice: a detector at 0.02 must not set the
+        // scale (`top`) the others are measured against, nor count as support
+        // against a quiet one.
+        if v.evidence >= MIN_EVIDENCE && v.say > 0.0 && v.quiet == 0.0 {
             supporting += v.say;
             top = top.max(v.say);
         }
@@ -134,7 +140,7 @@ fn ensemble(signals: &[Signal], missing_weight: f64, with_context: bool) -> Risk
     }
     let mut keep = 1.0_f64;
     if top > 0.0 {
-        for v in voices.iter().flatten().filter(|v| v.evidence > 0.0 && v.say > 0.0) {
+        for v in voices.iter().flatten().filter(|v| v.evidence >= MIN_EVIDENCE && v.say > 0.0 && v.quiet == 0.0) {
             keep *= (1.0 - v.evidence).max(0.0).powf(v.say / top);
         }
     }
@@ -199,6 +205,10 @@ mod tests {
         let both = risk(&[behaviour, objects], 0.0).score;
         assert!(close(both, 1.0 - (1.0 - alone) * 0.5), "{both}");
         assert!(both >= 0.75, "two moderate signals reach throttle: {both}");
+        // Negligible support does not rescale a real alarm.
+        let alarm = Signal { name: "behavior", score: 0.9, confidence: 0.25, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        let faint_support = Signal { name: "population", score: 0.02, confidence: 1.0, combine: Combine::Support { weight: 0.4, gate: 0.7 } };
+        assert!(close(risk(&[alarm, faint_support], 0.0).score, 0.9));
         // A faint oddity stays faint.
         assert!(soft_gate(0.3, 0.7) < 0.06);
         let faint = Signal { score: 0.3, ..behaviour };
@@ -213,6 +223,9 @@ mod tests {
         assert!(close(r, 0.9 * (1.0 - OPPOSITION * 0.4 / 0.8)), "{r}");
         // An unsure quiet one damps less; a quiet one with no confidence not at all.
         let unsure = risk(&[alarm, detector(0.0, 0.4, 0.2)], 0.0).score;
+        // A nearly quiet one damps like a quiet one.
+        let faint = risk(&[alarm, detector(0.001, 0.4, 1.0)], 0.0).score;
+        assert!((faint - r).abs() < 0.01, "{faint} vs {r}");
         assert!(unsure > r);
         assert!(close(risk(&[alarm, detector(0.0, 0.4, 0.0)], 0.0).score, 0.9));
         // Whatever the quiet say, it never takes more than half.

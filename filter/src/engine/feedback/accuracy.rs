@@ -50,11 +50,14 @@ fn encode(t: &PerDetector) -> Vec<u8> {
 
 fn decode(bytes: &[u8]) -> Option<PerDetector> {
     let mut r = Reader(bytes);
-    if usize::from(r.u8()?) != DETECTORS.len() {
+    // A record from before a detector was added has fewer entries, in the
+    // same order: the new ones start at zero.
+    let n = usize::from(r.u8()?);
+    if n == 0 || n > DETECTORS.len() {
         return None;
     }
     let mut t = PerDetector::default();
-    for c in &mut t {
+    for c in t.iter_mut().take(n) {
         *c = Counts { true_positives: r.u32()?, false_positives: r.u32()?, missed: r.u32()? };
     }
     r.is_empty().then_some(t)

@@ -90,7 +90,7 @@ impl Detector {
     }
 }
 
-/// The detectors that weighed in: a detector from its gate, a local rule
+/// The detectors that weighed in: a detector from half its gate, context from its gate, a local rule
 /// from the flag threshold (below it, a rule says nothing about the request).
 /// The model that answered counts too.
 pub fn mask(signals: &[Signal], ml_model: Option<Role>, flag_at: f64) -> u16 {
@@ -98,7 +98,10 @@ pub fn mask(signals: &[Signal], ml_model: Option<Role>, flag_at: f64) -> u16 {
     for s in signals {
         let weighed = match s.combine {
             Combine::Strongest => s.score >= flag_at,
-            Combine::Weighted { gate, .. } | Combine::Support { gate, .. } | Combine::Context { gate, .. } => s.score >= gate,
+            // Below its gate a detector still adds evidence (scoring's soft
+            // gate): from half of it, it has weighed in.
+            Combine::Weighted { gate, .. } | Combine::Support { gate, .. } => s.score >= gate / 2.0,
+            Combine::Context { gate, .. } => s.score >= gate,
         };
         if let (true, Some(d)) = (weighed, Detector::of_signal(s.name)) {
             m |= d.bit();

@@ -65,7 +65,14 @@ pub struct Summary {
     pub fails: f64,
     pub run: u16,
     pub age_ms: u64,
+    /// The identity's usual distinct objects rest on enough active minutes
+    /// for its own profile to judge them.
+    pub objects_known: bool,
 }
+
+/// Active minutes an identity's usual needs before its own profile judges
+/// its objects (before that, a young identity's are the population's to judge).
+pub const OBJECTS_MIN_MINUTES: f32 = 2.0;
 
 fn distinct(bits_set: u32, m: f64) -> f64 {
     let zeros = m - f64::from(bits_set);
@@ -147,6 +154,8 @@ impl Activity {
     /// The last sliding minute at `time_ms`: this minute's counts plus the
     /// share of the previous one that the window still covers.
     pub fn summary(&self, time_ms: u64) -> Summary {
+        // Another worker's event may have opened the next minute already.
+        let time_ms = time_ms.max(u64::from(self.minute) * 60_000);
         let into = (time_ms % 60_000) as f64 / 60_000.0;
         let minute = (time_ms / 60_000) as u32;
         let (now, prev) = if minute == self.minute {
@@ -164,6 +173,7 @@ impl Activity {
             fails: slide(now.fails, prev.fails),
             run: self.run,
             age_ms: if self.first_ms == 0 { 0 } else { time_ms.saturating_sub(self.first_ms) },
+            objects_known: self.usual_objects.w >= OBJECTS_MIN_MINUTES,
         }
     }
 

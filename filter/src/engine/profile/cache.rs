@@ -33,6 +33,9 @@ pub enum Event {
     /// A request, once decided: its risk, whether its behaviour deviated, and
     /// the weight its decision gave it in the baseline.
     Scored { obs: Observation, risk: f32, deviated: bool, weight: f32 },
+    /// A decided request whose `Request` event was synced before its
+    /// decision (it waited for a model): only its baseline is replayed.
+    Baseline { obs: Observation, present: super::model::Present, weight: f32 },
     /// A decided request's risk, when its request event is no longer the last.
     Risk { at_ms: u64, risk: f32, deviated: bool },
     /// The profile was rebased after a drift.
@@ -52,10 +55,6 @@ pub struct Entry {
     pub synced_ms: u64,
     /// After a refused or failed sync, no early sync before this.
     pub retry_at_ms: u64,
-    /// The last scored request's present (for its baseline learning once
-    /// decided) and the weight its decision gave it (for its status).
-    pub last_present: super::model::Present,
-    pub last_weight: f32,
     referenced: bool,
 }
 
@@ -68,8 +67,6 @@ impl Entry {
             version,
             synced_ms: now_ms,
             retry_at_ms: 0,
-            last_present: super::model::Present::default(),
-            last_weight: 1.0,
             referenced: true,
         }
     }

@@ -68,6 +68,13 @@ impl Record for Profile {
     }
 }
 
+/// A request observed and not yet decided: what its baseline learning needs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub obs: Observation,
+    pub present: model::Present,
+}
+
 /// What one tick's sync did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct SyncReport {
@@ -150,23 +157,23 @@ impl Profiler {
         }
     }
 
-    /// The identity's last sliding minute, and the activity minute its
-    /// latest request closed (if it opened one), from this worker's copy.
-    /// No host call.
-    pub fn activity(&self, owner: u64, now_ms: u64) -> Option<(activity::Summary, Option<(activity::Minute, f32)>)> {
+    /// The identity's last sliding minute, from this worker's copy. No host call.
+    pub fn activity(&self, owner: u64, now_ms: u64) -> Option<activity::Summary> {
         let mut cache = self.cache.borrow_mut();
         let e = cache.peek_mut(owner)?;
-        Some((e.profile.activity.summary(now_ms), e.last_present.closed))
+        Some(e.profile.activity.summary(now_ms))
     }
 
-    /// Scores the request against its identity's profile and learns from it.
+    /// Scores the request against its identity's profile and records its
+    /// present; what it teaches the baseline waits for its decision
+    /// (`record_decision`, with the returned `Pending`).
     pub fn observe(
         &self,
         features: &Features,
         key: &HashKey,
         store: &dyn SharedStore,
         metrics: &dyn MetricsSink,
-    ) -> Result<Assessment, StoreError> {
+    ) -> Result<(Assessment, Pending), StoreError> {
         let owner = features.identity.hash;
         let now = features.time_ms;
         let table = self.table(store, metrics);
@@ -201,9 +208,8 @@ impl Profiler {
         if let Assessment::Scored(d) = &mut assessment {
             self.hold(&mut entry.profile, &obs, d);
         }
-        entry.last_present = present;
-        entry.push(Event::Request(obs));
-        Ok(assessment)
+        entry.push(Event::Request(obs.clone()));
+        Ok((assessment, Pending { obs, present }))
     }
 
     /// The episode: a request continuing an open one scores at least what it
@@ -220,11 +226,12 @@ impl Profiler {
         let marks = standing::Context {
             country: if new_country { ctx.country } else { 0 },
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
-            session: if profile.session.requests <= 5 { ctx.session } else { 0 },
+            // Every session starts young: a session token is no mark of its own.
+            session: 0,
         };
         let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
         d.opened = opened;
-        if continues && score > d.own {
+        if continues && score > d.own && score >= self.gate {
             let e = &profile.standing.episode;
             d.reasons.insert(
                 0,
@@ -244,13 +251,13 @@ impl Profiler {
     /// (history, trend, drift). Returns true when this request completes a
     /// drift: the profile has been rebased and the caller reports it. No host
     /// call.
-    /// `request_ms` is the request's own time (its event's), `at_ms` the
-    /// decision's; the store is for a busy identity's early sync.
+    /// `pending` is what `observe` returned, `at_ms` the decision's time;
+    /// the store is for a busy identity's early sync.
     #[allow(clippy::too_many_arguments)]
     pub fn record_decision(
         &self,
         owner: u64,
-        request_ms: u64,
+        pending: &Pending,
         at_ms: u64,
         risk: f64,
         deviated: bool,
@@ -262,20 +269,18 @@ impl Profiler {
         let mut cache = self.cache.borrow_mut();
         let Some(entry) = cache.peek_mut(owner) else { return false };
         entry.profile.standing.record(at_ms, risk, deviated);
-        entry.last_weight = weight;
+        entry.profile.learn_baseline(&pending.obs, &pending.present, weight);
         // Folded into the request's own event (normally the last one), so a
-        // decision adds no event (and no earlier sync) of its own.
+        // decision adds no event (and no earlier sync) of its own; if that was
+        // synced while the request waited, its baseline and risk go alone.
         let risk = risk as f32;
-        let own = entry.pending.iter().rposition(|e| matches!(e, Event::Request(o) if o.time_ms == request_ms));
+        let own = entry.pending.iter().rposition(|e| matches!(e, Event::Request(o) if *o == pending.obs));
         match own.and_then(|i| entry.pending.get_mut(i)) {
-            Some(slot) => {
-                if let Event::Request(obs) = slot {
-                    let obs = obs.clone();
-                    entry.profile.learn_baseline(&obs, &entry.last_present, weight);
-                    *slot = Event::Scored { obs, risk, deviated, weight };
-                }
+            Some(slot) => *slot = Event::Scored { obs: pending.obs.clone(), risk, deviated, weight },
+            None => {
+                entry.push(Event::Baseline { obs: pending.obs.clone(), present: pending.present, weight });
+                entry.push(Event::Risk { at_ms, risk, deviated });
             }
-            None => entry.push(Event::Risk { at_ms, risk, deviated }),
         }
         // A busy identity syncs early (once decided: its events are complete),
         // unless the table refused it within the last sync interval.
@@ -335,9 +340,8 @@ impl Profiler {
 
     /// Learns the status the identity's request got, at the weight its
     /// decision gave the request (the recent failure share always).
-    pub fn observe_status(&self, owner: u64, status: u16) {
+    pub fn observe_status(&self, owner: u64, status: u16, weight: f32) {
         if let Some(entry) = self.cache.borrow_mut().get_mut(owner) {
-            let weight = entry.last_weight;
             entry.profile.learn_status(status, weight);
             entry.push(Event::Status { status, weight });
         }
@@ -424,6 +428,7 @@ impl Profiler {
                             p.learn_baseline(obs, &present, *weight);
                             p.standing.record(obs.time_ms, f64::from(*risk), *deviated);
                         }
+                        Event::Baseline { obs, present, weight } => p.learn_baseline(obs, present, *weight),
                         Event::Risk { at_ms, risk, deviated } => p.standing.record(*at_ms, f64::from(*risk), *deviated),
                         // Another worker may have rebased for the same drift already.
                         Event::Rebase { at_ms } if u64::from(p.standing.rebased_s) + REBASE_GUARD_S < at_ms / 1000 => {
@@ -433,7 +438,14 @@ impl Profiler {
                         Event::Rebase { .. } => {}
                     }
                 }
-                p.standing.merge_episode(&local.standing.episode);
+                p.standing.merge_episode(&local.standing.episode, (now / 1000) as u32);
+                // A walk split over workers interleaves when replayed: keep the
+                // longest run either side saw, and where this worker's went on.
+                if local.activity.run > p.activity.run {
+                    let a = &local.activity;
+                    (p.activity.run, p.activity.last_route, p.activity.last_number, p.activity.direction) =
+                        (a.run, a.last_route, a.last_number, a.direction);
+                }
                 p
             }
             // Not in shared data (new, evicted or reclaimed): this worker's copy is all there is.
@@ -494,8 +506,8 @@ mod tests {
 
     /// Observes a request and records it as decided ordinary, as the pipeline does.
     fn decided(p: &Profiler, f: &Features, key: &HashKey, store: &MemoryStore, metrics: &MemoryMetrics) -> Result<Assessment, StoreError> {
-        let a = p.observe(f, key, store, metrics)?;
-        p.record_decision(f.identity.hash, f.time_ms, f.time_ms, 0.0, false, 1.0, u64::MAX, store, metrics);
+        let (a, pending) = p.observe(f, key, store, metrics)?;
+        p.record_decision(f.identity.hash, &pending, f.time_ms, 0.0, false, 1.0, u64::MAX, store, metrics);
         Ok(a)
     }
 
@@ -681,7 +693,7 @@ mod tests {
         p.start(&store, &metrics).unwrap();
         for t in 0..5 {
             decided(&p, &features(9, t, "/a"), &key(), &store, &metrics).unwrap();
-            p.observe_status(9, 401);
+            p.observe_status(9, 401, 1.0);
         }
         p.on_tick(SYNC_MS, 1, &store, &metrics);
         let shared = p.read(9, &store, &metrics).unwrap().unwrap();
@@ -695,7 +707,7 @@ mod tests {
         p.start(&store, &metrics).unwrap();
         for t in 0..100 {
             decided(&p, &features(5, t, "/a"), &key(), &store, &metrics).unwrap();
-            p.observe_status(5, 200);
+            p.observe_status(5, 200, 1.0);
         }
         p.on_tick(SYNC_MS + 100, 1, &store, &metrics);
         assert_eq!(observations(&p, 5, &store), 100);

@@ -181,7 +181,9 @@ pub fn ln1p_ms(ms: u64) -> f64 {
 impl Profile {
     /// The fading factor for the time since the last request.
     pub fn decay_at(&self, time_ms: u64, l: &Learning) -> f64 {
-        if self.observations == 0 || time_ms <= self.last_ms {
+        // No history yet (an identity flagged from its first request keeps
+        // `observations` at 0 but still fades).
+        if self.last_ms == 0 || time_ms <= self.last_ms {
             return 1.0;
         }
         (-((time_ms - self.last_ms) as f64) / l.window_ms.max(1.0)).exp()
@@ -193,7 +195,7 @@ impl Profile {
 
     /// Whether `obs` starts a new session (a new token, or after an inactivity gap).
     pub fn session_ends(&self, obs: &Observation, l: &Learning) -> bool {
-        self.observations > 0
+        self.last_ms > 0
             && match obs.session {
                 Some(id) => id != self.session.id,
                 None => obs.time_ms.saturating_sub(self.last_ms) > l.session_gap_ms,
@@ -486,6 +488,9 @@ impl Profile {
         }
         if version >= 3 {
             p.activity = Activity::decode(&mut r)?;
+        } else if p.observations > 0 {
+            // An established identity from before activity was kept is no newcomer.
+            p.activity.first_ms = 1;
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
@@ -600,7 +605,7 @@ mod tests {
         v2[0] = 2;
         let old = Profile::decode(&v2).expect("a version-2 profile");
         assert_eq!(old.standing.history, p.standing.history);
-        assert_eq!(old.activity, Activity::default());
+        assert_eq!(old.activity, Activity { first_ms: 1, ..Activity::default() }, "an established identity is no newcomer");
     }
 
     #[test]

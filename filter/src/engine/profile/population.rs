@@ -297,7 +297,7 @@ mod tests {
     }
 
     fn now(requests: f64, objects: f64, routes: f64, fails: f64, run: u16) -> Summary {
-        Summary { requests, objects, routes, fails, run, age_ms: 30_000 }
+        Summary { requests, objects, routes, fails, run, age_ms: 30_000, objects_known: false }
     }
 
     #[test]

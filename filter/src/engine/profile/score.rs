@@ -316,7 +316,11 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
         }
     }
 
-    if let Some(asn) = obs.asn {
+    // A new country brings a new network: one oddity of place, not two. The
+    // network counts on its own only where the country is familiar (or not
+    // known): a new provider at home, a VPN.
+    let new_country = out.iter().any(|(c, s, _)| matches!(c, Component::Country | Component::Travel) && *s >= REASON_AT);
+    if let (Some(asn), false) = (obs.asn, new_country) {
         let known = p.asns.iter().map(|a| f64::from(a.long));
         if known.clone().sum::<f64>() >= f64::from(MIN_MOMENT_WEIGHT) {
             let w = p.asns.iter().find(|a| a.key == asn).map_or(0.0, |a| f64::from(a.long));
@@ -330,9 +334,7 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
 pub const OBJECTS_FLOOR: f64 = 12.0;
 /// The spread floor of ln(1 + objects per minute).
 const OBJECTS_MIN_SD: f64 = 0.5;
-/// Active minutes an identity's usual needs before it judges: until then its
-/// objects are the population's to judge (a young identity), not its own.
-const OBJECTS_MIN_MINUTES: f32 = 2.0;
+use super::activity::OBJECTS_MIN_MINUTES;
 
 /// A sequential walk's score: 0.5 at 12 steps, 0.9 at 18, near 1 from 25;
 /// a page showing a handful of neighbouring items stays near 0.

@@ -25,6 +25,8 @@ const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4;
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
 pub const EPISODE_HALF_LIFE_S: f64 = 300.0;
+/// A request deviating this share of the gate on its own continues an episode.
+pub const CONTINUES_AT: f64 = 0.8;
 /// Below this held score the episode is over.
 /// Half the default deviation threshold: a held score at or above it never
 /// speaks for "ordinary" in the ensemble.
@@ -68,7 +70,8 @@ impl Episode {
 
     /// What the episode holds at `at_s`: its peak, halved per half-life since renewed.
     pub fn held(&self, at_s: u32) -> f64 {
-        if !self.is_open() {
+        // A peak from the future (a clock gone wrong, hostile bytes) holds nothing.
+        if !self.is_open() || self.peak_s > at_s.saturating_add(60) {
             return 0.0;
         }
         let idle = f64::from(at_s.saturating_sub(self.peak_s));
@@ -76,10 +79,11 @@ impl Episode {
     }
 
     /// Whether a request in `ctx` whose own deviation is `own` carries the
-    /// episode on: it shares a mark, or deviates itself (at least half the gate).
+    /// episode on: it shares a mark, or deviates nearly as much itself (0.8
+    /// of the gate; an ordinary request after a one-off oddity does not).
     pub fn continued_by(&self, ctx: &Context, own: f64, gate: f64) -> bool {
         let shares = |mark: u32, value: u32| mark != 0 && mark == value;
-        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || shares(self.session, ctx.session) || own >= gate / 2.0
+        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || shares(self.session, ctx.session) || own >= CONTINUES_AT * gate
     }
 }
 
@@ -200,13 +204,23 @@ impl Standing {
         self.episode = Episode { cleared_s: (at_ms / 1000) as u32, ..Episode::default() };
     }
 
-    /// Merges another worker's view of the episode into this (shared) copy:
-    /// the one renewed last wins, unless an operator ended episodes since.
-    pub fn merge_episode(&mut self, local: &Episode) {
+    /// Merges another worker's view of the episode into this (shared) copy
+    /// at `at_s`: the one holding more now wins, marks missing on one side
+    /// are taken from the other, and an episode renewed before an operator
+    /// ended episodes does not come back.
+    pub fn merge_episode(&mut self, local: &Episode, at_s: u32) {
         let shared = &mut self.episode;
         let cleared = shared.cleared_s.max(local.cleared_s);
-        if local.is_open() && local.peak_s > shared.peak_s && local.peak_s > cleared {
-            *shared = *local;
+        if local.is_open() && local.peak_s > cleared {
+            let other = *shared;
+            if !other.is_open() || local.held(at_s) > other.held(at_s) {
+                *shared = *local;
+            }
+            if other.is_open() {
+                shared.country = if shared.country == 0 { other.country } else { shared.country };
+                shared.asn = if shared.asn == 0 { other.asn } else { shared.asn };
+                shared.opened_s = shared.opened_s.min(other.opened_s).max(1);
+            }
         }
         shared.cleared_s = cleared;
         if shared.is_open() && shared.peak_s <= cleared {

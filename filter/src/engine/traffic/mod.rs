@@ -55,6 +55,9 @@ pub struct Assessment {
     pub score: f64,
     /// Why, when the score reaches the threshold: metric, scope, value, baseline.
     pub detail: Option<String>,
+    /// The score is the whole listener's, and this request's route is not
+    /// anomalous itself: something is wrong somewhere else.
+    pub elsewhere: bool,
 }
 
 /// What a tick has to say: anomaly onsets (each a security event too),
@@ -177,6 +180,8 @@ impl Traffic {
             (l, o) => l.or(o),
         }?;
         let score = f64::from(top.score);
+        let own_score = own.map_or(0.0, |o| f64::from(o.score));
+        let elsewhere = own_score < self.settings.threshold && score >= self.settings.threshold;
         let detail = (score >= self.settings.threshold).then(|| {
             format!(
                 "{} on {} {:.2}: {} vs baseline {}",
@@ -187,7 +192,7 @@ impl Traffic {
                 number(top.baseline)
             )
         });
-        Some(Assessment { score, detail })
+        Some(Assessment { score, detail, elsewhere })
     }
 
     /// Periodic work: hand finished seconds to shared data, analyse when due
