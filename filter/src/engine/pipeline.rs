@@ -742,7 +742,9 @@ impl Engine {
             Some(_) => keys::Freshness::Established,
             None => keys::Freshness::Unknown,
         };
-        k.assess(req, &mut v.features, fresh, &mut v.signals, &mut v.threat_details, metrics);
+        let gate = self.config.behavioral_profiling.deviation_threshold;
+        let routine = matches!(v.profile, Some(ProfileState::Warm { .. })) && v.own_deviation.is_some_and(|d| d < gate / 2.0);
+        k.assess(req, &mut v.features, fresh, routine, &mut v.signals, &mut v.threat_details, metrics);
     }
 
     pub fn keys(&self) -> Option<&Keys> {

@@ -80,6 +80,10 @@ impl KeyMetric {
 }
 
 /// Whether the identity is new: unknown without profiling.
+/// What a key value's score counts for an established identity acting as
+/// usual inside the crowd that carries it.
+pub const BYSTANDER_SHARE: f64 = 0.5;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Freshness {
     #[default]
@@ -212,11 +216,17 @@ impl Keys {
     /// anomaly (the `traffic` signal) to its contributors. No host call.
     // Out of line (here, `learn` and `on_tick`): a profile then shows what the keys cost.
     #[inline(never)]
+    /// `routine`: the identity is established and this request ordinary for
+    /// it (its own deviation under half the gate): in a crowd whose key value
+    /// is anomalous it is a bystander, and the value's score counts at half
+    /// (an identity's own spread of addresses counts in full).
+    #[allow(clippy::too_many_arguments)]
     pub fn assess(
         &self,
         req: &dyn RequestView,
         features: &mut Features,
         fresh: Freshness,
+        routine: bool,
         signals: &mut Vec<Signal>,
         details: &mut Vec<ThreatDetail>,
         metrics: &dyn MetricsSink,
@@ -235,7 +245,10 @@ impl Keys {
             }
             let local = kind.local.borrow();
             let (Some(pop), Some(view)) = (local.baseline.as_ref(), local.view(value.key, now, &self.window)) else { continue };
-            let Some(scored) = score::score(&view, pop, kind.extractor.spread_only(), &self.scoring) else { continue };
+            let Some(mut scored) = score::score(&view, pop, kind.extractor.spread_only(), &self.scoring) else { continue };
+            if routine && !kind.extractor.spread_only() {
+                scored.score *= BYSTANDER_SHARE;
+            }
             metrics.add(Metric::Keys(KeyMetric::Scored, kind.index), 1);
             if best.as_ref().map_or(true, |(_, b, _)| scored.score > b.score) {
                 best = Some((i, scored, value.v6));
