@@ -519,9 +519,17 @@ impl Engine {
         v.decision = decided;
         v.enforced = self.config.mode == Mode::Enforce && v.decision.status().is_some();
         v.features.refused = v.enforced;
+        // A flag the identity's own moderate deviation earned alone (a
+        // traveller's new country) still teaches at the deviation's weight, so
+        // a plausible change becomes normal; a flag the other detectors earn,
+        // or anything above a flag, teaches a trace.
         let gate = self.config.behavioral_profiling.deviation_threshold;
-        v.features.learn_weight =
-            profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, v.decision > Decision::Allow, v.enforced);
+        let by_others = v.decision > Decision::Flag
+            || (v.decision == Decision::Flag && {
+                let others: Vec<Signal> = v.signals.iter().filter(|s| s.name != profile::SIGNAL).copied().collect();
+                scoring::risk(&others, 0.0).score >= base.flag + offset
+            });
+        v.features.learn_weight = profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, by_others, v.enforced);
         metrics.add(
             match v.decision {
                 Decision::Allow => Metric::DecisionAllow,

@@ -13,6 +13,7 @@
 //! profiles idle past their TTL.
 
 pub mod activity;
+pub mod adoption;
 pub mod cache;
 pub mod model;
 pub mod population;
@@ -101,6 +102,8 @@ pub struct Profiler {
     hints: Hints,
     /// What newcomers of each kind normally do (`population`).
     pub population: population::Population,
+    /// Routes many established identities take up at once (`adoption`).
+    adoption: RefCell<adoption::Adoption>,
 }
 
 impl Profiler {
@@ -124,6 +127,7 @@ impl Profiler {
             cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
             hints: Hints::for_slots(cfg.max_profiles),
             population: population::Population::new("vigil/"),
+            adoption: RefCell::new(adoption::Adoption::default()),
         }
     }
 
@@ -206,10 +210,33 @@ impl Profiler {
         let obs = Self::observation(features, key);
         let (mut assessment, present) = score::assess(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
         if let Assessment::Scored(d) = &mut assessment {
+            self.released(owner, &obs, d);
             self.hold(&mut entry.profile, &obs, d);
         }
         entry.push(Event::Request(obs.clone()));
         Ok((assessment, Pending { obs, present }))
+    }
+
+    /// A route new to this established identity and, lately, to many others
+    /// is a release: its endpoint and mix components count at a fraction.
+    fn released(&self, owner: u64, obs: &Observation, d: &mut Deviation) {
+        let new_here = d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT);
+        if !new_here {
+            return;
+        }
+        let mut adoption = self.adoption.borrow_mut();
+        adoption.adopted(obs.route, owner, obs.time_ms);
+        let adopters = adoption.adopters(obs.route, obs.time_ms);
+        if adopters < adoption::RELEASE_AT {
+            return;
+        }
+        let keep = 1.0 - d.parts.iter().map(|(c, s)| {
+            let s = if matches!(c, Component::Endpoint | Component::Mix) { s * adoption::ADOPTED_SHARE } else { *s };
+            1.0 - c.weight() * s.clamp(0.0, 1.0)
+        }).product::<f64>();
+        d.own = keep.clamp(0.0, 1.0).min(d.own);
+        d.score = d.own;
+        d.reasons.push(format!("endpoint: taken up lately by {adopters:.0} other identities (a release): counted at {}", adoption::ADOPTED_SHARE));
     }
 
     /// The episode: a request continuing an open one scores at least what it

@@ -65,7 +65,9 @@ impl Component {
             Component::Size => 0.3,
             Component::Hour => 0.25,
             Component::Failures => 0.6,
-            Component::Country => 0.6,
+            // A plausible trip alone (about 0.5) stays under the threshold;
+            // with impossible travel or new endpoints it adds up.
+            Component::Country => 0.5,
             Component::Travel => 0.8,
             Component::Asn => 0.25,
             Component::Session => 0.35,
@@ -183,6 +185,9 @@ pub fn assess(
 /// less the more it deviated. So the normal follows what was judged normal,
 /// and a change the identity keeps up at a moderate deviation (a traveller's
 /// new country) is still learned, more slowly.
+/// `flagged` means the decision was above allow for a reason other than
+/// the identity's own moderate deviation (see `Engine::decide`): a newcomer
+/// the population flags, a crowd the keys flag.
 pub fn learning_weight(own: f64, gate: f64, flagged: bool, refused: bool) -> f32 {
     const TRACE: f64 = 0.02;
     const ORDINARY: f64 = 0.3;
