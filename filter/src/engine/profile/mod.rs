@@ -221,22 +221,28 @@ impl Profiler {
     /// is a release: its endpoint and mix components count at a fraction.
     fn released(&self, owner: u64, obs: &Observation, d: &mut Deviation) {
         let new_here = d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT);
-        if !new_here {
-            return;
-        }
         let mut adoption = self.adoption.borrow_mut();
-        adoption.adopted(obs.route, owner, obs.time_ms);
+        if new_here {
+            adoption.adopted(obs.route, owner, obs.time_ms);
+        }
+        // On an adopted route, the identity's changed mix is the release too.
         let adopters = adoption.adopters(obs.route, obs.time_ms);
         if adopters < adoption::RELEASE_AT {
             return;
         }
-        let keep = 1.0 - d.parts.iter().map(|(c, s)| {
-            let s = if matches!(c, Component::Endpoint | Component::Mix) { s * adoption::ADOPTED_SHARE } else { *s };
-            1.0 - c.weight() * s.clamp(0.0, 1.0)
-        }).product::<f64>();
+        let keep = 1.0
+            - d.parts
+                .iter()
+                .map(|(c, s)| {
+                    let s = if matches!(c, Component::Endpoint | Component::Mix) { s * adoption::ADOPTED_SHARE } else { *s };
+                    1.0 - c.weight() * s.clamp(0.0, 1.0)
+                })
+                .product::<f64>();
         d.own = keep.clamp(0.0, 1.0).min(d.own);
         d.score = d.own;
-        d.reasons.push(format!("endpoint: taken up lately by {adopters:.0} other identities (a release): counted at {}", adoption::ADOPTED_SHARE));
+        if new_here {
+            d.reasons.push(format!("endpoint: taken up lately by {adopters:.0} identities (a release): counted at {}", adoption::ADOPTED_SHARE));
+        }
     }
 
     /// The episode: a request continuing an open one scores at least what it

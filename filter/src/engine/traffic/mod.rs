@@ -55,8 +55,9 @@ pub struct Assessment {
     pub score: f64,
     /// Why, when the score reaches the threshold: metric, scope, value, baseline.
     pub detail: Option<String>,
-    /// The score is the whole listener's, and this request's route is not
-    /// anomalous itself: something is wrong somewhere else.
+    /// The score is the whole listener's (or the untracked routes' together),
+    /// and this request's route is not anomalous itself: something is wrong
+    /// somewhere else.
     pub elsewhere: bool,
 }
 
@@ -180,7 +181,9 @@ impl Traffic {
             (l, o) => l.or(o),
         }?;
         let score = f64::from(top.score);
-        let own_score = own.map_or(0.0, |o| f64::from(o.score));
+        // The catch-all "other" series, like the listener, is many routes'
+        // together: not this route's own anomaly.
+        let own_score = own.filter(|o| o.scope != analyzer::Scope::Other).map_or(0.0, |o| f64::from(o.score));
         let elsewhere = own_score < self.settings.threshold && score >= self.settings.threshold;
         let detail = (score >= self.settings.threshold).then(|| {
             format!(
