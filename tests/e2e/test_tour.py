@@ -23,13 +23,15 @@ def test_the_tours_takeover_stays_refused_until_an_operator_says_otherwise(stack
     for _ in range(25):
         assert dana(stack, "/api/orders", "DE")[0] == 200
         time.sleep(0.6)
+    # Refused: blocked, or throttled when the rate signal (18 of 20) and the
+    # pace of the moment leave the deviation just under the block threshold.
     status, _, body = dana(stack, "/admin/export", "KP")
-    assert status == 403, body
+    assert status in (403, 429), body
     # Ten seconds later (the tour's `sleep 10`) the same request is still refused:
     # the first refusal taught the profile nothing, and the episode holds.
     time.sleep(10)
     status, _, body = dana(stack, "/admin/export", "KP")
-    assert status == 403, body
+    assert status in (403, 429), body
     request_id = json.loads(body)["request_id"]
     assert request_id
     stack.settle()

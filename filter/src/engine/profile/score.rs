@@ -68,7 +68,7 @@ impl Component {
             // A plausible trip alone (about 0.5) stays under the threshold;
             // with impossible travel or new endpoints it adds up.
             Component::Country => 0.5,
-            Component::Travel => 0.8,
+            Component::Travel => 0.9,
             Component::Asn => 0.25,
             Component::Session => 0.35,
             Component::Objects => 0.6,
