@@ -254,8 +254,8 @@ impl Engine {
             // A young identity's closed minute joins its population when its
             // decisions let it teach (a flagged newcomer is no sample). An
             // identity served by several workers may be sampled by each.
-            if let (Some((minute, taught)), Some(now)) = (pending.present.closed, p.activity(v.features.identity.hash, v.features.time_ms)) {
-                if taught >= 0.5 && weight >= 0.5 && now.age_ms < population::YOUNG_MS + 60_000 {
+            if let Some((minute, _)) = pending.present.closed.filter(|(_, taught)| *taught >= 0.5 && weight >= 0.5) {
+                if p.activity(v.features.identity.hash, v.features.time_ms).is_some_and(|now| now.age_ms < population::YOUNG_MS + 60_000) {
                     p.population.sample(v.features.identity.kind, &minute);
                 }
             }
@@ -525,10 +525,7 @@ impl Engine {
         // or anything above a flag, teaches a trace.
         let gate = self.config.behavioral_profiling.deviation_threshold;
         let by_others = v.decision > Decision::Flag
-            || (v.decision == Decision::Flag && {
-                let others: Vec<Signal> = v.signals.iter().filter(|s| s.name != profile::SIGNAL).copied().collect();
-                scoring::risk(&others, 0.0).score >= base.flag + offset
-            });
+            || (v.decision == Decision::Flag && scoring::risk_without(&v.signals, profile::SIGNAL) >= base.flag + offset);
         v.features.learn_weight = profile::score::learning_weight(v.own_deviation.unwrap_or(0.0), gate, by_others, v.enforced);
         metrics.add(
             match v.decision {

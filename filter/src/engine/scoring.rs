@@ -83,6 +83,11 @@ pub fn own_risk(signals: &[Signal]) -> f64 {
     ensemble(signals, 0.0, false).score
 }
 
+/// The risk as the other detectors see it, without the signal `name`.
+pub fn risk_without(signals: &[Signal], name: &str) -> f64 {
+    ensemble_of(signals.iter().filter(|s| s.name != name), 0.0, true).score
+}
+
 /// One detector as the ensemble reads it.
 struct Voice {
     evidence: f64,
@@ -111,13 +116,17 @@ fn voice(s: &Signal, with_context: bool) -> Option<(Voice, f64)> {
 }
 
 fn ensemble(signals: &[Signal], missing_weight: f64, with_context: bool) -> Risk {
+    ensemble_of(signals.iter(), missing_weight, with_context)
+}
+
+fn ensemble_of<'a>(signals: impl Iterator<Item = &'a Signal>, missing_weight: f64, with_context: bool) -> Risk {
     let mut floor = 0.0_f64;
     let mut total = finite_or_zero(missing_weight).max(0.0);
     let (mut sure, mut quiet, mut supporting, mut top) = (0.0_f64, 0.0_f64, 0.0_f64, 0.0_f64);
     // Fixed-size: no allocation on the request path (a handful of signals).
     let mut voices: [Option<Voice>; 8] = Default::default();
     let mut n = 0;
-    for s in signals.iter().filter(|s| s.score.is_finite()) {
+    for s in signals.filter(|s| s.score.is_finite()) {
         if let Combine::Strongest = s.combine {
             floor = floor.max(s.score.clamp(0.0, 1.0));
             continue;

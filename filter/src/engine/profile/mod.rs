@@ -249,18 +249,12 @@ impl Profiler {
     /// holds; a deviation opens or renews one (`standing::Episode`).
     fn hold(&self, profile: &mut Profile, obs: &Observation, d: &mut Deviation) {
         let part = |c: Component| d.parts.iter().find(|(k, _)| *k == c).map_or(0.0, |(_, s)| *s);
-        let ctx = standing::Context {
-            country: obs.country.unwrap_or(0),
-            asn: obs.asn.unwrap_or(0),
-            session: obs.session.unwrap_or(0),
-        };
+        let ctx = standing::Context { country: obs.country.unwrap_or(0), asn: obs.asn.unwrap_or(0) };
         // What is new to the identity in this request's context marks the episode.
         let new_country = part(Component::Country) >= score::REASON_AT || part(Component::Travel) >= score::REASON_AT;
         let marks = standing::Context {
             country: if new_country { ctx.country } else { 0 },
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
-            // Every session starts young: a session token is no mark of its own.
-            session: 0,
         };
         let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
         d.opened = opened;
@@ -276,7 +270,6 @@ impl Profiler {
             );
         }
         d.score = score;
-        d.episode = continues;
     }
 
     /// What a decided request teaches its identity's profile: its baseline

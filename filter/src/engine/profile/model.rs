@@ -600,7 +600,7 @@ mod tests {
         assert_eq!(old.standing, Standing::default());
         assert_eq!(old.routes, p.routes);
         // A version-2 record (a standing without its episode, no activity) too.
-        let episode = 4 + 4 + 4 + 2 + 4 + 4 + 4;
+        let episode = 4 + 4 + 4 + 2 + 4 + 4;
         let mut v2 = bytes[..MAX_ENCODED - activity::ENCODED - episode].to_vec();
         v2[0] = 2;
         let old = Profile::decode(&v2).expect("a version-2 profile");

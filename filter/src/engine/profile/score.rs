@@ -112,8 +112,6 @@ pub struct Deviation {
     pub score: f64,
     /// The request's own deviation.
     pub own: f64,
-    /// It continues an open episode.
-    pub episode: bool,
     /// It opened one.
     pub opened: bool,
     pub observations: u32,
@@ -168,7 +166,6 @@ pub fn assess(
     let assessment = Assessment::Scored(Deviation {
         score: score.clamp(0.0, 1.0),
         own: score.clamp(0.0, 1.0),
-        episode: false,
         opened: false,
         // Counted as it will be once learned.
         observations: profile.observations.saturating_add(1),

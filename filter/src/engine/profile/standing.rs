@@ -20,7 +20,7 @@ pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
-const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4;
 /// An episode's held score halves every this many seconds without a
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
@@ -33,7 +33,7 @@ pub const CONTINUES_AT: f64 = 0.8;
 pub const EPISODE_END: f32 = 0.35;
 
 /// A deviation that has not ended: the identity stays suspect. Requests that
-/// continue it (the same new country, network or session as the one that
+/// continue it (the same new country or network as the one that
 /// opened it, or a deviation of their own) score at least what the episode
 /// holds, so an attacker cannot dilute a takeover with ordinary-looking
 /// requests, and the victim's own routine (none of the marks, no deviation)
@@ -46,10 +46,9 @@ pub struct Episode {
     pub peak_s: u32,
     pub opened_s: u32,
     /// The opening request's unusual context (0: none): its country when new
-    /// to the identity, its network, its session token.
+    /// to the identity, and its network when new.
     pub country: u16,
     pub asn: u32,
-    pub session: u32,
     /// When an operator last ended an episode (s): a worker's older copy of
     /// it must not come back at the next merge.
     pub cleared_s: u32,
@@ -60,7 +59,6 @@ pub struct Episode {
 pub struct Context {
     pub country: u16,
     pub asn: u32,
-    pub session: u32,
 }
 
 impl Episode {
@@ -83,7 +81,7 @@ impl Episode {
     /// of the gate; an ordinary request after a one-off oddity does not).
     pub fn continued_by(&self, ctx: &Context, own: f64, gate: f64) -> bool {
         let shares = |mark: u32, value: u32| mark != 0 && mark == value;
-        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || shares(self.session, ctx.session) || own >= CONTINUES_AT * gate
+        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || own >= CONTINUES_AT * gate
     }
 }
 
@@ -185,12 +183,11 @@ impl Standing {
         if own >= gate && own >= held {
             if !e.is_open() {
                 opened = true;
-                *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, session: marks.session, ..*e };
+                *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, ..*e };
             } else {
                 // A renewed peak may bring marks of its own.
                 e.country = if e.country == 0 { marks.country } else { e.country };
                 e.asn = if e.asn == 0 { marks.asn } else { e.asn };
-                e.session = if e.session == 0 { marks.session } else { e.session };
             }
             e.level = own as f32;
             e.peak_s = at_s;
@@ -331,7 +328,6 @@ impl Standing {
         w.u32(e.opened_s);
         w.u16(e.country);
         w.u32(e.asn);
-        w.u32(e.session);
         w.u32(e.cleared_s);
     }
 
@@ -366,7 +362,7 @@ impl Standing {
         s.drifts = r.u16()?;
         s.rebased_s = r.u32()?;
         if with_episode {
-            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, session: r.u32()?, cleared_s: r.u32()? };
+            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, cleared_s: r.u32()? };
         }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
         (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
