@@ -286,6 +286,7 @@ fn profile_update(c: &mut Criterion) {
         session: None,
         country: Some(0x4445),
         asn: Some(3320),
+        device: None,
         object: None,
     };
     let mut trained = Profile::default();

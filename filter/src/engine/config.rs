@@ -586,6 +586,11 @@ pub struct BehavioralProfiling {
     pub sync_interval_ms: u32,
     pub session: SessionConfig,
     pub geo: GeoConfig,
+    /// The header that tells a client's devices apart (the user agent by
+    /// default; a JA4 fingerprint header where a hop adds one); `null` turns
+    /// devices off. A session token sent from another device than it started
+    /// on scores as a stolen session.
+    pub device_header: Option<String>,
     /// An identity deviating from its profile on end for this long has a
     /// new normal: its profile is rebased and the drift reported.
     pub drift_minutes: u32,
@@ -604,6 +609,7 @@ impl Default for BehavioralProfiling {
             sync_interval_ms: crate::engine::profile::SYNC_MS as u32,
             session: SessionConfig::default(),
             geo: GeoConfig::default(),
+            device_header: Some("user-agent".to_string()),
             drift_minutes: 60,
         }
     }
@@ -998,6 +1004,7 @@ fn validate(c: &Config) -> Result<(), ConfigError> {
         ("behavioral_profiling.session.header", &p.session.header),
         ("behavioral_profiling.geo.country_header", &p.geo.country_header),
         ("behavioral_profiling.geo.asn_header", &p.geo.asn_header),
+        ("behavioral_profiling.device_header", &p.device_header),
     ] {
         if let Some(name) = name.as_deref().filter(|n| !is_header_name(n)) {
             return Err(ConfigError::new(field, format!("`{name}` is not a lowercase HTTP header name")));

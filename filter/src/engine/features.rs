@@ -62,6 +62,8 @@ pub struct Features {
     /// Country (ISO alpha-2, packed) and ASN from the configured geo headers.
     pub country: Option<u16>,
     pub asn: Option<u32>,
+    /// Keyed hash of the device header (the user agent by default), for the profile.
+    pub device: Option<u32>,
     pub status: Option<u16>,
     /// From the request headers to the response headers.
     pub latency_us: Option<u64>,
@@ -104,6 +106,7 @@ impl Features {
             session: None,
             country: None,
             asn: None,
+            device: None,
             status: None,
             latency_us: None,
             refused: false,

@@ -685,7 +685,7 @@ impl Engine {
         let request_id = req.header("x-request-id").and_then(sanitize_request_id).unwrap_or_else(|| {
             format!("vigil-{:016x}", self.hash_key.hash(&[&now_ms.to_le_bytes(), &identity.hash.to_le_bytes()]))
         });
-        let (mut session, mut country, mut asn) = (None, None, None);
+        let (mut session, mut country, mut asn, mut device) = (None, None, None, None);
         if self.profiler.is_some() {
             let p = &self.config.behavioral_profiling;
             let token = p.session.header.as_deref().and_then(|h| req.header(h)).or_else(|| {
@@ -695,6 +695,8 @@ impl Engine {
             session = token.filter(|t| !t.is_empty()).map(|t| self.hash_key.hash(&[b"session", t]) as u32);
             country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
+            device = p.device_header.as_deref().and_then(|h| req.header(h)).filter(|v| !v.is_empty())
+                .map(|v| self.hash_key.hash(&[b"device\x00", v]) as u32);
         }
         let method = req.header(":method").map_or(Method::Other, Method::parse);
         let (route, object) = route::template_and_object(req.header(":path").unwrap_or(b"/"));
@@ -712,6 +714,7 @@ impl Engine {
             session,
             country,
             asn,
+            device,
             ..Features::new(request_id, identity, method, route, now_ms)
         }
     }
@@ -1081,6 +1084,96 @@ mod tests {
             flagged += usize::from(v.decision >= Decision::Flag);
         }
         assert!(flagged >= 110, "{flagged} of 120 attack requests flagged");
+    }
+
+    /// A profiling engine that reads sessions from the `session` cookie.
+    fn with_sessions() -> (Engine, MemoryStore, MemoryMetrics) {
+        engine(
+            r#"{"mode": "monitor", "rate_limit": {"enabled": false},
+                "behavioral_profiling": {"enable_user_profiling": true, "min_observations": 20,
+                  "session": {"cookie": "session"}}}"#,
+        )
+    }
+
+    fn on_device(user: &str, path: &str, session: &str, agent: &str) -> HeaderList {
+        let cookie = format!("theme=dark; session={session}");
+        HeaderList::from_pairs(&[(":method", "GET"), (":path", path), ("x-user-id", user), ("cookie", &cookie), ("user-agent", agent)])
+    }
+
+    const LAPTOP: &str = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) Chrome/131.0";
+    const PHONE: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 18_1 like Mac OS X) Mobile/15E148";
+    const STOLEN: &str = "Mozilla/5.0 (Macintosh; Intel Mac OS X 14_6) Chrome/131.0";
+
+    /// erin's routine: sessions of 30 requests on her laptop, then her phone.
+    fn sessions(e: &Engine, store: &MemoryStore, metrics: &MemoryMetrics, t: &mut u64, n: u64) {
+        for i in 0..n {
+            *t += 1_500 + (i * 7919) % 1_000;
+            let (session, agent) = (format!("s{}", i / 30), if (i / 30) % 3 == 2 { PHONE } else { LAPTOP });
+            let path = ["/orders", "/cart", "/orders/12"][(i % 3) as usize];
+            let v = e.on_request(&on_device("erin", path, &session, agent), *t, store, metrics);
+            assert_eq!(v.decision, Decision::Allow, "routine request {i}: {:?}", v.threat_details);
+        }
+    }
+
+    #[test]
+    fn a_stolen_session_replayed_from_another_device_is_flagged_and_the_owner_is_not() {
+        let (e, store, metrics) = with_sessions();
+        let mut t = 1_000_000;
+        sessions(&e, &store, &metrics, &mut t, 200);
+        // Her current session started on the laptop; the thief replays its
+        // cookie from another machine, on her usual endpoints, at her pace,
+        // while she goes on in the same session.
+        let live = format!("s{}", 199 / 30);
+        for i in 0..60u64 {
+            t += 1_200;
+            let v = e.on_request(&on_device("erin", ["/orders", "/cart", "/orders/12"][(i % 3) as usize], &live, STOLEN), t, &store, &metrics);
+            assert!(v.decision >= Decision::Flag, "stolen-session request {i}: {:?} {:?}", v.features.behavioral_score, v.threat_details);
+            if i == 0 {
+                assert!(v.threat_details.iter().any(|d| d.reason.contains("another device")), "{:?}", v.threat_details);
+            }
+            if i % 3 == 0 {
+                let own = e.on_request(&on_device("erin", "/orders", &live, LAPTOP), t + 600, &store, &metrics);
+                assert_eq!(own.decision, Decision::Allow, "the owner on her own device: {:?}", own.threat_details);
+            }
+        }
+        // A new session on a device she has not used before is a new phone, not a theft.
+        let v = e.on_request(&on_device("erin", "/orders", "s-new", STOLEN), t + 60_000, &store, &metrics);
+        assert!(!v.threat_details.iter().any(|d| d.reason.contains("another device")));
+    }
+
+    #[test]
+    fn a_new_device_alone_is_ordinary_and_it_marks_the_episode_a_takeover_opens() {
+        let (e, store, metrics) = with_sessions();
+        let mut t = 1_000_000;
+        sessions(&e, &store, &metrics, &mut t, 200);
+        // A new browser, same routine: not flagged.
+        for i in 0..10u64 {
+            t += 2_000;
+            let v = e.on_request(&on_device("erin", ["/orders", "/cart"][(i % 2) as usize], "s-a", STOLEN), t, &store, &metrics);
+            assert_eq!(v.decision, Decision::Allow, "new device, usual routine {i}: {:?}", v.threat_details);
+        }
+        // Someone else logs in as erin from yet another device and walks the
+        // admin area; later, from that device, even her usual endpoint
+        // continues the episode, while her laptop's requests do not.
+        let thief = "curl/8.5.0";
+        let attack = ["/admin/export", "/admin/users", "/api/users/7", "/api/users/8"];
+        for i in 0..40u64 {
+            t += 400;
+            e.on_request(&on_device("erin", attack[(i % 4) as usize], "s-b", thief), t, &store, &metrics);
+        }
+        t += 500;
+        let v = e.on_request(&on_device("erin", "/orders", "s-b", thief), t, &store, &metrics);
+        assert!(v.threat_details.iter().any(|d| d.reason.starts_with("episode ")), "{:?}", v.threat_details);
+        assert!(v.decision >= Decision::Flag);
+        // Her own laptop: once her recent mix is her own again, nothing holds it.
+        let mut own = None;
+        for i in 0..15u64 {
+            t += 2_000;
+            own = Some(e.on_request(&on_device("erin", ["/orders", "/cart"][(i % 2) as usize], "s-c", LAPTOP), t, &store, &metrics));
+        }
+        let own = own.unwrap();
+        assert!(!own.threat_details.iter().any(|d| d.reason.starts_with("episode ")), "{:?}", own.threat_details);
+        assert_eq!(own.decision, Decision::Allow);
     }
 
     #[test]

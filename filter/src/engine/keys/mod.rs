@@ -255,7 +255,7 @@ impl Keys {
             }
         }
         features.keys = subjects;
-        self.attribute(features, signals, details, metrics);
+        self.attribute(features, routine, signals, details, metrics);
         if let Some((i, s, v6)) = best {
             signals.push(Signal { name: SIGNAL, score: s.score, confidence: s.confidence, combine: Combine::Support { weight: self.weight, gate: self.gate } });
             if let (true, Some(kind)) = (s.score >= self.gate, self.kinds.get(i)) {
@@ -267,8 +267,18 @@ impl Keys {
 
     /// The traffic signal of a request on an anomalous route counts toward its
     /// risk only if the request's identity or one of its key values drives
-    /// the anomaly.
-    fn attribute(&self, features: &Features, signals: &mut [Signal], details: &mut Vec<ThreatDetail>, metrics: &dyn MetricsSink) {
+    /// the anomaly. For a `routine` request (an established identity doing
+    /// what it usually does) only the identity itself can: a browser's user
+    /// agent or a network shared with the crowd that drives the anomaly does
+    /// not make its ordinary users part of it.
+    fn attribute(
+        &self,
+        features: &Features,
+        routine: bool,
+        signals: &mut [Signal],
+        details: &mut Vec<ThreatDetail>,
+        metrics: &dyn MetricsSink,
+    ) {
         let Some(a) = &self.attribution else { return };
         let Some(traffic) = signals.iter_mut().find(|s| s.name == crate::engine::traffic::SIGNAL) else { return };
         let Combine::Context { weight, gate } = traffic.combine else { return };
@@ -276,7 +286,7 @@ impl Keys {
             return;
         }
         // The identity first, then the key values that may be blamed.
-        let candidates = self.subjects(features);
+        let candidates = self.subjects(features, routine);
         let finding = a.judge(features.keys.route, &candidates);
         metrics.add(Metric::Attribution(finding.role), 1);
         let route = &features.route;
@@ -313,11 +323,15 @@ impl Keys {
     }
 
     /// Who a route anomaly may be attributed to: the identity first, then
-    /// the request's values of the keys that may be blamed (0: none).
-    fn subjects(&self, features: &Features) -> [u64; MAX_KEYS + 1] {
+    /// (unless the request is routine for it) the request's values of the
+    /// keys that may be blamed (0: none).
+    fn subjects(&self, features: &Features, routine: bool) -> [u64; MAX_KEYS + 1] {
         let mut out = [0u64; MAX_KEYS + 1];
         if let (Some(first), false) = (out.first_mut(), features.identity.kind == IdentityKind::Anonymous) {
             *first = features.identity.hash;
+        }
+        if routine {
+            return out;
         }
         for (slot, (kind, key)) in out.iter_mut().skip(1).zip(self.kinds.iter().zip(features.keys.keys)) {
             if kind.attribute && !kind.extractor.spread_only() {
@@ -383,7 +397,7 @@ impl Keys {
             }
         }
         if let Some(a) = &self.attribution {
-            a.count(s.route, &self.subjects(features));
+            a.count(s.route, &self.subjects(features, false));
         }
     }
 

@@ -260,6 +260,54 @@ fn a_route_anomaly_goes_to_its_contributors_not_to_its_ordinary_callers() {
 }
 
 #[test]
+fn ordinary_users_who_share_a_browser_with_the_crowd_behind_an_anomaly_are_not_blamed() {
+    let mut w = World::new(
+        r#"{"mode": "monitor", "rate_limit": {"enabled": false},
+  "identity": {"sources": [{"type": "header", "name": "x-user-id"}], "hash_secret": "t"},
+  "behavioral_profiling": {"enable_user_profiling": true},
+  "time_series_analysis": {"enable_traffic_analysis": true, "analysis_window_minutes": 1},
+  "secondary_keys": {"enabled": true,
+    "keys": [{"type": "client_ip", "trusted_proxy_hops": 1}, {"type": "header", "name": "user-agent"}]}}"#,
+    );
+    // Forty readers with profiles of their own, one request a second each;
+    // four of them use a less common browser.
+    const FIREFOX: &str = "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Firefox/133.0";
+    let steady = |w: &mut World, step: u64, out: &mut Vec<(u64, Verdict)>| {
+        for i in (0..40u64).filter(|i| i % 10 == step % 10) {
+            let ua = if i < 4 { FIREFOX } else { CHROME };
+            let path = ["/api/search", "/api/items", "/api/search"][(step / 10 % 3) as usize];
+            out.push((i, w.request(&format!("reader-{i}"), &format!("10.1.{i}.7"), path, ua, 200)));
+        }
+    };
+    let mut before = Vec::new();
+    for step in 0..900u64 {
+        steady(&mut w, step, &mut before);
+        w.advance(100);
+    }
+    // A burst on /api/search from fresh identities with that same browser, in many /24s.
+    let (mut burst, mut readers) = (Vec::new(), Vec::new());
+    for step in 0..150u64 {
+        for b in 0..30u64 {
+            let n = step * 30 + b;
+            burst.push(w.request(&format!("bot-{n}"), &format!("100.{}.{}.9", 64 + n % 50, n / 50 % 250), "/api/search", FIREFOX, 200));
+        }
+        steady(&mut w, step, &mut readers);
+        w.advance(100);
+    }
+    let anomalous = |v: &Verdict| v.features.traffic_anomaly_score.is_some_and(|s| s >= 0.34);
+    assert!(burst.iter().filter(|v| anomalous(v)).count() > 1000, "the burst is an anomaly");
+    let flagged = burst.iter().filter(|v| anomalous(v) && v.decision >= Decision::Flag).count();
+    assert!(flagged > 1000, "the burst is flagged: {flagged}");
+    // The four who share its browser, on their usual route at their usual pace, are bystanders.
+    let sharing: Vec<&Verdict> = readers.iter().filter(|(i, v)| *i < 4 && anomalous(v)).map(|(_, v)| v).collect();
+    assert!(!sharing.is_empty());
+    for v in sharing {
+        assert_eq!(v.decision, Decision::Allow, "{:?}", v.threat_details);
+        assert_ne!(traffic_counted(v), Some(true), "{:?}", v.threat_details);
+    }
+}
+
+#[test]
 fn when_everybody_moves_to_a_new_route_nobody_is_blamed() {
     let mut w = World::new(ATTRIBUTION);
     let mut all = Vec::new();

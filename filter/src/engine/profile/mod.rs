@@ -157,6 +157,7 @@ impl Profiler {
             session: features.session,
             country: features.country,
             asn: features.asn,
+            device: features.device,
             object: features.object,
         }
     }
@@ -230,15 +231,10 @@ impl Profiler {
         if adopters < adoption::RELEASE_AT {
             return;
         }
-        let keep = 1.0
-            - d.parts
-                .iter()
-                .map(|(c, s)| {
-                    let s = if matches!(c, Component::Endpoint | Component::Mix) { s * adoption::ADOPTED_SHARE } else { *s };
-                    1.0 - c.weight() * s.clamp(0.0, 1.0)
-                })
-                .product::<f64>();
-        d.own = keep.clamp(0.0, 1.0).min(d.own);
+        let discounted = score::combine(&d.parts, |c, s| {
+            if matches!(c, Component::Endpoint | Component::Mix) { s * adoption::ADOPTED_SHARE } else { s }
+        });
+        d.own = discounted.min(d.own);
         d.score = d.own;
         if new_here {
             d.reasons.push(format!("endpoint: taken up lately by {adopters:.0} identities (a release): counted at {}", adoption::ADOPTED_SHARE));
@@ -249,12 +245,17 @@ impl Profiler {
     /// holds; a deviation opens or renews one (`standing::Episode`).
     fn hold(&self, profile: &mut Profile, obs: &Observation, d: &mut Deviation) {
         let part = |c: Component| d.parts.iter().find(|(k, _)| *k == c).map_or(0.0, |(_, s)| *s);
-        let ctx = standing::Context { country: obs.country.unwrap_or(0), asn: obs.asn.unwrap_or(0) };
+        let ctx = standing::Context {
+            country: obs.country.unwrap_or(0),
+            asn: obs.asn.unwrap_or(0),
+            device: obs.device.unwrap_or(0),
+        };
         // What is new to the identity in this request's context marks the episode.
         let new_country = part(Component::Country) >= score::REASON_AT || part(Component::Travel) >= score::REASON_AT;
         let marks = standing::Context {
             country: if new_country { ctx.country } else { 0 },
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
+            device: if part(Component::Device).max(part(Component::SessionDevice)) >= score::REASON_AT { ctx.device } else { 0 },
         };
         let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
         d.opened = opened;

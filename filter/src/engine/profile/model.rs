@@ -16,6 +16,8 @@ use crate::engine::codec::{Reader, Writer};
 pub const TOP_ROUTES: usize = 12;
 pub const TOP_COUNTRIES: usize = 4;
 pub const TOP_ASNS: usize = 4;
+/// Devices (user-agent or fingerprint hashes) an identity is known on.
+pub const TOP_DEVICES: usize = 3;
 pub const METHODS: usize = 8;
 pub const HOURS: usize = 24;
 /// 1xx/2xx, 3xx, 401/403, 404, other 4xx, 5xx.
@@ -39,14 +41,16 @@ pub const MAX_ENCODED: usize = 1
     + 1 + TOP_COUNTRIES * 6 + 2 + 8
     + 1 + TOP_ASNS * 8
     + super::standing::MAX_ENCODED
-    + activity::ENCODED;
+    + activity::ENCODED
+    + 4 + 1 + TOP_DEVICES * 8;
 
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
 
-/// 2 added the standing (risk history, feedback, drift), 3 its episode;
-/// 1 and 2 are still read.
-const VERSION: u8 = 3;
+/// 2 added the standing (risk history, feedback, drift), 3 its episode and
+/// the activity, 4 devices (the session's and the identity's); 1 to 3 are
+/// still read.
+pub const VERSION: u8 = 4;
 
 /// What `learn_present` saw that `learn_baseline` needs later: the gap since
 /// the previous request, and whether the request came in order.
@@ -71,6 +75,9 @@ pub struct Observation {
     /// ISO 3166 alpha-2 country, packed in two bytes.
     pub country: Option<u16>,
     pub asn: Option<u32>,
+    /// Keyed hash of the device header (`behavioral_profiling.device_header`,
+    /// the user agent by default), when sent.
+    pub device: Option<u32>,
     /// The object the request names (keyed hash and numeric value).
     pub object: Option<crate::engine::features::ObjectRef>,
 }
@@ -88,6 +95,9 @@ pub struct Session {
     pub id: u32,
     pub start_ms: u64,
     pub requests: u32,
+    /// The device the session started on (0: none sent). A session token
+    /// does not change devices; a stolen one replayed elsewhere does.
+    pub device: u32,
 }
 
 /// How time and sessions are read; from the configuration.
@@ -127,6 +137,7 @@ pub struct Profile {
     pub last_country: u16,
     pub last_country_ms: u64,
     pub asns: Vec<Weighted<u32>>,
+    pub devices: Vec<Weighted<u32>>,
     pub standing: Standing,
     /// The last minute or so: objects, walks, pace (profile version 3 on).
     pub activity: Activity,
@@ -237,7 +248,7 @@ impl Profile {
         for c in &mut self.countries {
             c.long *= df;
         }
-        for a in &mut self.asns {
+        for a in self.asns.iter_mut().chain(self.devices.iter_mut()) {
             a.long *= df;
         }
         for m in [&mut self.size, &mut self.gap] {
@@ -265,7 +276,8 @@ impl Profile {
                 self.close_session(d);
             }
             if fresh || ends || self.session.requests == 0 {
-                self.session = Session { id: obs.session.unwrap_or(0), start_ms: obs.time_ms, requests: 0 };
+                let device = obs.device.unwrap_or(0);
+                self.session = Session { id: obs.session.unwrap_or(0), start_ms: obs.time_ms, requests: 0, device };
             }
             self.session.requests = self.session.requests.saturating_add(1);
             self.last_ms = obs.time_ms;
@@ -323,6 +335,12 @@ impl Profile {
                 bump(&mut self.asns, &mut sink, asn, TOP_ASNS, weight, 0.0);
             }
         }
+        if let Some(device) = obs.device {
+            if full || self.devices.iter().any(|d| d.key == device) {
+                let mut sink = Weighted::default();
+                bump(&mut self.devices, &mut sink, device, TOP_DEVICES, weight, 0.0);
+            }
+        }
         if full {
             self.observations = self.observations.saturating_add(1);
         }
@@ -346,7 +364,7 @@ impl Profile {
         for c in &mut self.countries {
             c.long *= keep;
         }
-        for a in &mut self.asns {
+        for a in self.asns.iter_mut().chain(self.devices.iter_mut()) {
             a.long *= keep;
         }
     }
@@ -436,6 +454,12 @@ impl Profile {
         }
         self.standing.encode(&mut w);
         self.activity.encode(&mut w);
+        w.u32(self.session.device);
+        w.u8(self.devices.len().min(TOP_DEVICES) as u8);
+        for d in self.devices.iter().take(TOP_DEVICES) {
+            w.u32(d.key);
+            w.f32(d.long);
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
@@ -463,7 +487,7 @@ impl Profile {
             *x = r.f32()?;
         }
         p.recent_fail = r.f32()?;
-        p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()? };
+        p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()?, device: 0 };
         p.session_requests = get_moments(&mut r)?;
         p.session_minutes = get_moments(&mut r)?;
         p.session_rate = get_moments(&mut r)?;
@@ -484,13 +508,23 @@ impl Profile {
             p.asns.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
         }
         if version >= 2 {
-            p.standing = Standing::decode(&mut r, version >= 3)?;
+            p.standing = Standing::decode(&mut r, version)?;
         }
         if version >= 3 {
             p.activity = Activity::decode(&mut r)?;
         } else if p.observations > 0 {
             // An established identity from before activity was kept is no newcomer.
             p.activity.first_ms = 1;
+        }
+        if version >= 4 {
+            p.session.device = r.u32()?;
+            let n = usize::from(r.u8()?);
+            if n > TOP_DEVICES {
+                return None;
+            }
+            for _ in 0..n {
+                p.devices.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
+            }
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
@@ -559,6 +593,7 @@ mod tests {
             session: None,
             country: country_code(b"de"),
             asn: Some(3320),
+            device: None,
             object: None,
         }
     }
@@ -571,6 +606,8 @@ mod tests {
             let mut o = obs(1_000 + i * 1_000, (i % 40) as u32);
             o.country = Some(i as u16 % 9 + 1);
             o.asn = Some(i as u32 % 11 + 1);
+            o.device = Some(i as u32 % 5 + 1);
+            o.session = Some(77);
             o.method = [Method::Get, Method::Post, Method::Delete][i as usize % 3];
             o.request_bytes = i * 10;
             p.learn(&o, &l);
@@ -593,15 +630,28 @@ mod tests {
         p.encode(&mut bytes);
         assert_eq!(bytes.len(), MAX_ENCODED, "all lists full");
         assert_eq!(Profile::decode(&bytes), Some(p.clone()));
+        assert_eq!(p.devices.len(), TOP_DEVICES);
+        assert_ne!(p.session.device, 0);
+        // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
+        let devices = 4 + 1 + TOP_DEVICES * 8;
+        let mut v3 = bytes[..MAX_ENCODED - devices].to_vec();
+        let mark = v3.len() - activity::ENCODED - 4;
+        v3.drain(mark..mark + 4);
+        v3[0] = 3;
+        let old = Profile::decode(&v3).expect("a version-3 profile");
+        assert!(old.devices.is_empty() && old.session.device == 0);
+        assert_eq!((old.routes.clone(), old.activity.clone()), (p.routes.clone(), p.activity.clone()));
+        let bytes = v3;
+        let max_v3 = bytes.len();
         // A version-1 record (before the standing) is still read.
-        let mut v1 = bytes[..MAX_ENCODED - super::super::standing::MAX_ENCODED - activity::ENCODED].to_vec();
+        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 4) - activity::ENCODED].to_vec();
         v1[0] = 1;
         let old = Profile::decode(&v1).expect("a version-1 profile");
         assert_eq!(old.standing, Standing::default());
         assert_eq!(old.routes, p.routes);
         // A version-2 record (a standing without its episode, no activity) too.
         let episode = 4 + 4 + 4 + 2 + 4 + 4;
-        let mut v2 = bytes[..MAX_ENCODED - activity::ENCODED - episode].to_vec();
+        let mut v2 = bytes[..max_v3 - activity::ENCODED - episode].to_vec();
         v2[0] = 2;
         let old = Profile::decode(&v2).expect("a version-2 profile");
         assert_eq!(old.standing.history, p.standing.history);

@@ -28,6 +28,10 @@ pub enum Component {
     /// A change of country sooner than travel allows.
     Travel,
     Asn,
+    /// A device (user agent or fingerprint) this identity rarely or never uses.
+    Device,
+    /// The session's token sent from another device than the one it started on.
+    SessionDevice,
     /// The current session's length and pace against past sessions.
     Session,
     /// Distinct objects in the last minute against the identity's usual.
@@ -49,6 +53,8 @@ impl Component {
             Component::Country => "country",
             Component::Travel => "travel",
             Component::Asn => "asn",
+            Component::Device => "device",
+            Component::SessionDevice => "session_device",
             Component::Session => "session",
             Component::Objects => "objects",
             Component::Walk => "walk",
@@ -70,11 +76,58 @@ impl Component {
             Component::Country => 0.5,
             Component::Travel => 0.9,
             Component::Asn => 0.25,
+            // A new phone or browser is ordinary; with a new country or
+            // endpoints it adds up, and it marks the episode.
+            Component::Device => 0.25,
+            // A session token does not change devices by itself: alone it
+            // crosses the threshold.
+            Component::SessionDevice => 0.9,
             Component::Session => 0.35,
             Component::Objects => 0.6,
             Component::Walk => 0.6,
         }
     }
+}
+
+/// Endpoint, method and body size describe one thing, the kind of request:
+/// a login is at once a rare endpoint, a POST and a body. Within that group
+/// the strongest counts in full and the others at this share, so one unusual
+/// kind of request is one oddity, not three; a new endpoint with a new pace
+/// or from a new place is still two.
+pub const SAME_KIND_SHARE: f64 = 0.3;
+
+impl Component {
+    fn describes_the_request_kind(self) -> bool {
+        matches!(self, Component::Endpoint | Component::Method | Component::Size)
+    }
+}
+
+/// The behavioural score of scored components: a noisy-OR of `weight · score`
+/// (`1 − Π (1 − w·c)`), the request-kind group counted as one oddity
+/// (`SAME_KIND_SHARE`). `scale` adjusts a component's score first (a release
+/// discounts endpoint and mix).
+pub fn combine(parts: &[(Component, f64)], scale: impl Fn(Component, f64) -> f64) -> f64 {
+    let term = |c: Component, s: f64| c.weight() * scale(c, s).clamp(0.0, 1.0);
+    // The group's strongest (first of equals) counts in full.
+    let strongest = parts
+        .iter()
+        .enumerate()
+        .filter(|(_, (c, _))| c.describes_the_request_kind())
+        .fold(None, |best: Option<(usize, f64)>, (i, (c, s))| {
+            let x = term(*c, *s);
+            if best.is_some_and(|(_, b)| b >= x) { best } else { Some((i, x)) }
+        })
+        .map(|(i, _)| i);
+    let keep: f64 = parts
+        .iter()
+        .enumerate()
+        .map(|(i, (c, s))| {
+            let x = term(*c, *s);
+            let x = if c.describes_the_request_kind() && Some(i) != strongest { x * SAME_KIND_SHARE } else { x };
+            1.0 - x
+        })
+        .product();
+    (1.0 - keep).clamp(0.0, 1.0)
 }
 
 /// A component's score at or above this is named in `threat_details`.
@@ -159,7 +212,8 @@ pub fn assess(
     let present = profile.learn_present(obs, learning);
     after(profile, &mut parts);
 
-    let score = 1.0 - parts.iter().map(|(c, s, _)| 1.0 - c.weight() * s.clamp(0.0, 1.0)).product::<f64>();
+    let scored: Vec<(Component, f64)> = parts.iter().map(|(c, s, _)| (*c, *s)).collect();
+    let score = combine(&scored, |_, s| s);
     let mut strong: Vec<&(Component, f64, Reason)> = parts.iter().filter(|(_, s, _)| *s >= REASON_AT).collect();
     strong.sort_by(|a, b| (b.1 * b.0.weight()).total_cmp(&(a.1 * a.0.weight())));
     let reasons = strong.iter().map(|(c, s, r)| format!("{} {:.2}: {}", c.as_str(), s, r.text())).collect();
@@ -170,7 +224,7 @@ pub fn assess(
         // Counted as it will be once learned.
         observations: profile.observations.saturating_add(1),
         weight: f64::from(profile.weight),
-        parts: parts.iter().map(|(c, s, _)| (*c, *s)).collect(),
+        parts: scored,
         reasons,
     });
     (assessment, present)
@@ -211,6 +265,8 @@ enum Reason {
     Country { country: u16, share: f64 },
     Travel { from: u16, to: u16, minutes: f64 },
     Asn { asn: u32 },
+    Device { share: f64 },
+    SessionDevice { minutes: f64 },
     Mix { distance: f64 },
     Rate { factor: f64 },
     Session { requests: u32, z: f64 },
@@ -241,6 +297,11 @@ impl Reason {
                 model::country_name(*to)
             ),
             Reason::Asn { asn } => format!("new network AS{asn}"),
+            Reason::Device { share } if *share < 0.001 => "new device (user agent)".to_string(),
+            Reason::Device { share } => format!("rare device ({:.1}% of history)", share * 100.0),
+            Reason::SessionDevice { minutes } => {
+                format!("session token of {minutes:.0} min sent from another device than it started on")
+            }
             Reason::Mix { distance } => format!("recent endpoint mix unlike the usual (Hellinger {distance:.2})"),
             Reason::Rate { factor } => format!("requests {factor:.0}x faster than usual"),
             Reason::Session { requests, z } => format!("session of {requests} requests, z={z:.1} against past sessions"),
@@ -327,6 +388,22 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
         if known.clone().sum::<f64>() >= f64::from(MIN_MOMENT_WEIGHT) {
             let w = p.asns.iter().find(|a| a.key == asn).map_or(0.0, |a| f64::from(a.long));
             out.push((Component::Asn, surprise_score(w, known), Reason::Asn { asn }));
+        }
+    }
+
+    if let Some(device) = obs.device {
+        let known = p.devices.iter().map(|d| f64::from(d.long));
+        let seen: f64 = known.clone().sum();
+        if seen >= f64::from(MIN_MOMENT_WEIGHT) {
+            let w = p.devices.iter().find(|d| d.key == device).map_or(0.0, |d| f64::from(d.long));
+            out.push((Component::Device, surprise_score(w, known), Reason::Device { share: share(w, seen) }));
+        }
+        // Only a token names a session: an inferred one has no owner to steal.
+        let session = &p.session;
+        if obs.session.is_some_and(|id| id != 0 && id == session.id) && session.device != 0 && session.requests > 0 {
+            let moved = if device != session.device { 1.0 } else { 0.0 };
+            let minutes = obs.time_ms.saturating_sub(session.start_ms) as f64 / 60_000.0;
+            out.push((Component::SessionDevice, moved, Reason::SessionDevice { minutes }));
         }
     }
 }
@@ -429,6 +506,7 @@ mod tests {
             session: None,
             country: country_code(b"DE"),
             asn: Some(3320),
+            device: None,
             object: None,
         };
         (obs, status)
@@ -460,6 +538,21 @@ mod tests {
 
     fn part(d: &Deviation, c: Component) -> f64 {
         d.parts.iter().find(|(k, _)| *k == c).map_or(0.0, |(_, s)| *s)
+    }
+
+    #[test]
+    fn one_unusual_kind_of_request_is_one_oddity_and_independent_ones_add_up() {
+        use Component::*;
+        // A login: a rare endpoint, a POST, a body, all at once.
+        let login = combine(&[(Endpoint, 0.8), (Method, 1.0), (Size, 1.0), (Hour, 0.02), (Rate, 0.05)], |_, s| s);
+        assert!(login < 0.55, "{login}");
+        // The same endpoint, faster than usual, with failures: three things.
+        let takeover = combine(&[(Endpoint, 0.8), (Rate, 0.9), (Failures, 0.8), (Method, 0.02)], |_, s| s);
+        assert!(takeover > 0.8, "{takeover}");
+        // Order does not matter; the strongest of the group counts in full.
+        let a = combine(&[(Size, 1.0), (Endpoint, 0.5)], |_, s| s);
+        let b = combine(&[(Endpoint, 0.5), (Size, 1.0)], |_, s| s);
+        assert!((a - b).abs() < 1e-12 && (a - (1.0 - 0.7 * (1.0 - 0.25 * SAME_KIND_SHARE))).abs() < 1e-12, "{a} {b}");
     }
 
     #[test]
@@ -509,6 +602,7 @@ mod tests {
                 session: None,
                 country: country_code(b"KP"),
                 asn: Some(64_512),
+                device: None,
                 object: None,
             };
             let d = scored(assess_and_learn(&mut p, &o, "/admin/export", &learning(), &scoring()));
@@ -581,6 +675,7 @@ mod tests {
                 session: None,
                 country: Some(i as u16 + 1),
                 asn: None,
+                device: None,
                 object: None,
             };
             assert_eq!(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()), Assessment::Cold {
@@ -616,6 +711,7 @@ mod tests {
                 session: None,
                 country: None,
                 asn: None,
+                device: None,
                 object: None,
             };
             assess_and_learn(&mut p, &o, "/x", &learning(), &scoring());
@@ -629,6 +725,7 @@ mod tests {
             session: None,
             country: None,
             asn: None,
+            device: None,
             object: None,
         };
         let d = scored(assess_and_learn(&mut p, &o, "/x", &learning(), &scoring()));

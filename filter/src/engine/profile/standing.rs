@@ -20,7 +20,7 @@ pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
-const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4;
 /// An episode's held score halves every this many seconds without a
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
@@ -33,7 +33,7 @@ pub const CONTINUES_AT: f64 = 0.8;
 pub const EPISODE_END: f32 = 0.35;
 
 /// A deviation that has not ended: the identity stays suspect. Requests that
-/// continue it (the same new country or network as the one that
+/// continue it (the same new country, network or device as the one that
 /// opened it, or a deviation of their own) score at least what the episode
 /// holds, so an attacker cannot dilute a takeover with ordinary-looking
 /// requests, and the victim's own routine (none of the marks, no deviation)
@@ -46,9 +46,11 @@ pub struct Episode {
     pub peak_s: u32,
     pub opened_s: u32,
     /// The opening request's unusual context (0: none): its country when new
-    /// to the identity, and its network when new.
+    /// to the identity, its network and its device when new (or the device a
+    /// session moved to).
     pub country: u16,
     pub asn: u32,
+    pub device: u32,
     /// When an operator last ended an episode (s): a worker's older copy of
     /// it must not come back at the next merge.
     pub cleared_s: u32,
@@ -59,6 +61,7 @@ pub struct Episode {
 pub struct Context {
     pub country: u16,
     pub asn: u32,
+    pub device: u32,
 }
 
 impl Episode {
@@ -81,7 +84,10 @@ impl Episode {
     /// of the gate; an ordinary request after a one-off oddity does not).
     pub fn continued_by(&self, ctx: &Context, own: f64, gate: f64) -> bool {
         let shares = |mark: u32, value: u32| mark != 0 && mark == value;
-        shares(u32::from(self.country), u32::from(ctx.country)) || shares(self.asn, ctx.asn) || own >= CONTINUES_AT * gate
+        shares(u32::from(self.country), u32::from(ctx.country))
+            || shares(self.asn, ctx.asn)
+            || shares(self.device, ctx.device)
+            || own >= CONTINUES_AT * gate
     }
 }
 
@@ -183,11 +189,12 @@ impl Standing {
         if own >= gate && own >= held {
             if !e.is_open() {
                 opened = true;
-                *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, ..*e };
+                *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, device: marks.device, ..*e };
             } else {
                 // A renewed peak may bring marks of its own.
                 e.country = if e.country == 0 { marks.country } else { e.country };
                 e.asn = if e.asn == 0 { marks.asn } else { e.asn };
+                e.device = if e.device == 0 { marks.device } else { e.device };
             }
             e.level = own as f32;
             e.peak_s = at_s;
@@ -216,6 +223,7 @@ impl Standing {
             if other.is_open() {
                 shared.country = if shared.country == 0 { other.country } else { shared.country };
                 shared.asn = if shared.asn == 0 { other.asn } else { shared.asn };
+                shared.device = if shared.device == 0 { other.device } else { shared.device };
                 shared.opened_s = shared.opened_s.min(other.opened_s).max(1);
             }
         }
@@ -329,10 +337,12 @@ impl Standing {
         w.u16(e.country);
         w.u32(e.asn);
         w.u32(e.cleared_s);
+        w.u32(e.device);
     }
 
-    /// `with_episode`: the encoding has the episode (profile version 3 on).
-    pub fn decode(r: &mut Reader, with_episode: bool) -> Option<Standing> {
+    /// `version`: the profile's encoding version (the episode from 3 on,
+    /// its device mark from 4 on).
+    pub fn decode(r: &mut Reader, version: u8) -> Option<Standing> {
         let n = usize::from(r.u8()?);
         if n > HISTORY {
             return None;
@@ -361,8 +371,11 @@ impl Standing {
         s.deviating_since_s = r.u32()?;
         s.drifts = r.u16()?;
         s.rebased_s = r.u32()?;
-        if with_episode {
-            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, cleared_s: r.u32()? };
+        if version >= 3 {
+            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, cleared_s: r.u32()?, device: 0 };
+        }
+        if version >= 4 {
+            s.episode.device = r.u32()?;
         }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
         (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
@@ -461,12 +474,12 @@ mod tests {
         s.encode(&mut Writer(&mut bytes));
         assert_eq!(bytes.len(), MAX_ENCODED);
         let mut r = Reader(&bytes);
-        assert_eq!(Standing::decode(&mut r, true), Some(s.clone()));
+        assert_eq!(Standing::decode(&mut r, 4), Some(s.clone()));
         assert!(r.is_empty());
         let mut bad = s;
         bad.offset = f32::NAN;
         let mut bytes = Vec::new();
         bad.encode(&mut Writer(&mut bytes));
-        assert_eq!(Standing::decode(&mut Reader(&bytes), true), None);
+        assert_eq!(Standing::decode(&mut Reader(&bytes), 4), None);
     }
 }
