@@ -157,6 +157,10 @@ impl Engine {
                 metrics.add(Metric::StoreErrors, 1);
                 log.warn.push(format!("population: cannot fold newcomer samples into shared data ({e:?}), kept for the next tick"));
             }
+            if let Err(e) = p.adoption.on_tick(now_ms, store, metrics) {
+                metrics.add(Metric::StoreErrors, 1);
+                log.warn.push(format!("adoption: cannot fold new routes' adopters into shared data ({e:?}), kept for the next tick"));
+            }
         }
         if let Some(m) = &self.ml {
             m.on_tick(now_ms, callouts, metrics);

@@ -4,25 +4,34 @@
 //! recent mix changed; one identity alone on a route new to it is worth
 //! noticing, twenty at once are the application changing.
 //!
-//! Per worker (each sees about its share of the adopters), a fixed table of
-//! `SLOTS` routes, each with a 64-bit linear-counting bitmap of the distinct
-//! established identities for whom the route was new, over a window of
-//! `WINDOW_MS`. No host call, no allocation after start-up.
+//! A fixed table of `SLOTS` routes, each with a 64-bit linear-counting
+//! bitmap of the distinct established identities for whom the route was new,
+//! over a window of `WINDOW_MS`. Each worker marks its adopters in its own
+//! view (no host call on the request path) and folds what it marked into one
+//! shared record from its ticks (`Shared`: a compare-and-swap at most once a
+//! second, bitmaps OR-ed), reading back every worker's: a release is seen
+//! once five identities took it up anywhere, not five on each worker.
+
+use crate::engine::codec::{Reader, Writer};
+use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
+use crate::engine::record;
+use std::cell::RefCell;
 
 const SLOTS: usize = 64;
 const WINDOW_MS: u64 = 10 * 60_000;
-/// Distinct adopters (on this worker, in the window) that make a release.
+/// Distinct adopters (in the window) that make a release.
 pub const RELEASE_AT: f64 = 5.0;
 /// What the endpoint and mix components of an adopted route still count.
 pub const ADOPTED_SHARE: f64 = 0.3;
 
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Slot {
     route: u32,
     since_ms: u64,
     adopters: u64,
 }
 
+#[derive(Debug, Clone, PartialEq)]
 pub struct Adoption {
     slots: [Slot; SLOTS],
 }
@@ -43,7 +52,7 @@ impl Adoption {
         self.slots.get(route as usize % SLOTS).filter(|s| s.route == route && s.adopters != 0)
     }
 
-    /// How many established identities took `route` up lately (on this worker).
+    /// How many established identities took `route` up lately.
     pub fn adopters(&self, route: u32, now_ms: u64) -> f64 {
         match self.slot(route) {
             Some(s) if now_ms.saturating_sub(s.since_ms) <= WINDOW_MS => distinct(s.adopters),
@@ -66,11 +75,150 @@ impl Adoption {
         }
         s.adopters |= 1u64 << (identity.rotate_left(17) % 64);
     }
+
+    /// Takes in another view's adopters at `now_ms`: the same route's
+    /// bitmaps join (the earlier start stands); a slot another route holds
+    /// goes to whichever has more adopters in its window.
+    fn merge(&mut self, other: &Adoption, now_ms: u64) {
+        let live = |s: &Slot| s.adopters != 0 && now_ms.saturating_sub(s.since_ms) <= WINDOW_MS;
+        for (mine, theirs) in self.slots.iter_mut().zip(other.slots.iter()) {
+            if !live(theirs) {
+                continue;
+            }
+            if live(mine) && mine.route == theirs.route {
+                mine.adopters |= theirs.adopters;
+                mine.since_ms = mine.since_ms.min(theirs.since_ms);
+            } else if !live(mine) || theirs.adopters.count_ones() > mine.adopters.count_ones() {
+                *mine = *theirs;
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.slots.iter().all(|s| s.adopters == 0)
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(ENCODED);
+        let mut w = Writer(&mut out);
+        w.u8(VERSION);
+        for s in &self.slots {
+            w.u32(s.route);
+            w.u64(s.since_ms);
+            w.u64(s.adopters);
+        }
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Adoption> {
+        let mut r = Reader(bytes);
+        if r.u8()? != VERSION {
+            return None;
+        }
+        let mut a = Adoption::default();
+        for s in a.slots.iter_mut() {
+            *s = Slot { route: r.u32()?, since_ms: r.u64()?, adopters: r.u64()? };
+        }
+        r.is_empty().then_some(a)
+    }
+}
+
+const VERSION: u8 = 1;
+const ENCODED: usize = 1 + SLOTS * (4 + 8 + 8);
+const SYNC_MS: u64 = 1_000;
+
+/// One worker's view of the adoptions, and what it marked since its last
+/// fold into shared data.
+pub struct Shared {
+    key: String,
+    view: RefCell<Adoption>,
+    pending: RefCell<Adoption>,
+    synced_ms: RefCell<u64>,
+}
+
+impl Shared {
+    pub fn new(prefix: &str) -> Shared {
+        Shared {
+            key: format!("{prefix}adoption"),
+            view: RefCell::new(Adoption::default()),
+            pending: RefCell::new(Adoption::default()),
+            synced_ms: RefCell::new(0),
+        }
+    }
+
+    /// Request path: `identity` found `route` new to it.
+    pub fn adopted(&self, route: u32, identity: u64, now_ms: u64) {
+        self.view.borrow_mut().adopted(route, identity, now_ms);
+        self.pending.borrow_mut().adopted(route, identity, now_ms);
+    }
+
+    /// Request path: how many identities took `route` up lately, on every worker as of the last fold.
+    pub fn adopters(&self, route: u32, now_ms: u64) -> f64 {
+        self.view.borrow().adopters(route, now_ms)
+    }
+
+    /// Tick: folds this worker's marks into the shared record and reads
+    /// everyone's back (at most once a `SYNC_MS`). A failed fold keeps the
+    /// marks for the next tick.
+    pub fn on_tick(&self, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
+        {
+            let mut synced = self.synced_ms.borrow_mut();
+            if now_ms < synced.saturating_add(SYNC_MS) {
+                return Ok(());
+            }
+            *synced = now_ms;
+        }
+        let pending = self.pending.borrow().clone();
+        let merged = if pending.is_empty() {
+            match store.get(&self.key)? {
+                Some((bytes, _)) => Adoption::decode(&bytes).unwrap_or_default(),
+                None => return Ok(()),
+            }
+        } else {
+            let merged = record::update(store, metrics, Table::Profile, &self.key, |bytes| {
+                let mut shared = bytes.and_then(Adoption::decode).unwrap_or_default();
+                shared.merge(&pending, now_ms);
+                (Some(shared.encode()), shared)
+            })?;
+            *self.pending.borrow_mut() = Adoption::default();
+            merged
+        };
+        let mut view = self.view.borrow_mut();
+        view.merge(&merged, now_ms);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adopters_on_two_workers_add_up_through_shared_data() {
+        use crate::engine::ports::memory::{MemoryMetrics, MemoryStore};
+        let (store, metrics) = (MemoryStore::default(), MemoryMetrics::default());
+        let workers = [Shared::new("vigil/"), Shared::new("vigil/")];
+        let t = 1_000_000;
+        // Three adopters on each worker: under the line on either alone.
+        for i in 0..6u64 {
+            workers[(i % 2) as usize].adopted(7, i.wrapping_mul(0x9E37_79B9_7F4A_7C15), t + i);
+        }
+        assert!(workers.iter().all(|w| w.adopters(7, t + 10) < RELEASE_AT));
+        for w in &workers {
+            w.on_tick(t + 1_000, &store, &metrics).unwrap();
+        }
+        // The first folded before the second: it reads the sum at its next tick.
+        workers[0].on_tick(t + 2_000, &store, &metrics).unwrap();
+        for w in &workers {
+            assert!(w.adopters(7, t + 2_000) >= RELEASE_AT, "{}", w.adopters(7, t + 2_000));
+        }
+        // A garbled shared record is replaced, never trusted, never a panic.
+        let key = "vigil/adoption";
+        store.set(key, b"\x01garbage", 0).unwrap();
+        workers[1].adopted(9, 1, t + 3_000);
+        workers[1].on_tick(t + 3_000, &store, &metrics).unwrap();
+        assert!(Adoption::decode(&store.get(key).unwrap().unwrap().0).is_some());
+    }
 
     #[test]
     fn many_identities_on_one_new_route_are_a_release_and_one_is_not() {

@@ -103,7 +103,7 @@ pub struct Profiler {
     /// What newcomers of each kind normally do (`population`).
     pub population: population::Population,
     /// Routes many established identities take up at once (`adoption`).
-    adoption: RefCell<adoption::Adoption>,
+    pub adoption: adoption::Shared,
 }
 
 impl Profiler {
@@ -127,7 +127,7 @@ impl Profiler {
             cache: RefCell::new(Cache::new(cfg.cache_entries as usize)),
             hints: Hints::for_slots(cfg.max_profiles),
             population: population::Population::new("vigil/"),
-            adoption: RefCell::new(adoption::Adoption::default()),
+            adoption: adoption::Shared::new("vigil/"),
         }
     }
 
@@ -222,12 +222,11 @@ impl Profiler {
     /// is a release: its endpoint and mix components count at a fraction.
     fn released(&self, owner: u64, obs: &Observation, d: &mut Deviation) {
         let new_here = d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT);
-        let mut adoption = self.adoption.borrow_mut();
         if new_here {
-            adoption.adopted(obs.route, owner, obs.time_ms);
+            self.adoption.adopted(obs.route, owner, obs.time_ms);
         }
         // On an adopted route, the identity's changed mix is the release too.
-        let adopters = adoption.adopters(obs.route, obs.time_ms);
+        let adopters = self.adoption.adopters(obs.route, obs.time_ms);
         if adopters < adoption::RELEASE_AT {
             return;
         }
