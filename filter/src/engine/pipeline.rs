@@ -699,8 +699,15 @@ impl Engine {
             session = token.filter(|t| !t.is_empty()).map(|t| self.hash_key.hash(&[b"session", t]) as u32);
             country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
-            device = p.device_header.as_deref().and_then(|h| req.header(h)).filter(|v| !v.is_empty())
-                .map(|v| self.hash_key.hash(&[b"device\x00", v]) as u32);
+            device = p.device_header.as_deref().and_then(|h| Some((h, req.header(h)?))).filter(|(_, v)| !v.is_empty()).map(|(h, v)| {
+                if h == "user-agent" {
+                    let mut buf = [0u8; DEVICE_BYTES];
+                    let kind = agent_without_versions(v, &mut buf);
+                    self.hash_key.hash(&[b"device\x00", kind]) as u32
+                } else {
+                    self.hash_key.hash(&[b"device\x00", v]) as u32
+                }
+            });
         }
         let method = req.header(":method").map_or(Method::Other, Method::parse);
         let (route, object) = route::template_and_object(req.header(":path").unwrap_or(b"/"));
@@ -864,6 +871,23 @@ impl Engine {
             Err(error) => Outcome::Failed { step: rate::SIGNAL, error },
         }
     }
+}
+
+/// What of a user agent tells a device: its first `DEVICE_BYTES` bytes.
+const DEVICE_BYTES: usize = 256;
+
+/// A user agent without its version numbers (digits, dots, underscores), into
+/// `buf`: a browser or app updating itself (`ShopApp/5.2.1` to
+/// `ShopApp/6.0.0`, `Chrome/131` to `Chrome/132`) stays the same device, while
+/// another browser or operating system is another. No allocation.
+fn agent_without_versions<'a>(agent: &[u8], buf: &'a mut [u8; DEVICE_BYTES]) -> &'a [u8] {
+    let mut n = 0;
+    for &b in agent.iter().filter(|b| !(b.is_ascii_digit() || **b == b'.' || **b == b'_')) {
+        let Some(slot) = buf.get_mut(n) else { break };
+        *slot = b;
+        n += 1;
+    }
+    buf.get(..n).unwrap_or(&[])
 }
 
 /// The value of cookie `name` in a `cookie` header.
@@ -1143,6 +1167,18 @@ mod tests {
         // A new session on a device she has not used before is a new phone, not a theft.
         let v = e.on_request(&on_device("erin", "/orders", "s-new", STOLEN), t + 60_000, &store, &metrics);
         assert!(!v.threat_details.iter().any(|d| d.reason.contains("another device")));
+    }
+
+    #[test]
+    fn a_user_agent_is_a_device_whatever_its_version() {
+        let mut a = [0u8; DEVICE_BYTES];
+        let mut b = [0u8; DEVICE_BYTES];
+        let old = agent_without_versions(b"ShopApp/5.2.1 (iOS 17_5; iPhone14,2)", &mut a).to_vec();
+        assert_eq!(old, agent_without_versions(b"ShopApp/6.0.0 (iOS 18_1; iPhone14,2)", &mut b));
+        assert_ne!(old, agent_without_versions(b"ShopApp/6.0.0 (Android 14; Pixel 8)", &mut b));
+        // Hostile lengths are cut, never a panic.
+        assert_eq!(agent_without_versions(&[b'x'; 70_000], &mut b).len(), DEVICE_BYTES);
+        assert!(agent_without_versions(b"1.2.3", &mut b).is_empty());
     }
 
     #[test]
