@@ -99,6 +99,7 @@ fn profile_learns_scores_and_round_trips_in_wasm() {
         session: None,
         country: Some(country),
         asn: None,
+        device: None,
         object: None,
     };
     let mut p = Profile::default();

@@ -92,6 +92,13 @@ pub enum Freshness {
     Fresh,
 }
 
+/// Attribution's subjects per request: the identity, each key's value, the newcomers.
+const SUBJECTS: usize = MAX_KEYS + 2;
+const NEWCOMERS_AT: usize = MAX_KEYS + 1;
+/// The newcomers' subject in a route's record (never a keyed hash's value in
+/// practice: those are spread over 64 bits; and a collision only merges counts).
+const NEWCOMERS: u64 = 0x6e65_7763_6f6d_6572;
+
 /// What a request carries for the keys, from its headers to its completion:
 /// keyed hashes only, inline (no allocation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -295,6 +302,7 @@ impl Keys {
             Role::Contributor => {
                 let who = match finding.subject {
                     Some(0) | None => "identity".to_string(),
+                    Some(NEWCOMERS_AT) => "request's newcomers (identities on their first requests)".to_string(),
                     Some(i) => self.kinds.get(i - 1).map_or_else(|| "key".to_string(), |k| self.noun(k, features.keys.v6 >> (i - 1) & 1 == 1)),
                 };
                 details.push(ThreatDetail {
@@ -324,9 +332,15 @@ impl Keys {
 
     /// Who a route anomaly may be attributed to: the identity first, then
     /// (unless the request is routine for it) the request's values of the
-    /// keys that may be blamed (0: none).
-    fn subjects(&self, features: &Features, routine: bool) -> [u64; MAX_KEYS + 1] {
-        let mut out = [0u64; MAX_KEYS + 1];
+    /// keys that may be blamed, then, for an identity on its first requests,
+    /// the newcomers as one subject: a burst from hundreds of fresh
+    /// identities that share no key value is still the newcomers' surge
+    /// (0: none).
+    fn subjects(&self, features: &Features, routine: bool) -> [u64; SUBJECTS] {
+        let mut out = [0u64; SUBJECTS];
+        if let (Some(last), Freshness::Fresh) = (out.get_mut(NEWCOMERS_AT), features.keys.fresh) {
+            *last = NEWCOMERS;
+        }
         if let (Some(first), false) = (out.first_mut(), features.identity.kind == IdentityKind::Anonymous) {
             *first = features.identity.hash;
         }

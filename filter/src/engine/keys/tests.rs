@@ -308,6 +308,49 @@ fn ordinary_users_who_share_a_browser_with_the_crowd_behind_an_anomaly_are_not_b
 }
 
 #[test]
+fn a_burst_from_hundreds_of_fresh_identities_sharing_no_key_is_the_newcomers_and_the_regulars_are_not_blamed() {
+    let mut w = World::new(
+        r#"{"mode": "monitor", "rate_limit": {"enabled": false},
+  "identity": {"sources": [{"type": "header", "name": "x-user-id"}], "hash_secret": "t"},
+  "behavioral_profiling": {"enable_user_profiling": true},
+  "time_series_analysis": {"enable_traffic_analysis": true, "analysis_window_minutes": 1},
+  "secondary_keys": {"enabled": true,
+    "keys": [{"type": "client_ip", "trusted_proxy_hops": 1}, {"type": "header", "name": "user-agent"}]}}"#,
+    );
+    let steady = |w: &mut World, step: u64, out: &mut Vec<Verdict>| {
+        for i in (0..40u64).filter(|i| i % 10 == step % 10) {
+            out.push(w.request(&format!("reader-{i}"), &format!("10.1.{i}.7"), "/api/search", CHROME, 200));
+        }
+    };
+    let mut before = Vec::new();
+    for step in 0..900u64 {
+        steady(&mut w, step, &mut before);
+        w.advance(100);
+    }
+    // Each bot sends one request, from its own /24, with its own user agent.
+    let (mut burst, mut readers) = (Vec::new(), Vec::new());
+    for step in 0..150u64 {
+        for b in 0..30u64 {
+            let n = step * 30 + b;
+            let (client, ua) = (format!("{}.{}.{}.9", 11 + n % 200, n / 200 % 250, n % 97), format!("agent-{n}"));
+            burst.push(w.request(&format!("bot-{n}"), &client, "/api/search", &ua, 200));
+        }
+        steady(&mut w, step, &mut readers);
+        w.advance(100);
+    }
+    let anomalous = |v: &&Verdict| v.features.traffic_anomaly_score.is_some_and(|s| s >= 0.34);
+    let seen: Vec<&Verdict> = burst.iter().filter(anomalous).collect();
+    assert!(seen.len() > 1000, "the burst is an anomaly: {}", seen.len());
+    let flagged = seen.iter().filter(|v| v.decision >= Decision::Flag).count();
+    assert!(flagged as f64 >= 0.9 * seen.len() as f64, "{flagged} of {} flagged", seen.len());
+    let v = seen.last().unwrap();
+    assert!(v.threat_details.iter().any(|d| d.reason.contains("this request's newcomers")), "{:?}", v.threat_details);
+    for v in readers.iter().filter(anomalous) {
+        assert_eq!(v.decision, Decision::Allow, "{:?}", v.threat_details);
+    }
+}
+
+#[test]
 fn when_everybody_moves_to_a_new_route_nobody_is_blamed() {
     let mut w = World::new(ATTRIBUTION);
     let mut all = Vec::new();

@@ -640,7 +640,7 @@ mod tests {
         v3[0] = 3;
         let old = Profile::decode(&v3).expect("a version-3 profile");
         assert!(old.devices.is_empty() && old.session.device == 0);
-        assert_eq!((old.routes.clone(), old.activity.clone()), (p.routes.clone(), p.activity.clone()));
+        assert_eq!((&old.routes, old.activity), (&p.routes, p.activity));
         let bytes = v3;
         let max_v3 = bytes.len();
         // A version-1 record (before the standing) is still read.
