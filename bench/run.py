@@ -262,6 +262,9 @@ def main() -> int:
     ap.add_argument("--identities", type=int, default=10000)
     ap.add_argument("--configs", default="", help="Vigil configurations to run, comma-separated (default: all)")
     ap.add_argument("--memory", default="10000,100000", help="identity counts for the memory measurement ('' to skip)")
+    ap.add_argument("--compare-wasm", type=Path, default=None,
+                    help="another vigil.wasm (an earlier commit's build) run beside this one with every chosen "
+                         "configuration, as <config>@compare: a same-run A/B of a change")
     args = ap.parse_args()
 
     if not shutil.which("wrk"):
@@ -292,6 +295,10 @@ def main() -> int:
         # The contract floor of each configuration measured (one Envoy per distinct floor).
         variants.update({floor_name(VIGIL_CONFIGS[k]): (FLOOR_WASM, floor_contracts(VIGIL_CONFIGS[k])) for k in chosen})
         variants.update({k: (VIGIL_WASM, VIGIL_CONFIGS[k]) for k in chosen})
+        if args.compare_wasm:
+            if not args.compare_wasm.exists():
+                raise SystemExit(f"--compare-wasm {args.compare_wasm}: no such file")
+            variants.update({f"{k}@compare": (args.compare_wasm, VIGIL_CONFIGS[k]) for k in chosen})
         for route in routes:
             for name, (wasm, cfg) in variants.items():
                 doc = envoy_config(f"{name}_{route}", free_port(), free_port(), route,
@@ -315,7 +322,7 @@ def main() -> int:
 
         summary = summarise(samples, routes, names, args)
         for v in summary["vigil"]:
-            if VIGIL_CONFIGS[v["config"]].get("enable_ml_models"):
+            if VIGIL_CONFIGS[config_of(v["config"])].get("enable_ml_models"):
                 stats = envoys[(v["route"], v["config"])].stats()
                 calls = sum(int(x) for k, x in stats.items() if k.startswith("wasmcustom.vigil_ml_calls_total"))
                 requests = int(stats.get("wasmcustom.vigil_requests_total", "0") or 0)
@@ -331,6 +338,11 @@ def main() -> int:
         if upstream:
             upstream.stop()
     return 0
+
+
+def config_of(variant: str) -> str:
+    """The configuration a variant runs (`vigil_default@compare` runs `vigil_default`)."""
+    return variant.split("@", 1)[0]
 
 
 def summarise(samples, routes, names, args) -> dict:
@@ -352,7 +364,7 @@ def summarise(samples, routes, names, args) -> dict:
             if not name.startswith("vigil"):
                 continue
             s = samples[(route, name)]
-            floor = floor_name(VIGIL_CONFIGS[name])
+            floor = floor_name(VIGIL_CONFIGS[config_of(name)])
             vigil.append({
                 "config": name,
                 "route": route,
@@ -382,19 +394,19 @@ def summarise(samples, routes, names, args) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    print("\n%-10s %-26s %10s %9s %9s" % ("route", "envoy", "req/s", "p50 ms", "p99 ms"))
+    print("\n%-10s %-32s %10s %9s %9s" % ("route", "envoy", "req/s", "p50 ms", "p99 ms"))
     for route, rows in summary["results"].items():
         for name, r in rows.items():
-            print("%-10s %-26s %10d %9.3f %9.3f" % (route, name, r["rps"], r["p50_ms"], r["p99_ms"]))
+            print("%-10s %-32s %10d %9.3f %9.3f" % (route, name, r["rps"], r["p50_ms"], r["p99_ms"]))
     print("\nempty wasm / no filter: " + ", ".join(f"{k} {v:.3f}" for k, v in summary["empty_wasm_vs_no_filter"].items()))
     print("contract floor / empty wasm (bench/floor-filter: only the host calls the contracts require):")
     for route, floors in summary["floor_vs_empty_wasm"].items():
         print("  %-10s %s" % (route, ", ".join(f"{k} {v:.3f}" for k, v in floors.items())))
-    print("\n%-10s %-26s %10s %10s %10s %10s %10s" % ("route", "vigil config", "vs no filt", "vs empty", "vs floor",
+    print("\n%-10s %-32s %10s %10s %10s %10s %10s" % ("route", "vigil config", "vs no filt", "vs empty", "vs floor",
                                                    "p99 +ms", "p99 +ms(e)"))
     for v in summary["vigil"]:
         asked = f"  asked {v['ml_share_asked']:.1%}" if v.get("ml_share_asked") is not None else ""
-        print("%-10s %-26s %10.3f %10.3f %10.3f %10.3f %10.3f%s" % (v["route"], v["config"], v["throughput_vs_no_filter"],
+        print("%-10s %-32s %10.3f %10.3f %10.3f %10.3f %10.3f%s" % (v["route"], v["config"], v["throughput_vs_no_filter"],
               v["throughput_vs_empty_wasm"], v["throughput_vs_floor"], v["p99_added_ms"], v["p99_added_vs_empty_wasm_ms"],
               asked))
     ml_off = {(v["route"]): v for v in summary["vigil"] if v["config"] == "vigil_profiling_traffic"}
@@ -403,7 +415,7 @@ def print_table(summary: dict) -> None:
         print("\nML against ML off (vigil_profiling_traffic), same run:")
         for v in rows:
             off = ml_off[v["route"]]
-            print("%-10s %-26s throughput x%.3f  p99 %+.3f ms" % (v["route"], v["config"],
+            print("%-10s %-32s throughput x%.3f  p99 %+.3f ms" % (v["route"], v["config"],
                   v["throughput_vs_empty_wasm"] / off["throughput_vs_empty_wasm"], v["p99_added_ms"] - off["p99_added_ms"]))
     if summary.get("memory"):
         print("\nmemory (vigil_profiling_traffic, 16384 rate slots and 16384 profiles):")

@@ -1100,6 +1100,34 @@ mod tests {
     }
 
     #[test]
+    fn a_traveller_back_to_her_routine_ends_the_episode_her_arrival_opened() {
+        let (e, store, metrics) = profiling(true);
+        let mut t = 1_000_000;
+        routine(&e, &store, &metrics, &mut t, 200);
+        // She lands in Spain and, first thing, tries something new: ambiguous, flagged.
+        t += 3 * 3_600_000;
+        let v = e.on_request(&as_user("dana", "/search", "ES"), t, &store, &metrics);
+        assert!(v.decision >= Decision::Flag, "{:?} {:?}", v.features.behavioral_score, v.threat_details);
+        // Then her usual routine, from Spain: the episode holds a few requests, then it is over.
+        let mut flagged = Vec::new();
+        for i in 0..30u64 {
+            t += 1_500 + (i * 7919) % 1_000;
+            let v = e.on_request(&as_user("dana", ["/orders", "/cart", "/orders/12"][(i % 3) as usize], "ES"), t, &store, &metrics);
+            flagged.push(v.decision >= Decision::Flag);
+        }
+        let late = flagged[10..].iter().filter(|f| **f).count();
+        assert_eq!(late, 0, "her routine abroad stays flagged: {flagged:?}");
+        // The new country is still noticed; a takeover from there would still open one.
+        let mut walked = 0;
+        for i in 0..20u64 {
+            t += 400;
+            let v = e.on_request(&as_user("dana", ["/admin/export", "/admin/users"][(i % 2) as usize], "ES"), t, &store, &metrics);
+            walked += usize::from(v.decision >= Decision::Flag);
+        }
+        assert!(walked >= 18, "{walked} of 20");
+    }
+
+    #[test]
     fn without_geo_a_takeover_is_still_flagged_on_combined_moderate_evidence() {
         let (e, store, metrics) = profiling(false);
         let mut t = 1_000_000;

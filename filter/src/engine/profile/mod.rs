@@ -256,7 +256,10 @@ impl Profiler {
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
             device: if part(Component::Device).max(part(Component::SessionDevice)) >= score::REASON_AT { ctx.device } else { 0 },
         };
-        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, self.gate, &ctx, &marks);
+        let rest = score::combine(&d.parts, |c, s| {
+            if matches!(c, Component::Country | Component::Travel | Component::Asn | Component::Device) { 0.0 } else { s }
+        });
+        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, self.gate, &ctx, &marks);
         d.opened = opened;
         if continues && score > d.own && score >= self.gate {
             let e = &profile.standing.episode;

@@ -635,8 +635,9 @@ mod tests {
         // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
         let devices = 4 + 1 + TOP_DEVICES * 8;
         let mut v3 = bytes[..MAX_ENCODED - devices].to_vec();
-        let mark = v3.len() - activity::ENCODED - 4;
-        v3.drain(mark..mark + 4);
+        // The episode's device mark and calm count (4 + 1 bytes) end the standing.
+        let mark = v3.len() - activity::ENCODED - 5;
+        v3.drain(mark..mark + 5);
         v3[0] = 3;
         let old = Profile::decode(&v3).expect("a version-3 profile");
         assert!(old.devices.is_empty() && old.session.device == 0);
@@ -644,7 +645,7 @@ mod tests {
         let bytes = v3;
         let max_v3 = bytes.len();
         // A version-1 record (before the standing) is still read.
-        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 4) - activity::ENCODED].to_vec();
+        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 5) - activity::ENCODED].to_vec();
         v1[0] = 1;
         let old = Profile::decode(&v1).expect("a version-1 profile");
         assert_eq!(old.standing, Standing::default());

@@ -89,42 +89,61 @@ impl Component {
     }
 }
 
-/// Endpoint, method and body size describe one thing, the kind of request:
-/// a login is at once a rare endpoint, a POST and a body. Within that group
-/// the strongest counts in full and the others at this share, so one unusual
-/// kind of request is one oddity, not three; a new endpoint with a new pace
-/// or from a new place is still two.
+/// Some components describe one thing together. Endpoint, method and body
+/// size are the kind of request: a login is at once a rare endpoint, a POST
+/// and a body. Country, travel and hour of day are where and when: a trip
+/// abroad brings another time zone. Within a group the strongest counts in
+/// full and the others at this share, so one unusual kind of request, or one
+/// trip, is one oddity, not three; a new endpoint from a new country, or at a
+/// new pace, is still two.
 pub const SAME_KIND_SHARE: f64 = 0.3;
 
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum Group {
+    Kind,
+    Place,
+}
+
 impl Component {
-    fn describes_the_request_kind(self) -> bool {
-        matches!(self, Component::Endpoint | Component::Method | Component::Size)
+    fn group(self) -> Option<Group> {
+        match self {
+            Component::Endpoint | Component::Method | Component::Size => Some(Group::Kind),
+            Component::Country | Component::Travel | Component::Hour => Some(Group::Place),
+            _ => None,
+        }
     }
 }
 
 /// The behavioural score of scored components: a noisy-OR of `weight · score`
-/// (`1 − Π (1 − w·c)`), the request-kind group counted as one oddity
-/// (`SAME_KIND_SHARE`). `scale` adjusts a component's score first (a release
-/// discounts endpoint and mix).
+/// (`1 − Π (1 − w·c)`), each group counted as one oddity (`SAME_KIND_SHARE`).
+/// `scale` adjusts a component's score first (a release discounts endpoint
+/// and mix).
 pub fn combine(parts: &[(Component, f64)], scale: impl Fn(Component, f64) -> f64) -> f64 {
     let term = |c: Component, s: f64| c.weight() * scale(c, s).clamp(0.0, 1.0);
-    // The group's strongest (first of equals) counts in full.
-    let strongest = parts
-        .iter()
-        .enumerate()
-        .filter(|(_, (c, _))| c.describes_the_request_kind())
-        .fold(None, |best: Option<(usize, f64)>, (i, (c, s))| {
-            let x = term(*c, *s);
-            if best.is_some_and(|(_, b)| b >= x) { best } else { Some((i, x)) }
-        })
-        .map(|(i, _)| i);
+    // Each group's strongest (first of equals) counts in full.
+    let strongest = |g: Group| {
+        parts
+            .iter()
+            .enumerate()
+            .filter(|(_, (c, _))| c.group() == Some(g))
+            .fold(None, |best: Option<(usize, f64)>, (i, (c, s))| {
+                let x = term(*c, *s);
+                if best.is_some_and(|(_, b)| b >= x) { best } else { Some((i, x)) }
+            })
+            .map(|(i, _)| i)
+    };
+    let (kind, place) = (strongest(Group::Kind), strongest(Group::Place));
     let keep: f64 = parts
         .iter()
         .enumerate()
         .map(|(i, (c, s))| {
             let x = term(*c, *s);
-            let x = if c.describes_the_request_kind() && Some(i) != strongest { x * SAME_KIND_SHARE } else { x };
-            1.0 - x
+            let lead = match c.group() {
+                Some(Group::Kind) => kind == Some(i),
+                Some(Group::Place) => place == Some(i),
+                None => true,
+            };
+            1.0 - if lead { x } else { x * SAME_KIND_SHARE }
         })
         .product();
     (1.0 - keep).clamp(0.0, 1.0)
@@ -549,6 +568,11 @@ mod tests {
         // The same endpoint, faster than usual, with failures: three things.
         let takeover = combine(&[(Endpoint, 0.8), (Rate, 0.9), (Failures, 0.8), (Method, 0.02)], |_, s| s);
         assert!(takeover > 0.8, "{takeover}");
+        // A trip: a new country, another time zone; under the threshold alone.
+        let trip = combine(&[(Country, 1.0), (Hour, 1.0), (Endpoint, 0.02)], |_, s| s);
+        assert!(trip < 0.6, "{trip}");
+        let takeover_abroad = combine(&[(Country, 1.0), (Hour, 1.0), (Endpoint, 1.0), (Rate, 0.8)], |_, s| s);
+        assert!(takeover_abroad > 0.85, "{takeover_abroad}");
         // Order does not matter; the strongest of the group counts in full.
         let a = combine(&[(Size, 1.0), (Endpoint, 0.5)], |_, s| s);
         let b = combine(&[(Endpoint, 0.5), (Size, 1.0)], |_, s| s);

@@ -20,13 +20,21 @@ pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
-const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4 + 1;
 /// An episode's held score halves every this many seconds without a
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
 pub const EPISODE_HALF_LIFE_S: f64 = 300.0;
 /// A request deviating this share of the gate on its own continues an episode.
 pub const CONTINUES_AT: f64 = 0.8;
+/// A request that continues the episode only by its marks, and is otherwise
+/// ordinary for the identity (its deviation without place and device under
+/// this), is calm: the identity's behaviour is back to its own baseline.
+pub const CALM_BELOW: f64 = 0.3;
+/// This many calm requests in a row end the episode: a traveller who lands
+/// and goes about her usual routine is herself; an attacker's own requests
+/// keep deviating, and each one that does renews the episode.
+pub const CALM_ENDS: u8 = 5;
 /// Below this held score the episode is over.
 /// Half the default deviation threshold: a held score at or above it never
 /// speaks for "ordinary" in the ensemble.
@@ -51,9 +59,11 @@ pub struct Episode {
     pub country: u16,
     pub asn: u32,
     pub device: u32,
-    /// When an operator last ended an episode (s): a worker's older copy of
-    /// it must not come back at the next merge.
+    /// When an operator last ended an episode, or the identity's calm did
+    /// (s): a worker's older copy of it must not come back at the next merge.
     pub cleared_s: u32,
+    /// Calm requests in a row (`CALM_BELOW`).
+    pub calm: u8,
 }
 
 /// The context a request arrives in, as an episode compares it.
@@ -174,16 +184,35 @@ impl Standing {
     /// Scores a request against the open episode, and opens or renews one.
     /// `own` is the request's own deviation, `gate` the deviation threshold,
     /// `marks` the request's unusual context (what is new to the identity).
+    /// `rest` is the request's deviation without its place and device
+    /// components (`CALM_BELOW`).
     /// Returns the score the request stands at (at least `own`), whether it
     /// continues an episode, and whether it opened one.
-    pub fn episode_score(&mut self, at_ms: u64, own: f64, gate: f64, ctx: &Context, marks: &Context) -> (f64, bool, bool) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn episode_score(
+        &mut self,
+        at_ms: u64,
+        own: f64,
+        rest: f64,
+        gate: f64,
+        ctx: &Context,
+        marks: &Context,
+    ) -> (f64, bool, bool) {
         let at_s = (at_ms / 1000) as u32;
         let e = &mut self.episode;
         let held = e.held(at_s);
         if e.is_open() && held < f64::from(EPISODE_END) {
             *e = Episode { cleared_s: e.cleared_s, ..Episode::default() };
         }
-        let continues = e.is_open() && e.continued_by(ctx, own, gate);
+        let mut continues = e.is_open() && e.continued_by(ctx, own, gate);
+        if continues && own < gate {
+            e.calm = if rest < CALM_BELOW { e.calm.saturating_add(1) } else { 0 };
+            if e.calm >= CALM_ENDS {
+                // Over, for every worker: no older copy comes back at a merge.
+                *e = Episode { cleared_s: at_s.max(e.peak_s), ..Episode::default() };
+                continues = false;
+            }
+        }
         let score = if continues { own.max(held) } else { own };
         let mut opened = false;
         if own >= gate && own >= held {
@@ -198,6 +227,7 @@ impl Standing {
             }
             e.level = own as f32;
             e.peak_s = at_s;
+            e.calm = 0;
         }
         (score, continues, opened)
     }
@@ -338,6 +368,7 @@ impl Standing {
         w.u32(e.asn);
         w.u32(e.cleared_s);
         w.u32(e.device);
+        w.u8(e.calm);
     }
 
     /// `version`: the profile's encoding version (the episode from 3 on,
@@ -372,10 +403,20 @@ impl Standing {
         s.drifts = r.u16()?;
         s.rebased_s = r.u32()?;
         if version >= 3 {
-            s.episode = Episode { level: r.f32()?, peak_s: r.u32()?, opened_s: r.u32()?, country: r.u16()?, asn: r.u32()?, cleared_s: r.u32()?, device: 0 };
+            s.episode = Episode {
+                level: r.f32()?,
+                peak_s: r.u32()?,
+                opened_s: r.u32()?,
+                country: r.u16()?,
+                asn: r.u32()?,
+                cleared_s: r.u32()?,
+                device: 0,
+                calm: 0,
+            };
         }
         if version >= 4 {
             s.episode.device = r.u32()?;
+            s.episode.calm = r.u8()?;
         }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
         (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
