@@ -296,6 +296,7 @@ def main() -> int:
         variants.update({floor_name(VIGIL_CONFIGS[k]): (FLOOR_WASM, floor_contracts(VIGIL_CONFIGS[k])) for k in chosen})
         variants.update({k: (VIGIL_WASM, VIGIL_CONFIGS[k]) for k in chosen})
         if args.compare_wasm:
+            args.compare_wasm = args.compare_wasm.resolve()
             if not args.compare_wasm.exists():
                 raise SystemExit(f"--compare-wasm {args.compare_wasm}: no such file")
             variants.update({f"{k}@compare": (args.compare_wasm, VIGIL_CONFIGS[k]) for k in chosen})

@@ -699,7 +699,10 @@ impl Engine {
             session = token.filter(|t| !t.is_empty()).map(|t| self.hash_key.hash(&[b"session", t]) as u32);
             country = p.geo.country_header.as_deref().and_then(|h| req.header(h)).and_then(|v| model::country_code(v.trim_ascii()));
             asn = p.geo.asn_header.as_deref().and_then(|h| req.header(h)).and_then(parse_asn);
-            device = p.device_header.as_deref().and_then(|h| Some((h, req.header(h)?))).filter(|(_, v)| !v.is_empty()).map(|(h, v)| {
+            // A missing header is a device too ("none"): leaving it out must
+            // not hide a stolen session.
+            device = p.device_header.as_deref().map(|h| {
+                let v = req.header(h).unwrap_or(b"");
                 if h == "user-agent" {
                     let mut buf = [0u8; DEVICE_BYTES];
                     let kind = agent_without_versions(v, &mut buf);
@@ -882,7 +885,8 @@ const DEVICE_BYTES: usize = 256;
 /// another browser or operating system is another. No allocation.
 fn agent_without_versions<'a>(agent: &[u8], buf: &'a mut [u8; DEVICE_BYTES]) -> &'a [u8] {
     let mut n = 0;
-    for &b in agent.iter().filter(|b| !(b.is_ascii_digit() || **b == b'.' || **b == b'_')) {
+    // Bounded work for hostile lengths.
+    for &b in agent.iter().take(4 * DEVICE_BYTES).filter(|b| !(b.is_ascii_digit() || **b == b'.' || **b == b'_')) {
         let Some(slot) = buf.get_mut(n) else { break };
         *slot = b;
         n += 1;
@@ -1115,7 +1119,9 @@ mod tests {
             let v = e.on_request(&as_user("dana", ["/orders", "/cart", "/orders/12"][(i % 3) as usize], "ES"), t, &store, &metrics);
             flagged.push(v.decision >= Decision::Flag);
         }
-        let late = flagged[10..].iter().filter(|f| **f).count();
+        // (30 requests at about 2 s: the episode settles after 30 s of calm.)
+        assert!(flagged[0], "the episode holds her first requests abroad");
+        let late = flagged[20..].iter().filter(|f| **f).count();
         assert_eq!(late, 0, "her routine abroad stays flagged: {flagged:?}");
         // The new country is still noticed; a takeover from there would still open one.
         let mut walked = 0;
@@ -1193,8 +1199,38 @@ mod tests {
             }
         }
         // A new session on a device she has not used before is a new phone, not a theft.
-        let v = e.on_request(&on_device("erin", "/orders", "s-new", STOLEN), t + 60_000, &store, &metrics);
+        t += 60_000;
+        let v = e.on_request(&on_device("erin", "/orders", "s-new", STOLEN), t, &store, &metrics);
         assert!(!v.threat_details.iter().any(|d| d.reason.contains("another device")));
+    }
+
+    #[test]
+    fn a_stolen_session_is_known_by_its_device_whatever_comes_between_and_without_a_user_agent() {
+        let stolen = |v: &Verdict| v.threat_details.iter().any(|d| d.reason.contains("another device"));
+        let (e, store, metrics) = with_sessions();
+        let mut t = 1_000_000;
+        sessions(&e, &store, &metrics, &mut t, 200);
+        // Her laptop's session s6, then a new one on her phone (the open one): the thief holds the laptop's token.
+        let (laptop_token, phone_token) = ("s6", "p7");
+        for i in 0..3u64 {
+            t += 2_000;
+            e.on_request(&on_device("erin", "/orders", phone_token, PHONE), t + i, &store, &metrics);
+        }
+        // A bogus cookie first (a session of his own), then her older token: still hers.
+        t += 1_000;
+        e.on_request(&on_device("erin", "/orders", "made-up", STOLEN), t, &store, &metrics);
+        t += 1_000;
+        let v = e.on_request(&on_device("erin", "/orders", laptop_token, STOLEN), t, &store, &metrics);
+        assert!(stolen(&v) && v.decision >= Decision::Flag, "{:?}", v.threat_details);
+        // The token is never bound to his device: she, back on the laptop with it, is herself.
+        t += 1_000;
+        let v = e.on_request(&on_device("erin", "/cart", laptop_token, LAPTOP), t, &store, &metrics);
+        assert!(!stolen(&v), "{:?}", v.threat_details);
+        // Leaving the user agent out does not hide the replay.
+        t += 1_000;
+        let bare = HeaderList::from_pairs(&[(":method", "GET"), (":path", "/orders"), ("x-user-id", "erin"), ("cookie", "session=p7")]);
+        let v = e.on_request(&bare, t, &store, &metrics);
+        assert!(stolen(&v) && v.decision >= Decision::Flag, "{:?}", v.threat_details);
     }
 
     #[test]
@@ -1206,6 +1242,7 @@ mod tests {
         assert_ne!(old, agent_without_versions(b"ShopApp/6.0.0 (Android 14; Pixel 8)", &mut b));
         // Hostile lengths are cut, never a panic.
         assert_eq!(agent_without_versions(&[b'x'; 70_000], &mut b).len(), DEVICE_BYTES);
+        assert!(agent_without_versions(&[b'7'; 70_000], &mut b).is_empty());
         assert!(agent_without_versions(b"1.2.3", &mut b).is_empty());
     }
 

@@ -55,7 +55,7 @@ impl Adoption {
     /// How many established identities took `route` up lately.
     pub fn adopters(&self, route: u32, now_ms: u64) -> f64 {
         match self.slot(route) {
-            Some(s) if now_ms.saturating_sub(s.since_ms) <= WINDOW_MS => distinct(s.adopters),
+            Some(s) if live(s, now_ms) => distinct(s.adopters),
             _ => 0.0,
         }
     }
@@ -80,15 +80,14 @@ impl Adoption {
     /// bitmaps join (the earlier start stands); a slot another route holds
     /// goes to whichever has more adopters in its window.
     fn merge(&mut self, other: &Adoption, now_ms: u64) {
-        let live = |s: &Slot| s.adopters != 0 && now_ms.saturating_sub(s.since_ms) <= WINDOW_MS;
         for (mine, theirs) in self.slots.iter_mut().zip(other.slots.iter()) {
-            if !live(theirs) {
+            if !live(theirs, now_ms) {
                 continue;
             }
-            if live(mine) && mine.route == theirs.route {
+            if live(mine, now_ms) && mine.route == theirs.route {
                 mine.adopters |= theirs.adopters;
                 mine.since_ms = mine.since_ms.min(theirs.since_ms);
-            } else if !live(mine) || theirs.adopters.count_ones() > mine.adopters.count_ones() {
+            } else if !live(mine, now_ms) || theirs.adopters.count_ones() > mine.adopters.count_ones() {
                 *mine = *theirs;
             }
         }
@@ -121,6 +120,12 @@ impl Adoption {
         }
         r.is_empty().then_some(a)
     }
+}
+
+/// A slot counts within its window; one from the future (a clock gone
+/// wrong, a forged shared record) never does.
+fn live(s: &Slot, now_ms: u64) -> bool {
+    s.adopters != 0 && s.since_ms <= now_ms.saturating_add(60_000) && now_ms.saturating_sub(s.since_ms) <= WINDOW_MS
 }
 
 const VERSION: u8 = 1;
@@ -218,6 +223,15 @@ mod tests {
         workers[1].adopted(9, 1, t + 3_000);
         workers[1].on_tick(t + 3_000, &store, &metrics).unwrap();
         assert!(Adoption::decode(&store.get(key).unwrap().unwrap().0).is_some());
+        // A forged record from the future, full bitmaps everywhere, discounts nothing.
+        let mut forged = Adoption::default();
+        for s in forged.slots.iter_mut() {
+            *s = Slot { route: 7, since_ms: u64::MAX / 2, adopters: u64::MAX };
+        }
+        store.set(key, &forged.encode(), 0).unwrap();
+        let fresh = Shared::new("vigil/");
+        fresh.on_tick(t + 10_000, &store, &metrics).unwrap();
+        assert_eq!(fresh.adopters(7, t + 10_000), 0.0);
     }
 
     #[test]

@@ -256,9 +256,16 @@ impl Profiler {
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
             device: if part(Component::Device).max(part(Component::SessionDevice)) >= score::REASON_AT { ctx.device } else { 0 },
         };
-        let rest = score::combine(&d.parts, |c, s| {
-            if matches!(c, Component::Country | Component::Travel | Component::Asn | Component::Device) { 0.0 } else { s }
-        });
+        // The request without where and when it comes from; from a device new
+        // to the identity it is never calm (a thief cannot settle an episode).
+        let rest = if part(Component::Device) >= score::REASON_AT {
+            1.0
+        } else {
+            score::combine(&d.parts, |c, s| {
+                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device);
+                if place { 0.0 } else { s }
+            })
+        };
         let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, self.gate, &ctx, &marks);
         d.opened = opened;
         if continues && score > d.own && score >= self.gate {

@@ -18,6 +18,8 @@ pub const TOP_COUNTRIES: usize = 4;
 pub const TOP_ASNS: usize = 4;
 /// Devices (user-agent or fingerprint hashes) an identity is known on.
 pub const TOP_DEVICES: usize = 3;
+/// Session tokens remembered with the device each started on.
+pub const RECENT_TOKENS: usize = 3;
 pub const METHODS: usize = 8;
 pub const HOURS: usize = 24;
 /// 1xx/2xx, 3xx, 401/403, 404, other 4xx, 5xx.
@@ -42,7 +44,8 @@ pub const MAX_ENCODED: usize = 1
     + 1 + TOP_ASNS * 8
     + super::standing::MAX_ENCODED
     + activity::ENCODED
-    + 4 + 1 + TOP_DEVICES * 8;
+    + 4 + 1 + TOP_DEVICES * 8
+    + RECENT_TOKENS * 8;
 
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
@@ -138,6 +141,10 @@ pub struct Profile {
     pub last_country_ms: u64,
     pub asns: Vec<Weighted<u32>>,
     pub devices: Vec<Weighted<u32>>,
+    /// The last few session tokens and the device each started on (newest
+    /// first; 0: free): a token replayed from elsewhere, even one that is not
+    /// the open session's, is still known by its first device.
+    pub tokens: [(u32, u32); RECENT_TOKENS],
     pub standing: Standing,
     /// The last minute or so: objects, walks, pace (profile version 3 on).
     pub activity: Activity,
@@ -276,14 +283,32 @@ impl Profile {
                 self.close_session(d);
             }
             if fresh || ends || self.session.requests == 0 {
-                let device = obs.device.unwrap_or(0);
-                self.session = Session { id: obs.session.unwrap_or(0), start_ms: obs.time_ms, requests: 0, device };
+                let (token, device) = (obs.session.unwrap_or(0), obs.device.unwrap_or(0));
+                let device = if token != 0 { self.remember_token(token, device) } else { device };
+                self.session = Session { id: token, start_ms: obs.time_ms, requests: 0, device };
             }
             self.session.requests = self.session.requests.saturating_add(1);
             self.last_ms = obs.time_ms;
         }
         let closed = self.activity.record(obs.time_ms, obs.route, obs.object);
         Present { gap, in_order, closed }
+    }
+
+    /// The device `token` started on: the one remembered, or `device` for a
+    /// token not seen before (remembered, the oldest forgotten). A known token
+    /// is never bound to another device.
+    fn remember_token(&mut self, token: u32, device: u32) -> u32 {
+        if let Some(known) = self.tokens.iter_mut().find(|(t, _)| *t == token) {
+            if known.1 == 0 {
+                known.1 = device;
+            }
+            return known.1;
+        }
+        self.tokens.rotate_right(1);
+        if let Some(first) = self.tokens.first_mut() {
+            *first = (token, device);
+        }
+        device
     }
 
     /// What the request teaches the identity's normal, at `weight` in [0, 1]:
@@ -460,6 +485,10 @@ impl Profile {
             w.u32(d.key);
             w.f32(d.long);
         }
+        for (token, device) in &self.tokens {
+            w.u32(*token);
+            w.u32(*device);
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Profile> {
@@ -525,8 +554,13 @@ impl Profile {
             for _ in 0..n {
                 p.devices.push(Weighted { key: r.u32()?, long: r.f32()?, recent: 0.0 });
             }
+            for slot in p.tokens.iter_mut() {
+                *slot = (r.u32()?, r.u32()?);
+            }
         }
         let finite = p.routes.iter().all(|r| r.long.is_finite() && r.recent.is_finite())
+            && p.countries.iter().all(|c| c.long.is_finite())
+            && p.asns.iter().chain(&p.devices).all(|a| a.long.is_finite())
             && p.methods.iter().chain(&p.hours).chain(&p.status).all(|x| x.is_finite())
             && p.weight.is_finite();
         (finite && r.is_empty()).then_some(p)
@@ -633,11 +667,11 @@ mod tests {
         assert_eq!(p.devices.len(), TOP_DEVICES);
         assert_ne!(p.session.device, 0);
         // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
-        let devices = 4 + 1 + TOP_DEVICES * 8;
+        let devices = 4 + 1 + TOP_DEVICES * 8 + RECENT_TOKENS * 8;
         let mut v3 = bytes[..MAX_ENCODED - devices].to_vec();
-        // The episode's device mark and calm count (4 + 1 bytes) end the standing.
-        let mark = v3.len() - activity::ENCODED - 5;
-        v3.drain(mark..mark + 5);
+        // The episode's device mark and last unsettling (4 + 4 bytes) end the standing.
+        let mark = v3.len() - activity::ENCODED - 8;
+        v3.drain(mark..mark + 8);
         v3[0] = 3;
         let old = Profile::decode(&v3).expect("a version-3 profile");
         assert!(old.devices.is_empty() && old.session.device == 0);
@@ -645,7 +679,7 @@ mod tests {
         let bytes = v3;
         let max_v3 = bytes.len();
         // A version-1 record (before the standing) is still read.
-        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 5) - activity::ENCODED].to_vec();
+        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 8) - activity::ENCODED].to_vec();
         v1[0] = 1;
         let old = Profile::decode(&v1).expect("a version-1 profile");
         assert_eq!(old.standing, Standing::default());

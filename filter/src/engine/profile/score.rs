@@ -417,11 +417,13 @@ fn before(p: &Profile, obs: &Observation, route_name: &str, s: &Scoring, out: &m
             let w = p.devices.iter().find(|d| d.key == device).map_or(0.0, |d| f64::from(d.long));
             out.push((Component::Device, surprise_score(w, known), Reason::Device { share: share(w, seen) }));
         }
-        // Only a token names a session: an inferred one has no owner to steal.
-        let session = &p.session;
-        if obs.session.is_some_and(|id| id != 0 && id == session.id) && session.device != 0 && session.requests > 0 {
-            let moved = if device != session.device { 1.0 } else { 0.0 };
-            let minutes = obs.time_ms.saturating_sub(session.start_ms) as f64 / 60_000.0;
+        // Only a token names a session (an inferred one has no owner to
+        // steal); any token the identity used lately is known by its first device.
+        let known = obs.session.filter(|id| *id != 0).and_then(|id| p.tokens.iter().find(|(t, d)| *t == id && *d != 0));
+        if let Some(&(id, first)) = known {
+            let moved = if device != first { 1.0 } else { 0.0 };
+            let since = if id == p.session.id { p.session.start_ms } else { obs.time_ms };
+            let minutes = obs.time_ms.saturating_sub(since) as f64 / 60_000.0;
             out.push((Component::SessionDevice, moved, Reason::SessionDevice { minutes }));
         }
     }

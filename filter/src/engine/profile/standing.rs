@@ -20,21 +20,24 @@ pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
-const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4 + 1;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4 + 4;
 /// An episode's held score halves every this many seconds without a
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
 pub const EPISODE_HALF_LIFE_S: f64 = 300.0;
 /// A request deviating this share of the gate on its own continues an episode.
 pub const CONTINUES_AT: f64 = 0.8;
-/// A request that continues the episode only by its marks, and is otherwise
-/// ordinary for the identity (its deviation without place and device under
-/// this), is calm: the identity's behaviour is back to its own baseline.
+/// A request that continues the episode only by its marks, from a device the
+/// identity knows, and is otherwise ordinary for it (its deviation without
+/// place and device under this), is calm: its behaviour is back to its own
+/// baseline.
 pub const CALM_BELOW: f64 = 0.3;
-/// This many calm requests in a row end the episode: a traveller who lands
-/// and goes about her usual routine is herself; an attacker's own requests
-/// keep deviating, and each one that does renews the episode.
-pub const CALM_ENDS: u8 = 5;
+/// An episode whose continuing requests have all been calm for this long is
+/// over: a traveller who lands and goes about her usual routine is herself.
+/// An attacker's own requests keep deviating, or come from a device new to
+/// the identity, and each such one unsettles the episode again. Time, not a
+/// count, so that workers' views merge (the latest unsettling wins).
+pub const CALM_ENDS_S: u32 = 30;
 /// Below this held score the episode is over.
 /// Half the default deviation threshold: a held score at or above it never
 /// speaks for "ordinary" in the ensemble.
@@ -43,9 +46,10 @@ pub const EPISODE_END: f32 = 0.35;
 /// A deviation that has not ended: the identity stays suspect. Requests that
 /// continue it (the same new country, network or device as the one that
 /// opened it, or a deviation of their own) score at least what the episode
-/// holds, so an attacker cannot dilute a takeover with ordinary-looking
+/// holds, so an attacker cannot dilute a takeover with a few ordinary-looking
 /// requests, and the victim's own routine (none of the marks, no deviation)
-/// neither closes it nor is held by it.
+/// neither closes it nor is held by it. It ends when it fades, when an
+/// operator says so, or after `CALM_ENDS_S` of calm continuations.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Episode {
     /// The peak deviation (0: no episode).
@@ -62,8 +66,8 @@ pub struct Episode {
     /// When an operator last ended an episode, or the identity's calm did
     /// (s): a worker's older copy of it must not come back at the next merge.
     pub cleared_s: u32,
-    /// Calm requests in a row (`CALM_BELOW`).
-    pub calm: u8,
+    /// When a continuing request was last not calm, or the peak renewed (s).
+    pub unsettled_s: u32,
 }
 
 /// The context a request arrives in, as an episode compares it.
@@ -185,7 +189,7 @@ impl Standing {
     /// `own` is the request's own deviation, `gate` the deviation threshold,
     /// `marks` the request's unusual context (what is new to the identity).
     /// `rest` is the request's deviation without its place and device
-    /// components (`CALM_BELOW`).
+    /// components, or 1 from a device new to the identity (`CALM_BELOW`).
     /// Returns the score the request stands at (at least `own`), whether it
     /// continues an episode, and whether it opened one.
     #[allow(clippy::too_many_arguments)]
@@ -205,11 +209,13 @@ impl Standing {
             *e = Episode { cleared_s: e.cleared_s, ..Episode::default() };
         }
         let mut continues = e.is_open() && e.continued_by(ctx, own, gate);
-        if continues && own < gate {
-            e.calm = if rest < CALM_BELOW { e.calm.saturating_add(1) } else { 0 };
-            if e.calm >= CALM_ENDS {
-                // Over, for every worker: no older copy comes back at a merge.
-                *e = Episode { cleared_s: at_s.max(e.peak_s), ..Episode::default() };
+        if continues {
+            if own >= gate || rest >= CALM_BELOW {
+                e.unsettled_s = e.unsettled_s.max(at_s);
+            } else if at_s.saturating_sub(e.unsettled_s.max(e.peak_s)) >= CALM_ENDS_S {
+                // Over, for every worker: no copy of this episode (renewed
+                // at or before its last peak) comes back at a merge.
+                *e = Episode { cleared_s: e.cleared_s.max(e.peak_s), ..Episode::default() };
                 continues = false;
             }
         }
@@ -227,7 +233,7 @@ impl Standing {
             }
             e.level = own as f32;
             e.peak_s = at_s;
-            e.calm = 0;
+            e.unsettled_s = at_s;
         }
         (score, continues, opened)
     }
@@ -254,8 +260,13 @@ impl Standing {
                 shared.country = if shared.country == 0 { other.country } else { shared.country };
                 shared.asn = if shared.asn == 0 { other.asn } else { shared.asn };
                 shared.device = if shared.device == 0 { other.device } else { shared.device };
+                shared.unsettled_s = shared.unsettled_s.max(other.unsettled_s);
                 shared.opened_s = shared.opened_s.min(other.opened_s).max(1);
             }
+        }
+        if shared.is_open() && local.is_open() {
+            // Whichever view was kept, the latest unsettling request counts.
+            shared.unsettled_s = shared.unsettled_s.max(local.unsettled_s);
         }
         shared.cleared_s = cleared;
         if shared.is_open() && shared.peak_s <= cleared {
@@ -368,7 +379,7 @@ impl Standing {
         w.u32(e.asn);
         w.u32(e.cleared_s);
         w.u32(e.device);
-        w.u8(e.calm);
+        w.u32(e.unsettled_s);
     }
 
     /// `version`: the profile's encoding version (the episode from 3 on,
@@ -411,12 +422,12 @@ impl Standing {
                 asn: r.u32()?,
                 cleared_s: r.u32()?,
                 device: 0,
-                calm: 0,
+                unsettled_s: 0,
             };
         }
         if version >= 4 {
             s.episode.device = r.u32()?;
-            s.episode.calm = r.u8()?;
+            s.episode.unsettled_s = r.u32()?;
         }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
         (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
@@ -426,6 +437,53 @@ impl Standing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const GATE: f64 = 0.7;
+
+    #[test]
+    fn calm_continuations_end_an_episode_and_a_deviating_one_unsettles_it() {
+        let (home, away) = (Context { country: 1, asn: 0, device: 0 }, Context { country: 2, asn: 0, device: 0 });
+        let mut s = Standing::default();
+        let t = 1_000_000_u64;
+        let (_, _, opened) = s.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        assert!(opened);
+        // Calm requests from the marked country for 20 s, then one deviating:
+        for i in 1..=10u64 {
+            let (score, continues, _) = s.episode_score(t + i * 2_000, 0.5, 0.1, GATE, &away, &Context::default());
+            assert!(continues && score > 0.8);
+        }
+        let (_, continues, _) = s.episode_score(t + 22_000, 0.6, 0.45, GATE, &away, &Context::default());
+        assert!(continues, "a deviating continuation");
+        // ...so 30 s of calm count from there, not from the peak.
+        let (_, continues, _) = s.episode_score(t + 40_000, 0.5, 0.1, GATE, &away, &Context::default());
+        assert!(continues && s.episode.is_open(), "unsettled at 22 s: still open at 40 s");
+        let (score, continues, _) = s.episode_score(t + 53_000, 0.5, 0.1, GATE, &away, &Context::default());
+        assert!(!continues && !s.episode.is_open() && (score - 0.5).abs() < 1e-9, "over at 53 s");
+        // Over for every worker: another worker's older copy does not come back.
+        let mut other = Standing::default();
+        other.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        s.merge_episode(&other.episode, (t / 1000 + 60) as u32);
+        assert!(!s.episode.is_open());
+        // The victim's own routine at home never continued it.
+        let (_, continues, _) = s.episode_score(t + 60_000, 0.1, 0.1, GATE, &home, &Context::default());
+        assert!(!continues);
+    }
+
+    #[test]
+    fn the_latest_unsettling_request_on_any_worker_counts() {
+        let away = Context { country: 2, asn: 0, device: 0 };
+        let (mut a, mut b) = (Standing::default(), Standing::default());
+        let t = 1_000_000_u64;
+        a.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        b.episode = a.episode;
+        // Worker b sees a deviating continuation at 20 s; worker a only calm ones.
+        b.episode_score(t + 20_000, 0.6, 0.5, GATE, &away, &Context::default());
+        a.episode_score(t + 10_000, 0.5, 0.1, GATE, &away, &Context::default());
+        a.merge_episode(&b.episode, (t / 1000 + 21) as u32);
+        assert_eq!(a.episode.unsettled_s, (t / 1000 + 20) as u32);
+        let (_, continues, _) = a.episode_score(t + 35_000, 0.5, 0.1, GATE, &away, &Context::default());
+        assert!(continues && a.episode.is_open(), "15 s after b's unsettling request: not yet");
+    }
 
     #[test]
     fn history_is_bounded_and_the_trend_follows_the_risk() {
