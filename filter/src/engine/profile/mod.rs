@@ -45,6 +45,8 @@ pub const SWEEP_PER_TICK: u32 = 32;
 /// 100 ms tick, a full cache of changed profiles is written within a second
 /// in slices, never in one stall.
 const SYNC_SLICE: usize = 8;
+/// A device with less of the identity's history than this is new to it (episode marks, calm).
+const RARE_DEVICE_SHARE: f32 = 0.1;
 const LEASE_MS: u64 = 5_000;
 /// After a drift, old history keeps this share of its weight.
 pub const REBASE_KEEP: f32 = 0.1;
@@ -251,14 +253,22 @@ impl Profiler {
         };
         // What is new to the identity in this request's context marks the episode.
         let new_country = part(Component::Country) >= score::REASON_AT || part(Component::Travel) >= score::REASON_AT;
+        // A device is new while it carries under a tenth of the identity's
+        // history: the thief's first requests, allowed and learned before the
+        // episode opened, do not make it the victim's.
+        let rare_device = obs.device.is_some_and(|dev| {
+            let total: f32 = profile.devices.iter().map(|x| x.long).sum();
+            let here = profile.devices.iter().find(|x| x.key == dev).map_or(0.0, |x| x.long);
+            total >= 5.0 && here < RARE_DEVICE_SHARE * total
+        });
         let marks = standing::Context {
             country: if new_country { ctx.country } else { 0 },
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
-            device: if part(Component::Device).max(part(Component::SessionDevice)) >= score::REASON_AT { ctx.device } else { 0 },
+            device: if rare_device || part(Component::SessionDevice) >= score::REASON_AT { ctx.device } else { 0 },
         };
         // The request without where and when it comes from; from a device new
         // to the identity it is never calm (a thief cannot settle an episode).
-        let rest = if part(Component::Device) >= score::REASON_AT {
+        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT {
             1.0
         } else {
             score::combine(&d.parts, |c, s| {

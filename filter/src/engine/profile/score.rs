@@ -316,7 +316,7 @@ impl Reason {
                 model::country_name(*to)
             ),
             Reason::Asn { asn } => format!("new network AS{asn}"),
-            Reason::Device { share } if *share < 0.001 => "new device (user agent)".to_string(),
+            Reason::Device { share } if *share < 0.001 => "new device".to_string(),
             Reason::Device { share } => format!("rare device ({:.1}% of history)", share * 100.0),
             Reason::SessionDevice { minutes } => {
                 format!("session token of {minutes:.0} min sent from another device than it started on")
