@@ -44,7 +44,7 @@ pub const MAX_ENCODED: usize = 1
     + 1 + TOP_ASNS * 8
     + super::standing::MAX_ENCODED
     + activity::ENCODED
-    + 4 + 1 + TOP_DEVICES * 8
+    + 1 + TOP_DEVICES * 8
     + RECENT_TOKENS * 8;
 
 // A profile slot (17-byte slot header + profile) fits in 1 KiB, checked at compile time.
@@ -98,9 +98,6 @@ pub struct Session {
     pub id: u32,
     pub start_ms: u64,
     pub requests: u32,
-    /// The device the session started on (0: none sent). A session token
-    /// does not change devices; a stolen one replayed elsewhere does.
-    pub device: u32,
 }
 
 /// How time and sessions are read; from the configuration.
@@ -283,9 +280,11 @@ impl Profile {
                 self.close_session(d);
             }
             if fresh || ends || self.session.requests == 0 {
-                let (token, device) = (obs.session.unwrap_or(0), obs.device.unwrap_or(0));
-                let device = if token != 0 { self.remember_token(token, device) } else { device };
-                self.session = Session { id: token, start_ms: obs.time_ms, requests: 0, device };
+                let token = obs.session.unwrap_or(0);
+                if token != 0 {
+                    self.remember_token(token, obs.device.unwrap_or(0));
+                }
+                self.session = Session { id: token, start_ms: obs.time_ms, requests: 0 };
             }
             self.session.requests = self.session.requests.saturating_add(1);
             self.last_ms = obs.time_ms;
@@ -294,21 +293,19 @@ impl Profile {
         Present { gap, in_order, closed }
     }
 
-    /// The device `token` started on: the one remembered, or `device` for a
-    /// token not seen before (remembered, the oldest forgotten). A known token
-    /// is never bound to another device.
-    fn remember_token(&mut self, token: u32, device: u32) -> u32 {
+    /// Remembers the device `token` started on (a token not seen before
+    /// takes the oldest place). A known token is never bound to another device.
+    fn remember_token(&mut self, token: u32, device: u32) {
         if let Some(known) = self.tokens.iter_mut().find(|(t, _)| *t == token) {
             if known.1 == 0 {
                 known.1 = device;
             }
-            return known.1;
+            return;
         }
         self.tokens.rotate_right(1);
         if let Some(first) = self.tokens.first_mut() {
             *first = (token, device);
         }
-        device
     }
 
     /// What the request teaches the identity's normal, at `weight` in [0, 1]:
@@ -479,7 +476,6 @@ impl Profile {
         }
         self.standing.encode(&mut w);
         self.activity.encode(&mut w);
-        w.u32(self.session.device);
         w.u8(self.devices.len().min(TOP_DEVICES) as u8);
         for d in self.devices.iter().take(TOP_DEVICES) {
             w.u32(d.key);
@@ -516,7 +512,7 @@ impl Profile {
             *x = r.f32()?;
         }
         p.recent_fail = r.f32()?;
-        p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()?, device: 0 };
+        p.session = Session { id: r.u32()?, start_ms: r.u64()?, requests: r.u32()? };
         p.session_requests = get_moments(&mut r)?;
         p.session_minutes = get_moments(&mut r)?;
         p.session_rate = get_moments(&mut r)?;
@@ -546,7 +542,6 @@ impl Profile {
             p.activity.first_ms = 1;
         }
         if version >= 4 {
-            p.session.device = r.u32()?;
             let n = usize::from(r.u8()?);
             if n > TOP_DEVICES {
                 return None;
@@ -665,16 +660,16 @@ mod tests {
         assert_eq!(bytes.len(), MAX_ENCODED, "all lists full");
         assert_eq!(Profile::decode(&bytes), Some(p.clone()));
         assert_eq!(p.devices.len(), TOP_DEVICES);
-        assert_ne!(p.session.device, 0);
+        assert_ne!(p.tokens[0].1, 0, "the open session's device is remembered");
         // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
-        let devices = 4 + 1 + TOP_DEVICES * 8 + RECENT_TOKENS * 8;
+        let devices = 1 + TOP_DEVICES * 8 + RECENT_TOKENS * 8;
         let mut v3 = bytes[..MAX_ENCODED - devices].to_vec();
         // The episode's device mark and last unsettling (4 + 4 bytes) end the standing.
         let mark = v3.len() - activity::ENCODED - 8;
         v3.drain(mark..mark + 8);
         v3[0] = 3;
         let old = Profile::decode(&v3).expect("a version-3 profile");
-        assert!(old.devices.is_empty() && old.session.device == 0);
+        assert!(old.devices.is_empty() && old.tokens == [(0, 0); RECENT_TOKENS]);
         assert_eq!((&old.routes, old.activity), (&p.routes, p.activity));
         let bytes = v3;
         let max_v3 = bytes.len();
