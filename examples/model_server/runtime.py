@@ -3,8 +3,8 @@
 Serves a model written by train.py over the Open Inference Protocol v2:
 
     POST /v2/models/vigil-iforest/infer
-    {"id": "...", "parameters": {"vigil_feature_version": "vigil.v1", "vigil_model": "anomaly"},
-     "inputs": [{"name": "features", "shape": [1, 12], "datatype": "FP32", "data": [12 numbers]}]}
+    {"id": "...", "parameters": {"vigil_feature_version": "vigil.v2", "vigil_model": "anomaly"},
+     "inputs": [{"name": "features", "shape": [1, 16], "datatype": "FP32", "data": [16 numbers]}]}
 
 answers, per row, "anomaly_score": the model's raw decision_function (negative =
 anomalous, as scikit-learn defines it; Vigil maps it to [0, 1] itself) and

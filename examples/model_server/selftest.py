@@ -30,8 +30,9 @@ MODELS = ["vigil-iforest", "vigil-lof"]
 CEILING = 20  # the identity's rate ceiling, as in the demo harness
 
 
-def features(method, content_length, route, hour, window_count, behavioral, observations, traffic, weak, session):
-    """One vigil.v1 vector, computed with the formulas of the filter's contract."""
+def features(method, content_length, route, hour, window_count, observations, weak, session,
+             age_s, minute_requests, minute_objects, minute_endpoints, minute_fails, run):
+    """One vigil.v2 vector, computed with the formulas of the filter's contract."""
     segments = [s for s in route.split("/") if s]
     return [
         0.0 if method in ("GET", "HEAD", "OPTIONS") else 1.0,
@@ -41,16 +42,23 @@ def features(method, content_length, route, hour, window_count, behavioral, obse
         (1 + math.sin(2 * math.pi * hour / 24)) / 2,
         (1 + math.cos(2 * math.pi * hour / 24)) / 2,
         min(1.0, window_count / CEILING / 2),
-        behavioral,
         min(1.0, math.log2(1 + observations) / 16),
-        traffic,
         float(weak),
         float(session),
+        min(1.0, math.log2(1 + age_s) / 20),
+        min(1.0, math.log2(1 + minute_requests) / 10),
+        min(1.0, math.log2(1 + minute_objects) / 10),
+        min(1.0, math.log2(1 + minute_endpoints) / 6),
+        minute_fails / minute_requests if minute_requests else 0.0,
+        min(1.0, math.log2(1 + run) / 8),
     ]
 
 
-BENIGN = features("GET", 0, "/users/{id}", 14.25, 3, 0.05, 500, 0.0, False, True)
-ANOMALOUS = features("POST", 50_000_000, "/a/b/c/d/e/{x}/{y}/{z}", 3.5, 2 * CEILING, 0.9, 0, 0.8, True, False)
+WIDTH = 16
+BENIGN = features("GET", 0, "/users/{id}", 14.25, 3, 500, False, True, 86_400, 4, 2, 3, 0, 0)
+# A fresh identity walking objects, half its answers failing.
+ANOMALOUS = features("POST", 50_000_000, "/a/b/c/d/e/{x}/{y}/{z}", 3.5, 2 * CEILING, 0, True, False,
+                     0, 600, 580, 1, 300, 250)
 
 
 def synthesise(rng, n):
@@ -58,17 +66,22 @@ def synthesise(rng, n):
     rows = []
     for _ in range(n):
         write = rng.random() < 0.15
+        requests = int(rng.integers(1, 15))
         rows.append(features(
             "POST" if write else "GET",
             int(rng.integers(100, 2000)) if write else 0,
             routes[rng.integers(len(routes))],
             rng.uniform(8, 18),
             int(rng.integers(1, 6)),
-            float(rng.beta(1, 12)),
             int(rng.integers(20, 5000)),
-            0.0 if rng.random() < 0.9 else float(rng.uniform(0, 0.1)),
             rng.random() < 0.03,
             rng.random() < 0.9,
+            float(rng.uniform(60, 30 * 86_400)),
+            requests,
+            int(rng.integers(0, requests + 1)),
+            int(rng.integers(1, min(requests, 6) + 1)),
+            int(rng.random() < 0.05),
+            int(rng.integers(0, 3)),
         ))
     return rows
 
@@ -113,7 +126,7 @@ def post(url, body):
             return e.code, body.decode(errors="replace")
 
 
-def vigil_body(data, shape, request_id="selftest-1", version="vigil.v1"):
+def vigil_body(data, shape, request_id="selftest-1", version="vigil.v2"):
     """The body Vigil sends."""
     return {
         "id": request_id,
@@ -190,12 +203,12 @@ def run(work):
 def exercise(base):
     for model in MODELS:
         url = f"{base}/v2/models/{model}/infer"
-        status, benign = post(url, vigil_body(BENIGN, [1, 12]))
+        status, benign = post(url, vigil_body(BENIGN, [1, WIDTH]))
         check(status == 200, f"{model}: benign request answered 200")
         if model == MODELS[0]:
-            print("request body:  " + json.dumps(vigil_body(BENIGN, [1, 12])))
+            print("request body:  " + json.dumps(vigil_body(BENIGN, [1, WIDTH])))
             print("response body: " + json.dumps(benign))
-        status, anomalous = post(url, vigil_body(ANOMALOUS, [1, 12], "selftest-2"))
+        status, anomalous = post(url, vigil_body(ANOMALOUS, [1, WIDTH], "selftest-2"))
         check(status == 200, f"{model}: anomalous request answered 200")
         (b,), (a,) = output(benign, "anomaly_score"), output(anomalous, "anomaly_score")
         (conf,) = output(benign, "confidence")
@@ -203,18 +216,18 @@ def exercise(base):
         check(0 <= conf <= 1, f"{model}: confidence {conf:.3f} in [0, 1]")
         check(benign["id"] == "selftest-1", f"{model}: response echoes the request id")
 
-        status, nested = post(url, vigil_body([BENIGN], [1, 12]))
+        status, nested = post(url, vigil_body([BENIGN], [1, WIDTH]))
         check(status == 200 and output(nested, "anomaly_score") == [b], f"{model}: nested data [[...]] scores the same")
-        status, batch = post(url, vigil_body(BENIGN + ANOMALOUS, [2, 12]))
+        status, batch = post(url, vigil_body(BENIGN + ANOMALOUS, [2, WIDTH]))
         shape = {o["name"]: o["shape"] for o in batch.get("outputs", [])}
-        check(status == 200 and shape.get("anomaly_score") == [2, 1], f"{model}: batch [2,12] gives anomaly_score [2,1]")
+        check(status == 200 and shape.get("anomaly_score") == [2, 1], f"{model}: batch [2,16] gives anomaly_score [2,1]")
 
     url = f"{base}/v2/models/{MODELS[0]}/infer"
     for what, body in [
-        ("11 features", vigil_body(BENIGN[:11], [1, 11])),
-        ("shape/data mismatch", vigil_body(BENIGN[:11], [1, 12])),
-        ("value outside [0,1]", vigil_body([2.0] + BENIGN[1:], [1, 12])),
-        ("feature version vigil.v2", vigil_body(BENIGN, [1, 12], version="vigil.v2")),
+        ("12 features", vigil_body(BENIGN[:12], [1, 12])),
+        ("shape/data mismatch", vigil_body(BENIGN[:15], [1, WIDTH])),
+        ("value outside [0,1]", vigil_body([2.0] + BENIGN[1:], [1, WIDTH])),
+        ("feature version vigil.v1", vigil_body(BENIGN, [1, WIDTH], version="vigil.v1")),
     ]:
         status, err = post(url, body)
         check(status == 400, f"rejects {what}: {status} {json.dumps(err)}")
@@ -223,7 +236,7 @@ def exercise(base):
     times = []
     for _ in range(200):
         t = time.perf_counter()
-        post(url, vigil_body(BENIGN, [1, 12]))
+        post(url, vigil_body(BENIGN, [1, WIDTH]))
         times.append((time.perf_counter() - t) * 1000)
     print(f"latency over 200 sequential requests: p50 {np.percentile(times, 50):.1f} ms, "
           f"p99 {np.percentile(times, 99):.1f} ms")

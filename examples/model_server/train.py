@@ -2,8 +2,9 @@
 """Train Vigil's reference anomaly model(s) on features exported from Vigil's own traffic.
 
 Reads JSON-lines access logs (records carrying "ml_features", written when
-ml_model_config.export_features is on) or CSV files with a header naming the 12
-vigil.v1 features, fits an IsolationForest (and, with --lof, a LocalOutlierFactor
+ml_model_config.export_features is on) or CSV files with a header naming the
+features of one version (vigil.v2: 16, vigil.v1: 12; the version is told by the
+width), fits an IsolationForest (and, with --lof, a LocalOutlierFactor
 with novelty=True), and writes a model repository that `mlserver start DIR` serves:
 
     DIR/settings.json                    server settings (written only if absent)
@@ -34,13 +35,21 @@ from sklearn.neighbors import LocalOutlierFactor
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
-FEATURE_VERSION = "vigil.v1"
-FEATURES = [
-    "method_write", "request_bytes", "route_depth", "route_params",
-    "hour_sin", "hour_cos", "rate_ratio", "behavioral_score",
-    "profile_maturity", "traffic_anomaly_score", "identity_weak", "has_session",
-]
-WIDTH = len(FEATURES)
+# The filter's vectors (filter/src/engine/ml/vector.rs, docs/ml-integration.md).
+VERSIONS = {
+    "vigil.v1": [
+        "method_write", "request_bytes", "route_depth", "route_params",
+        "hour_sin", "hour_cos", "rate_ratio", "behavioral_score",
+        "profile_maturity", "traffic_anomaly_score", "identity_weak", "has_session",
+    ],
+    "vigil.v2": [
+        "method_write", "request_bytes", "route_depth", "route_params",
+        "hour_sin", "hour_cos", "rate_ratio", "profile_maturity",
+        "identity_weak", "has_session", "identity_age", "minute_requests",
+        "minute_objects", "minute_endpoints", "minute_fail_share", "walk_run",
+    ],
+}
+BY_WIDTH = {len(names): version for version, names in VERSIONS.items()}
 
 # Confidence reported with every score: how much traffic the model learned from,
 # on a log scale that reaches 1.0 at CONFIDENT_ROWS training rows (256 rows, one
@@ -55,20 +64,28 @@ class DataError(Exception):
     pass
 
 
-def check_row(values, where):
+def check_row(values, where, version):
+    """The row as floats; `version` is a one-item list: the version the first
+    row set, which every later row must match."""
     if not isinstance(values, (list, tuple)):
         raise DataError(f"{where}: ml_features is not a list")
-    if len(values) != WIDTH:
-        raise DataError(f"{where}: expected {WIDTH} features ({FEATURE_VERSION}), got {len(values)}")
+    this = BY_WIDTH.get(len(values))
+    if this is None:
+        widths = ", ".join(f"{v}: {len(n)}" for v, n in VERSIONS.items())
+        raise DataError(f"{where}: {len(values)} features is no version Vigil sends ({widths})")
+    if version[0] is None:
+        version[0] = this
+    elif version[0] != this:
+        raise DataError(f"{where}: a {this} row among {version[0]} rows: train one version at a time")
     try:
         row = [float(v) for v in values]
     except (TypeError, ValueError):
         raise DataError(f"{where}: a feature is not a number: {values!r}") from None
-    for name, v in zip(FEATURES, row):
+    for name, v in zip(VERSIONS[this], row):
         if not math.isfinite(v):
             raise DataError(f"{where}: {name} is not finite ({v})")
         if v < -RANGE_SLACK or v > 1 + RANGE_SLACK:
-            # Every vigil.v1 feature is in [0, 1]; anything else is another encoding.
+            # Every feature of every version is in [0, 1]; anything else is another encoding.
             raise DataError(f"{where}: {name} = {v} is outside [0, 1]")
     return row
 
@@ -93,7 +110,7 @@ def features_of(record):
     return None
 
 
-def read_jsonl(path, exclude_decisions, stats):
+def read_jsonl(path, exclude_decisions, stats, version):
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
@@ -110,40 +127,45 @@ def read_jsonl(path, exclude_decisions, stats):
             if record.get("decision") in exclude_decisions:
                 stats["skipped_decision"] += 1
                 continue
-            rows.append(check_row(record["ml_features"], f"{path}:{n}"))
+            rows.append(check_row(record["ml_features"], f"{path}:{n}", version))
     return rows
 
 
-def read_csv(path, stats):
+def read_csv(path, stats, version):
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = [h.strip() for h in next(reader, [])]
-        if sorted(header) != sorted(FEATURES):
+        names = next((n for n in VERSIONS.values() if sorted(header) == sorted(n)), None)
+        if names is None:
+            wanted = "; ".join(f"{v}: {', '.join(n)}" for v, n in VERSIONS.items())
             raise DataError(
-                f"{path}: the header must name the {WIDTH} {FEATURE_VERSION} features "
-                f"({', '.join(FEATURES)}); got {', '.join(header) or 'nothing'}")
-        order = [header.index(name) for name in FEATURES]
+                f"{path}: the header must name the features of one version ({wanted}); "
+                f"got {', '.join(header) or 'nothing'}")
+        order = [header.index(name) for name in names]
         rows = []
         for n, cells in enumerate(reader, 2):
             if not cells:
                 continue
-            if len(cells) != WIDTH:
-                raise DataError(f"{path}:{n}: expected {WIDTH} columns, got {len(cells)}")
-            rows.append(check_row([cells[i] for i in order], f"{path}:{n}"))
+            if len(cells) != len(names):
+                raise DataError(f"{path}:{n}: expected {len(names)} columns, got {len(cells)}")
+            rows.append(check_row([cells[i] for i in order], f"{path}:{n}", version))
     return rows
 
 
 def load(paths, exclude_decisions):
+    """(rows, stats, version): every row of one feature version."""
     stats = {"skipped_no_features": 0, "skipped_decision": 0}
     rows = []
+    version = [None]
     for path in paths:
         if path.lower().endswith(".csv"):
-            got = read_csv(path, stats)
+            got = read_csv(path, stats, version)
         else:
-            got = read_jsonl(path, exclude_decisions, stats)
+            got = read_jsonl(path, exclude_decisions, stats, version)
         print(f"{path}: {len(got)} rows")
         rows.extend(got)
-    return np.asarray(rows, dtype=np.float64).reshape(-1, WIDTH), stats
+    width = len(VERSIONS[version[0]]) if version[0] else 1
+    return np.asarray(rows, dtype=np.float64).reshape(-1, width), stats, version[0]
 
 
 def describe(name, scores):
@@ -174,8 +196,8 @@ def write_model(out, name, kind, model, x, scores_summary, args):
     artifact = {
         "model": model,
         "kind": kind,
-        "feature_version": FEATURE_VERSION,
-        "features": FEATURES,
+        "feature_version": args.feature_version,
+        "features": VERSIONS[args.feature_version],
         "n_train": int(len(x)),
         "confidence": min(1.0, math.log2(1 + len(x)) / math.log2(1 + CONFIDENT_ROWS)),
         "training_scores": scores_summary,
@@ -232,7 +254,7 @@ def main(argv=None):
     args = p.parse_args(argv)
 
     try:
-        x, stats = load(args.input, set(args.exclude_decision))
+        x, stats, version = load(args.input, set(args.exclude_decision))
     except (DataError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -245,12 +267,15 @@ def main(argv=None):
     if len(x) < args.min_rows:
         print(f"error: {len(x)} rows is fewer than --min-rows {args.min_rows}", file=sys.stderr)
         return 2
+    args.feature_version = version
+    features = VERSIONS[version]
+    print(f"feature version: {version} ({len(features)} features)")
     ignored = [n for n in args.ignore_features.split(",") if n]
-    unknown = [n for n in ignored if n not in FEATURES]
+    unknown = [n for n in ignored if n not in features]
     if unknown:
-        print(f"error: --ignore-features: unknown {unknown}; features are {FEATURES}", file=sys.stderr)
+        print(f"error: --ignore-features: unknown {unknown}; {version} features are {features}", file=sys.stderr)
         return 2
-    ignored = [FEATURES.index(n) for n in ignored]
+    ignored = [features.index(n) for n in ignored]
     x = neutralise(x, ignored)
     args.ignored = ignored
     unique = len(np.unique(x, axis=0))

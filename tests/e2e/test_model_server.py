@@ -18,7 +18,7 @@ from harness import ROOT, Process, config, free_port, wait_for
 
 VENV = Path(os.environ.get("MLSERVER_VENV", ROOT / ".venv-mlserver"))
 USERS = [f"user{i}" for i in range(12)]
-# Profiling off in both phases: a profile's age is one of the features, and the
+# Profiling off in both phases: a profile's and an identity's age are features, and the
 # short test phases would see different ages (production trains on days).
 NO_PROFILES = {"rate_limit": {"enabled": False}, "behavioral_profiling": {"enable_user_profiling": False}}
 
@@ -51,7 +51,7 @@ def test_isolation_forest_served_by_mlserver_flags_what_it_finds_anomalous(stack
     assert routine(export, 700) == [200] * 700
     records = wait_for(lambda: (lines := [l for l in export.access_log_lines() if l.get("vigil", "-") != "-"])
                        and len(lines) >= 700 and lines, timeout=20, what="700 access-log records")
-    assert all(len(json.loads(l["vigil"])["ml_features"]) == 12 for l in records)
+    assert all(len(json.loads(l["vigil"])["ml_features"]) == 16 for l in records), "vigil.v2 by default"
     export.stop()
 
     # 2. Train on the exported log.

@@ -435,6 +435,9 @@ pub struct MlModelConfig {
     /// Put the model's feature vector in the access-log record
     /// (`ml_features`), to train a model on your own traffic.
     pub export_features: bool,
+    /// The vector models are sent and `ml_features` carries: `vigil.v2`, or
+    /// `vigil.v1` for a model trained on it.
+    pub feature_version: crate::engine::ml::vector::Version,
 }
 
 impl Default for MlModelConfig {
@@ -458,6 +461,7 @@ impl Default for MlModelConfig {
             log_payloads: false,
             log_identities: false,
             export_features: false,
+            feature_version: Default::default(),
         }
     }
 }

@@ -146,6 +146,7 @@ impl Outbox {
             body: &p.body,
             timeout_ms: t.timeout_ms,
             headers: &t.headers,
+            feature_version: None,
         };
         match callouts.send(&call) {
             Ok(token) => {

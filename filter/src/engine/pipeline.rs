@@ -84,6 +84,8 @@ pub struct Verdict {
     /// What a model is (or would be) sent; kept when a model is configured or
     /// `export_features` is on.
     pub ml_vector: Option<vector::Vector>,
+    /// The identity's last minute, as the profile saw it (the model reads it).
+    pub activity: Option<profile::activity::Summary>,
 }
 
 /// The outcome of a step.
@@ -468,6 +470,7 @@ impl Engine {
             own_deviation: None,
             learning: None,
             ml_vector: None,
+            activity: None,
         };
 
         self.traffic_step(&mut v, now_ms);
@@ -781,8 +784,9 @@ impl Engine {
                 Some(ProfileState::Cold { observations } | ProfileState::Warm { observations }) => Some(observations),
                 None => None,
             },
+            activity: v.activity,
         };
-        vector::build(&v.features, &ctx)
+        vector::build(self.config.ml_model_config.feature_version, &v.features, &ctx)
     }
 
     /// `async`: the identity's recent model answer, from shared data.
@@ -840,6 +844,7 @@ impl Engine {
         // profile cannot judge it yet (cold), or cannot judge its objects yet
         // (young, with fewer than two active minutes learned).
         if let Some(now) = profiler.activity(v.features.identity.hash, v.features.time_ms) {
+            v.activity = Some(now);
             if cold || (now.age_ms < population::YOUNG_MS && !now.objects_known) {
                 if let Some(j) = profiler.population.judge(v.features.identity.kind, &now) {
                     if j.score >= gate {
@@ -1494,7 +1499,7 @@ mod tests {
         assert!(benign.features.user_deviation_score.unwrap() < 0.2);
         let (_, cluster, path, body) = calls.sent.borrow()[0].clone();
         assert_eq!((cluster.as_str(), path.as_str()), ("ml", "/v2/models/iforest/infer"));
-        assert!(String::from_utf8(body).unwrap().contains("\"vigil_feature_version\":\"vigil.v1\""));
+        assert!(String::from_utf8(body).unwrap().contains("\"vigil_feature_version\":\"vigil.v2\""));
 
         let hostile = inline_request(&e, &store, &metrics, &calls, 2_000, |_| (4, Some((200, oip_answer(-0.2)))));
         let score = hostile.features.user_deviation_score.unwrap();
@@ -1606,6 +1611,38 @@ mod tests {
     }
 
     #[test]
+    fn the_exported_vector_carries_the_identitys_minute_in_the_configured_version() {
+        let json = |version: &str| {
+            format!(
+                r#"{{"behavioral_profiling": {{"enable_user_profiling": true}},
+                    "ml_model_config": {{"export_features": true, "feature_version": "{version}"}}}}"#
+            )
+        };
+        let (e, store, metrics) = engine(&json("vigil.v2"));
+        let mut log = Vec::new();
+        let mut last = None;
+        // A walk over 40 objects in 20 s: the minute's objects and the run grow.
+        for i in 0..40u64 {
+            let path = format!("/items/{}", 100 + i);
+            let req = HeaderList::from_pairs(&[(":method", "GET"), (":path", &path), ("x-user-id", "walker")]);
+            let v = e.assess(&req, 1_000 + i * 500, &store, &metrics, &mut log);
+            last = v.ml_vector;
+        }
+        let v = last.expect("export_features builds the vector");
+        assert_eq!(v.version(), vector::Version::V2);
+        let x = v.values();
+        assert!(x[11] > 0.5 && x[12] > 0.5, "40 requests on 40 objects in the minute: {x:?}");
+        assert!(x[15] > 0.6, "a sequential walk: {x:?}");
+        assert!(x[10] > 0.2, "20 s old: {x:?}");
+
+        let (e, store, metrics) = engine(&json("vigil.v1"));
+        let v = e.assess(&get("carol"), 1_000, &store, &metrics, &mut log).ml_vector.expect("exported");
+        assert_eq!((v.version().as_str(), v.values().len()), ("vigil.v1", 12));
+        let bad = config::parse(br#"{"ml_model_config": {"feature_version": "vigil.v3"}}"#).unwrap_err();
+        assert!(bad.field.contains("feature_version"), "{bad:?}");
+    }
+
+    #[test]
     fn async_answers_reach_the_identitys_next_requests_and_retry_with_backoff() {
         let (e, store, metrics) = engine(
             r#"{"mode": "enforce", "enable_ml_models": true, "rate_limit": {"enabled": false},
@@ -1636,7 +1673,7 @@ mod tests {
         assert_eq!(e.on_request(&get("erin"), 1_400, &store, &metrics).features.user_deviation_score, None);
         e.on_tick(1_450, 1, &store, &metrics, &calls);
         assert_eq!(calls.count(), 3, "erin is asked about; dave, within the interval, is not");
-        assert!(log.iter().any(|l| l.contains("identity=redacted") && l.contains("vigil.v1=[")), "{log:?}");
+        assert!(log.iter().any(|l| l.contains("identity=redacted") && l.contains("vigil.v2=[")), "{log:?}");
         assert!(log.iter().any(|l| l.contains("score 0.970")), "{log:?}");
         // Within the interval (10 s) neither is asked about again the same kind of request...
         e.on_request(&get("dave"), 1_500, &store, &metrics);

@@ -155,6 +155,8 @@ pub struct Call<'a> {
     pub timeout_ms: u64,
     /// Extra headers (beyond method, path, authority, content type, request id).
     pub headers: &'a [(String, String)],
+    /// `x-vigil-feature-version`, on model calls.
+    pub feature_version: Option<&'a str>,
 }
 
 pub trait Callouts {

@@ -87,7 +87,7 @@ pub fn log_record(v: &Verdict, with_features: bool) -> String {
     });
     if let (true, Some(vector), Some(obj)) = (with_features, &v.ml_vector, record.as_object_mut()) {
         // Rounded: four decimals are plenty to train on and keep lines short.
-        let values: Vec<f64> = vector.iter().map(|x| (f64::from(*x) * 1e4).round() / 1e4).collect();
+        let values: Vec<f64> = vector.values().iter().map(|x| (f64::from(*x) * 1e4).round() / 1e4).collect();
         obj.insert("ml_features".into(), values.into());
     }
     record.to_string()

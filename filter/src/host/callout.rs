@@ -1,7 +1,6 @@
 //! Model calls over Envoy's `dispatch_http_call`, and reading their answers.
 
 use super::abi;
-use crate::engine::ml::vector;
 use crate::engine::ports::{Call, Callouts};
 use std::time::Duration;
 
@@ -57,7 +56,9 @@ impl Callouts for HostCallouts {
         ];
         if !call.request_id.is_empty() {
             headers.push(("x-request-id", call.request_id));
-            headers.push(("x-vigil-feature-version", vector::VERSION));
+        }
+        if let Some(version) = call.feature_version {
+            headers.push(("x-vigil-feature-version", version));
         }
         headers.extend(call.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         proxy_wasm::hostcalls::dispatch_http_call(

@@ -101,6 +101,7 @@ pub struct Ml {
     min_interval_ms: u64,
     log_payloads: bool,
     log_identities: bool,
+    version: vector::Version,
     answers: Option<Answers>,
     worker: RefCell<Worker>,
 }
@@ -152,6 +153,7 @@ impl Ml {
             min_interval_ms: u64::from(c.async_min_interval_seconds) * 1000,
             log_payloads: c.log_payloads,
             log_identities: c.log_identities,
+            version: c.feature_version,
             answers: (c.mode == MlMode::Async).then(|| Answers::new(c.max_identities, c.answer_half_life_seconds)),
             worker: RefCell::new(Worker { breakers, jobs: VecDeque::new(), asked: Vec::new(), opened: Vec::new(), latency: latency::Local::default() }),
         })
@@ -246,7 +248,7 @@ impl Ml {
     }
 
     fn call<'a>(&'a self, m: &'a Model, request_id: &'a str, body: &'a [u8]) -> Call<'a> {
-        Call { cluster: &m.cluster, authority: &m.authority, path: &m.path, request_id, body, timeout_ms: self.timeout_ms, headers: &[] }
+        Call { cluster: &m.cluster, authority: &m.authority, path: &m.path, request_id, body, timeout_ms: self.timeout_ms, headers: &[], feature_version: Some(self.version.as_str()) }
     }
 
     /// Judges one attempt's outcome, and tells the breaker and the metrics.
@@ -324,10 +326,11 @@ impl Ml {
         if self.log_payloads {
             let who = if self.log_identities { features.identity.display() } else { "redacted".to_string() };
             log.push(format!(
-                "ml: {} call request_id={} identity={who} {}={vector:?}",
+                "ml: {} call request_id={} identity={who} {}={:?}",
                 m.role.as_str(),
                 features.request_id,
-                vector::VERSION
+                vector.version().as_str(),
+                vector.values()
             ));
         }
         protocol::request_body(&m.wire, &subject, vector)

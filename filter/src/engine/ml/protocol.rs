@@ -3,7 +3,7 @@
 //! built here and answers judged here; an answer that is not exactly what
 //! was asked for is rejected with a reason, never guessed at.
 
-use super::vector::{self, Vector};
+use super::vector::Vector;
 use crate::engine::config::{ModelOptions, ScoreScale};
 use serde_json::Value;
 use std::fmt::Write;
@@ -106,8 +106,9 @@ pub struct Subject<'a> {
 
 pub fn request_body(wire: &Wire, s: &Subject, v: &Vector) -> Vec<u8> {
     let mut out = String::with_capacity(256);
-    let mut data = String::with_capacity(v.len() * 8);
-    for (i, x) in v.iter().enumerate() {
+    let values = v.values();
+    let mut data = String::with_capacity(values.len() * 8);
+    for (i, x) in values.iter().enumerate() {
         let sep = if i == 0 { "" } else { "," };
         let _ = write!(data, "{sep}{x}");
     }
@@ -119,7 +120,7 @@ pub fn request_body(wire: &Wire, s: &Subject, v: &Vector) -> Vec<u8> {
             let _ = write!(
                 out,
                 r#"{{"version":{},"model":{},"request_id":{},"identity":"{:016x}","route":{},"method":{},"features":[{}]}}"#,
-                q(vector::VERSION),
+                q(v.version().as_str()),
                 q(s.role),
                 q(s.request_id),
                 s.identity_hash,
@@ -133,9 +134,9 @@ pub fn request_body(wire: &Wire, s: &Subject, v: &Vector) -> Vec<u8> {
                 out,
                 r#"{{"id":{},"parameters":{{"vigil_feature_version":{},"vigil_model":{}}},"inputs":[{{"name":"features","shape":[1,{}],"datatype":"FP32","data":[{}]}}]}}"#,
                 q(s.request_id),
-                q(vector::VERSION),
+                q(v.version().as_str()),
                 q(s.role),
-                v.len(),
+                values.len(),
                 data
             );
         }
@@ -263,9 +264,10 @@ mod tests {
 
     #[test]
     fn payloads_carry_the_version_the_order_and_no_raw_identity() {
-        let mut v = [0.0f32; vector::LEN];
-        v[1] = 0.5;
-        v[11] = 1.0;
+        let mut x = [0.0f32; 12];
+        x[1] = 0.5;
+        x[11] = 1.0;
+        let v = Vector::with_values(super::super::vector::Version::V1, &x);
         let native: Value = serde_json::from_slice(&request_body(&Wire::Native, &subject(), &v)).unwrap();
         assert_eq!(native["version"], "vigil.v1");
         assert_eq!(native["model"], "anomaly");
@@ -284,6 +286,13 @@ mod tests {
         assert_eq!(input["datatype"], "FP32");
         assert_eq!(input["shape"], serde_json::json!([1, 12]));
         assert_eq!(input["data"].as_array().unwrap().len(), 12);
+
+        let v2 = Vector::with_values(super::super::vector::Version::V2, &[0.25; 16]);
+        let o: Value = serde_json::from_slice(&request_body(&oip(), &subject(), &v2)).unwrap();
+        assert_eq!(o["parameters"]["vigil_feature_version"], "vigil.v2");
+        assert_eq!(o["inputs"][0]["shape"], serde_json::json!([1, 16]));
+        let native: Value = serde_json::from_slice(&request_body(&Wire::Native, &subject(), &v2)).unwrap();
+        assert_eq!((native["version"].as_str(), native["features"].as_array().map(Vec::len)), (Some("vigil.v2"), Some(16)));
     }
 
     #[test]
