@@ -147,6 +147,11 @@ pub enum Combine {
     /// A detector in the weighted ensemble (`ml_scoring_weights`); it counts
     /// only from `gate` up (e.g. `deviation_threshold`).
     Weighted { weight: f64, gate: f64 },
+    /// A model's answer, a probability of anomaly: it counts from `gate` up
+    /// and not at all below (a model under 0.5 leans to "ordinary"; unlike a
+    /// detector's deviation, a little under is not a little anomalous), and
+    /// well below it, it speaks for "ordinary" as a detector does.
+    Answer { weight: f64, gate: f64 },
     /// Like `Weighted`, but it can only add evidence: its quiet means it
     /// found nothing, not that the request is ordinary (a newcomer against
     /// its population), so it never damps the others.

@@ -356,6 +356,13 @@ impl Engine {
                     " {}={:.3} [weight {weight:.2}, gate {gate:.2}, {}]",
                     s.name,
                     s.score,
+                    if s.score >= gate { "counted" } else { "below gate: counts faded" }
+                ),
+                Combine::Answer { weight, gate } => write!(
+                    out,
+                    " {}={:.3} [answer weight {weight:.2}, gate {gate:.2}, {}]",
+                    s.name,
+                    s.score,
                     if s.score >= gate { "counted" } else { "below gate: counts 0" }
                 ),
                 Combine::Context { weight, gate } => write!(

@@ -101,6 +101,7 @@ fn voice(s: &Signal, with_context: bool) -> Option<(Voice, f64)> {
     let (weight, gate, soft, opposes) = match s.combine {
         Combine::Strongest => return None,
         Combine::Weighted { weight, gate } => (weight, gate, true, true),
+        Combine::Answer { weight, gate } => (weight, gate, false, true),
         Combine::Support { weight, gate } => (weight, gate, true, false),
         Combine::Context { weight, gate } if with_context && score >= gate => (weight, gate, false, false),
         Combine::Context { .. } => return None,
@@ -109,7 +110,13 @@ fn voice(s: &Signal, with_context: bool) -> Option<(Voice, f64)> {
     let weight = finite_or_zero(weight).max(0.0);
     let confidence = finite_or_zero(s.confidence).clamp(0.0, 1.0);
     let say = weight * confidence;
-    let evidence = if soft { soft_gate(score, gate) } else { score };
+    let evidence = if soft {
+        soft_gate(score, gate)
+    } else if score >= gate {
+        score
+    } else {
+        0.0
+    };
     // Only a detector well below its gate speaks for "ordinary".
     let quiet = if opposes && gate > 0.0 && score < gate / 2.0 { say * (1.0 - score / gate) } else { 0.0 };
     Some((Voice { evidence, say, quiet }, weight))
@@ -193,6 +200,25 @@ mod tests {
 
     fn close(a: f64, b: f64) -> bool {
         (a - b).abs() < 1e-9
+    }
+
+    #[test]
+    fn a_model_answer_counts_from_its_gate_and_only_damps_below_it() {
+        let answer = |score| Signal { name: "ml", score, confidence: 1.0, combine: Combine::Answer { weight: 0.5, gate: 0.5 } };
+        let behaviour = Signal { name: "behavior", score: 0.55, confidence: 1.0, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
+        let alone = risk(std::slice::from_ref(&behaviour), 0.0).score;
+        // Just under the gate, a model leans to "ordinary": no support (a
+        // detector's deviation there would add about 0.8 of itself).
+        let under = risk(&[behaviour, answer(0.45)], 0.0).score;
+        assert!(close(under, alone), "{under} vs {alone}");
+        let soft = risk(&[behaviour, Signal { combine: Combine::Weighted { weight: 0.5, gate: 0.5 }, ..answer(0.45) }], 0.0).score;
+        assert!(soft > alone + 0.2, "the same number as a detector's deviation adds up: {soft}");
+        // Well under: it speaks for "ordinary" and takes part of the risk away.
+        let benign = risk(&[behaviour, answer(0.1)], 0.0).score;
+        assert!(benign < alone * 0.8 && benign >= alone * 0.5, "{benign} vs {alone}");
+        // From the gate, it counts in full with the others.
+        let anomalous = risk(&[behaviour, answer(0.6)], 0.0).score;
+        assert!(anomalous > 0.6, "{anomalous}");
     }
 
     #[test]

@@ -101,7 +101,7 @@ pub fn mask(signals: &[Signal], ml_model: Option<Role>, flag_at: f64) -> u16 {
             // Below its gate a detector still adds evidence (scoring's soft
             // gate): from half of it, it has weighed in.
             Combine::Weighted { gate, .. } | Combine::Support { gate, .. } => s.score >= gate / 2.0,
-            Combine::Context { gate, .. } => s.score >= gate,
+            Combine::Context { gate, .. } | Combine::Answer { gate, .. } => s.score >= gate,
         };
         if let (true, Some(d)) = (weighed, Detector::of_signal(s.name)) {
             m |= d.bit();
@@ -372,7 +372,7 @@ mod tests {
     #[test]
     fn masks_name_the_detectors_that_weighed_in() {
         let behavior = Signal { name: "behavior", score: 0.8, confidence: 1.0, combine: Combine::Weighted { weight: 0.4, gate: 0.7 } };
-        let quiet_ml = Signal { name: "ml", score: 0.2, confidence: 1.0, combine: Combine::Weighted { weight: 0.5, gate: 0.5 } };
+        let quiet_ml = Signal { name: "ml", score: 0.2, confidence: 1.0, combine: Combine::Answer { weight: 0.5, gate: 0.5 } };
         let loud_ml = Signal { score: 0.9, ..quiet_ml };
         let rate = Signal::local("rate", 0.1);
         assert_eq!(mask(&[behavior, quiet_ml, rate], Some(Role::Anomaly), 0.5), Detector::Behavior.bit());

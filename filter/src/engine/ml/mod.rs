@@ -237,7 +237,7 @@ impl Ml {
         features.user_deviation_score = Some(score);
         features.ml_model = role;
         // Confidence scales the model's weight against the other detectors (see `scoring`).
-        signals.push(Signal { name: SIGNAL, score, confidence, combine: Combine::Weighted { weight: self.weight, gate: GATE } });
+        signals.push(Signal { name: SIGNAL, score, confidence, combine: Combine::Answer { weight: self.weight, gate: GATE } });
         if score >= GATE {
             let reason = match role {
                 Some(r) => format!("{} model scored {score:.2} (confidence {confidence:.2})", r.as_str()),
