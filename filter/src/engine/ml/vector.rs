@@ -40,7 +40,7 @@ impl Version {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn width(self) -> usize {
         self.names().len()
     }
 }
@@ -105,13 +105,13 @@ impl Vector {
     }
 
     pub fn values(&self) -> &[f32] {
-        self.values.get(..self.version.len()).unwrap_or(&self.values)
+        self.values.get(..self.version.width()).unwrap_or(&self.values)
     }
 
     /// A vector of `version` with these leading values (tests, replays).
     pub fn with_values(version: Version, leading: &[f32]) -> Vector {
         let mut values = [0.0; MAX_LEN];
-        for (slot, x) in values.iter_mut().take(version.len()).zip(leading) {
+        for (slot, x) in values.iter_mut().take(version.width()).zip(leading) {
             *slot = *x;
         }
         Vector { version, values }
