@@ -215,8 +215,14 @@ def write_model(out, name, kind, model, x, scores_summary, args):
     os.chmod(tmp, 0o644)  # mkstemp makes it owner-only; the server may run as another user
     os.replace(tmp, os.path.join(folder, "model.joblib"))
 
-    shutil.copy(os.path.join(HERE, "templates", f"{name}.model-settings.json"),
-                os.path.join(folder, "model-settings.json"))
+    # The template, with the version and width this model was trained on.
+    with open(os.path.join(HERE, "templates", f"{name}.model-settings.json"), encoding="utf-8") as f:
+        settings = json.load(f)
+    settings["parameters"]["extra"]["feature_version"] = args.feature_version
+    settings["inputs"][0]["shape"] = [-1, len(VERSIONS[args.feature_version])]
+    with open(os.path.join(folder, "model-settings.json"), "w", encoding="utf-8") as f:
+        json.dump(settings, f, indent=2)
+        f.write("\n")
     print(f"wrote {folder}/ (confidence {artifact['confidence']:.3f})")
 
 
