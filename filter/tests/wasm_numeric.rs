@@ -205,7 +205,9 @@ fn model_answers_and_feature_vector_in_wasm() {
         ("x-user-id", "w"),
         ("content-length", "1023"),
     ]);
-    let v = e.on_request(&req, 6 * 3_600_000, &store, &metrics).ml_vector.unwrap();
+    let vector = e.on_request(&req, 6 * 3_600_000, &store, &metrics).ml_vector.unwrap();
+    let v = vector.values();
+    assert_eq!(v.len(), 16, "vigil.v2 by default");
     assert_eq!(v[0], 1.0);
     assert!((v[1] - 10.0 / 30.0).abs() < 1e-6, "{}", v[1]);
     assert_eq!((v[2], v[3]), (0.375, 0.25));
