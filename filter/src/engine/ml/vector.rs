@@ -150,9 +150,7 @@ pub fn build(version: Version, f: &Features, ctx: &Context) -> Vector {
                 flag(weak),
                 flag(f.session.is_some()),
             ];
-            for (slot, x) in values.iter_mut().zip(shape.iter().chain(rest.iter())) {
-                *slot = *x;
-            }
+            fill(&mut values, &shape, &rest);
         }
         Version::V2 => {
             let a = ctx.activity.unwrap_or_default();
@@ -171,9 +169,7 @@ pub fn build(version: Version, f: &Features, ctx: &Context) -> Vector {
                 if a.requests > 0.0 { a.fails / a.requests } else { 0.0 },
                 (1.0 + f64::from(a.run)).log2() / 8.0,
             ];
-            for (slot, x) in values.iter_mut().zip(shape.iter().chain(rest.iter())) {
-                *slot = *x;
-            }
+            fill(&mut values, &shape, &rest);
         }
     }
     Vector { version, values: values.map(|v| if v.is_finite() { v.clamp(0.0, 1.0) as f32 } else { 0.0 }) }
@@ -195,6 +191,13 @@ pub fn fingerprint(v: &Vector) -> u32 {
         let level = ((v.get(i) * 4.0) as u32).min(3);
         (acc << 2) | level
     })
+}
+
+/// The request's shape, then the version's own features, in order.
+fn fill(values: &mut [f64; MAX_LEN], shape: &[f64], rest: &[f64]) {
+    for (slot, x) in values.iter_mut().zip(shape.iter().chain(rest)) {
+        *slot = *x;
+    }
 }
 
 fn flag(b: bool) -> f64 {
