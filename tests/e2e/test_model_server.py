@@ -93,19 +93,20 @@ def test_isolation_forest_served_by_mlserver_flags_what_it_finds_anomalous(stack
             }), name="guarded", model_port=port)
         assert routine(guarded, 120) == [200] * 120
 
-        # An anonymous client putting a large body to a deep route: beyond what
-        # the forest saw in two dimensions at once.
-        status, _, body = guarded.request("/admin/export/users/all/now/full/dump/raw", method="PUT",
-                                          headers={"content-type": "application/octet-stream"},
-                                          body=b"\0" * 4_000_000)
+        # An anonymous client deleting on a route everyone else only reads (OWASP API5,
+        # function-level authorization). A forest isolates a request only along the
+        # features its training rows vary in: a request beyond their range (a 4 MB body,
+        # a route twice as deep) ties with the routine's own extremes, so the anomaly
+        # here is a combination inside the range that no routine row has.
+        status, _, body = guarded.request("/users/12/orders/13/items", method="DELETE")
         assert status in (200, 429, 403), body
 
-        def records_of(*prefixes):
-            return [json.loads(l["vigil"]) for l in guarded.access_log_lines()
-                    if l.get("vigil", "-") != "-" and l["path"].startswith(prefixes)]
-        [anomalous] = wait_for(lambda: records_of("/admin/"), timeout=15, what="the anomalous request's record")
-        routine_records = wait_for(lambda: (r := records_of("/users/", "/health")) and len(r) >= 120 and r,
-                                   timeout=15, what="the routine records")
+        records = lambda: [json.loads(l["vigil"]) for l in guarded.access_log_lines() if l.get("vigil", "-") != "-"]
+        [anomalous] = wait_for(lambda: [r for r in records() if r["method"] == "DELETE" and "identity" in r
+                                        and r["identity"].startswith("client_ip:") and r["route"].endswith("/items")],
+                               timeout=15, what="the anomalous request's record")
+        routine_records = wait_for(lambda: (r := [r for r in records() if r is not anomalous and r != anomalous])
+                                   and len(r) >= 120 and r, timeout=15, what="the routine records")
         scores = sorted(r["user_deviation_score"] for r in routine_records)
         allowed = sum(r["decision"] == "allow" for r in routine_records) / len(routine_records)
         median, p95 = scores[len(scores) // 2], scores[int(len(scores) * 0.95)]
