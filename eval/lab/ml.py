@@ -2,8 +2,12 @@
 
 The model is trained the way its README says: on features Vigil exported
 from benign traffic. The lab makes that traffic itself, in a separate short
-Envoy run of the background population only (another seed, so the model
-never saw the requests it later judges), trains an isolation forest with
+Envoy run (another seed, so the model never saw the requests it later
+judges) of the background population and of every benign change the lab
+judges (power users, a traveller, new users, fan-out pages, adopters, a
+release): a week of a real API's traffic holds all of these, and a model
+that never saw a heavy user finds every heavy user anomalous. No attack is
+in it. It then trains an isolation forest with
 examples/model_server/train.py, and serves it with Seldon MLServer (OIP v2)
 on free loopback ports. The lab's Envoy then calls it in `cascade` mode
 (eval/vigil-ml.json), as tests/e2e/test_model_server.py does inline.
@@ -21,6 +25,7 @@ from pathlib import Path
 
 from .population import background
 from .personas import Ctx
+from .scenario import Window
 from .sched import Clock, Scheduler
 from .stack import ROOT, LabStack, Process, free_port, load_config, wait_for
 from .world import World
@@ -29,8 +34,9 @@ VENV = Path(os.environ.get("MLSERVER_VENV", ROOT / ".venv-mlserver"))
 TRAIN_S = 120.0
 
 
-def train(seed: int, workdir: Path, log) -> Path:
-    """Exports features from TRAIN_S seconds of benign traffic and trains on them."""
+def train(seed: int, workdir: Path, log, benign=()) -> Path:
+    """Exports features from TRAIN_S seconds of benign traffic (the background
+    and the `benign` scenarios) and trains on them."""
     if not (VENV / "bin" / "mlserver").exists():
         raise RuntimeError(f"no MLServer in {VENV}: run `make setup-model-server`")
     export_dir = workdir / "export"
@@ -44,11 +50,16 @@ def train(seed: int, workdir: Path, log) -> Path:
         sched = Scheduler(stack.port, clock, TRAIN_S)
         ctx = Ctx(clock, world, TRAIN_S, sched.results)
         actors = background(ctx, world, rng, TRAIN_S)
+        # The benign changes, from the start (their onsets 20 s in).
+        w = Window(start=0.0, onset=20.0, stop=TRAIN_S, end=TRAIN_S)
+        for sc in benign:
+            r = random.Random(rng.getrandbits(64))
+            actors += sc.warm(ctx, world, r, w) + sc.actors(ctx, world, r, w)
         stack.upstream_call("POST", "/_lab/world", world.upstream_doc())
         clock.t0 = time.monotonic()
         for a in actors:
             sched.add(a, 0.0)
-        log(f"ml: exporting features from {TRAIN_S:.0f} s of benign traffic")
+        log(f"ml: exporting features from {TRAIN_S:.0f} s of benign traffic ({len(actors)} actors)")
         sched.run()
     model_dir = workdir / "model"
     out = subprocess.run([str(VENV / "bin" / "python"), "examples/model_server/train.py",
