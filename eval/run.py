@@ -242,7 +242,8 @@ def main() -> int:
         model_port = None
         if args.ml or args.model:
             mldir = OUT / "ml"
-            model_dir = Path(args.model) if args.model else ML.train(seeds[0], mldir, log, [c() for c in ALL if c.kind == "benign"])
+            benign = [cls() for cls in ALL if cls.kind == "benign"]
+            model_dir = Path(args.model) if args.model else ML.train(seeds[0], mldir, log, benign)
             server, model_port = ML.serve(model_dir, mldir)
             log(f"ml: MLServer serving {model_dir} on 127.0.0.1:{model_port}")
         for seed in seeds:

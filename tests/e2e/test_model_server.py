@@ -101,12 +101,15 @@ def test_isolation_forest_served_by_mlserver_flags_what_it_finds_anomalous(stack
         status, _, body = guarded.request("/users/12/orders/13/items", method="DELETE")
         assert status in (200, 429, 403), body
 
-        records = lambda: [json.loads(l["vigil"]) for l in guarded.access_log_lines() if l.get("vigil", "-") != "-"]
-        [anomalous] = wait_for(lambda: [r for r in records() if r["method"] == "DELETE" and "identity" in r
-                                        and r["identity"].startswith("client_ip:") and r["route"].endswith("/items")],
+        def records():
+            return [json.loads(l["vigil"]) for l in guarded.access_log_lines() if l.get("vigil", "-") != "-"]
+
+        def is_anomalous(r):  # the routine deletes only settings
+            return r["method"] == "DELETE" and r["route"].endswith("/items")
+        [anomalous] = wait_for(lambda: [r for r in records() if is_anomalous(r)],
                                timeout=15, what="the anomalous request's record")
-        routine_records = wait_for(lambda: (r := [r for r in records() if r is not anomalous and r != anomalous])
-                                   and len(r) >= 120 and r, timeout=15, what="the routine records")
+        routine_records = wait_for(lambda: (r := [r for r in records() if not is_anomalous(r)]) and len(r) >= 120 and r,
+                                   timeout=15, what="the routine records")
         scores = sorted(r["user_deviation_score"] for r in routine_records)
         allowed = sum(r["decision"] == "allow" for r in routine_records) / len(routine_records)
         median, p95 = scores[len(scores) // 2], scores[int(len(scores) * 0.95)]
