@@ -151,8 +151,10 @@ def test_the_breaker_opens_on_a_failing_model_and_recovers(stack_factory):
                                     circuit_breaker={"consecutive_failures": 3, "open_seconds": 2}))
     stack.ml_control(fault="error")
     # Each worker opens its own breaker after 3 failures; then calls stop.
-    for i in range(30):
-        assert stack.request(f"/users/{i}", headers={"x-user-id": "b"})[0] == 200
+    # One user re-reading its own record: a fresh identity walking 30 object
+    # ids in a second is enumeration, and the detector may rightly throttle it.
+    for _ in range(30):
+        assert stack.request("/users/1", headers={"x-user-id": "b"})[0] == 200
     calls = stack.ml_stats()["calls"]
     assert 3 <= calls <= 6, calls
     stack.settle()
@@ -165,8 +167,8 @@ def test_the_breaker_opens_on_a_failing_model_and_recovers(stack_factory):
     # The model recovers; after open_seconds a probe closes each breaker.
     stack.ml_control(fault="none")
     time.sleep(2.2)
-    for i in range(20):
-        assert stack.request(f"/users/{i}", headers={"x-user-id": "b"})[0] == 200
+    for _ in range(20):
+        assert stack.request("/users/1", headers={"x-user-id": "b"})[0] == 200
     assert stack.ml_stats()["calls"] > calls + 10, "calls flow again"
     stack.settle()
     assert prom_value(stack.prometheus(), "vigil_ml_breaker_open", model="anomaly") == 0
