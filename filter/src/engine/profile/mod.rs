@@ -266,17 +266,19 @@ impl Profiler {
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
             device: if rare_device || part(Component::SessionDevice) >= score::REASON_AT { ctx.device } else { 0 },
         };
-        // The request without where and when it comes from; from a device new
-        // to the identity it is never calm (a thief cannot settle an episode).
-        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT {
-            1.0
-        } else {
+        // The request without where and when it comes from (what it does);
+        // from a device new to the identity it is never calm (a thief cannot
+        // settle an episode).
+        let without = |session: bool| {
             score::combine(&d.parts, |c, s| {
-                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device);
+                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device)
+                    || (session && c == Component::SessionDevice);
                 if place { 0.0 } else { s }
             })
         };
-        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, self.gate, &ctx, &marks);
+        let beyond = without(true);
+        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT { 1.0 } else { without(false) };
+        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, beyond, self.gate, &ctx, &marks);
         d.opened = opened;
         if continues && score > d.own && score >= self.gate {
             let e = &profile.standing.episode;

@@ -51,9 +51,9 @@ pub const MAX_ENCODED: usize = 1
 const _: () = assert!(MAX_ENCODED + 17 <= 1024);
 
 /// 2 added the standing (risk history, feedback, drift), 3 its episode and
-/// the activity, 4 devices (the session's and the identity's); 1 to 3 are
-/// still read.
-pub const VERSION: u8 = 4;
+/// the activity, 4 devices (the session's and the identity's), 5 the
+/// episode's strain; 1 to 4 are still read.
+pub const VERSION: u8 = 5;
 
 /// What `learn_present` saw that `learn_baseline` needs later: the gap since
 /// the previous request, and whether the request came in order.
@@ -661,9 +661,18 @@ mod tests {
         assert_eq!(Profile::decode(&bytes), Some(p.clone()));
         assert_eq!(p.devices.len(), TOP_DEVICES);
         assert_ne!(p.tokens[0].1, 0, "the open session's device is remembered");
-        // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
+        // A version-4 record (no strain: the standing's last 4 + 4 bytes) is still read.
         let devices = 1 + TOP_DEVICES * 8 + RECENT_TOKENS * 8;
-        let mut v3 = bytes[..MAX_ENCODED - devices].to_vec();
+        let strain = bytes.len() - devices - activity::ENCODED - 8;
+        let mut v4 = bytes.clone();
+        v4.drain(strain..strain + 8);
+        v4[0] = 4;
+        let old = Profile::decode(&v4).expect("a version-4 profile");
+        assert_eq!((old.standing.episode.strain, old.standing.episode.strain_s), (0.0, 0));
+        assert_eq!((&old.devices, old.tokens), (&p.devices, p.tokens));
+        let bytes = v4;
+        // A version-3 record (no devices: neither the tail nor the episode's mark) is still read.
+        let mut v3 = bytes[..bytes.len() - devices].to_vec();
         // The episode's device mark and last unsettling (4 + 4 bytes) end the standing.
         let mark = v3.len() - activity::ENCODED - 8;
         v3.drain(mark..mark + 8);
@@ -674,7 +683,7 @@ mod tests {
         let bytes = v3;
         let max_v3 = bytes.len();
         // A version-1 record (before the standing) is still read.
-        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 8) - activity::ENCODED].to_vec();
+        let mut v1 = bytes[..max_v3 - (super::super::standing::MAX_ENCODED - 16) - activity::ENCODED].to_vec();
         v1[0] = 1;
         let old = Profile::decode(&v1).expect("a version-1 profile");
         assert_eq!(old.standing, Standing::default());

@@ -20,7 +20,7 @@ pub const DRIFT_SHARE: f32 = 0.5;
 
 /// The largest encoding, checked by a test.
 pub const MAX_ENCODED: usize = 1 + HISTORY * 6 + 4 + 4 + 4 + 2 + 2 + 1 + PATTERNS * 14 + 4 + 4 + 2 + 4 + EPISODE_BYTES;
-const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4 + 4;
+const EPISODE_BYTES: usize = 4 + 4 + 4 + 2 + 4 + 4 + 4 + 4 + 4 + 4;
 /// An episode's held score halves every this many seconds without a
 /// request that renews it: an attack under way stays suspect for minutes, a
 /// one-off oddity fades.
@@ -38,6 +38,19 @@ pub const CALM_BELOW: f64 = 0.3;
 /// the identity, and each such one unsettles the episode again. Time, not a
 /// count, so that workers' views merge (the latest unsettling wins).
 pub const CALM_ENDS_S: u32 = 30;
+/// A request deviating this share of the gate, in a context new to the
+/// identity and unusual beyond where it comes from (`CALM_BELOW` without
+/// place and device), strains it: one such request is an oddity, a run of
+/// them is the deviation a single request only nearly shows (a thief whose
+/// requests sit at 0.6 against a gate of 0.7 is still a thief).
+pub const STRAINS_AT: f64 = 0.85;
+/// The strain halves every this many seconds...
+pub const STRAIN_HALF_LIFE_S: f64 = 30.0;
+/// ...and at this much (about three straining requests within half a
+/// minute) it opens an episode at the gate.
+pub const STRAIN_OPENS: f32 = 2.5;
+/// Hostile bytes aside, the strain never exceeds this.
+const STRAIN_CAP: f32 = 8.0;
 /// Below this held score the episode is over.
 /// Half the default deviation threshold: a held score at or above it never
 /// speaks for "ordinary" in the ensemble.
@@ -68,6 +81,10 @@ pub struct Episode {
     pub cleared_s: u32,
     /// When a continuing request was last not calm, or the peak renewed (s).
     pub unsettled_s: u32,
+    /// Straining requests before an episode opens (`STRAINS_AT`), fading
+    /// with `STRAIN_HALF_LIFE_S` from `strain_s`.
+    pub strain: f32,
+    pub strain_s: u32,
 }
 
 /// The context a request arrives in, as an episode compares it.
@@ -91,6 +108,15 @@ impl Episode {
         }
         let idle = f64::from(at_s.saturating_sub(self.peak_s));
         f64::from(self.level) * (-idle / EPISODE_HALF_LIFE_S).exp2()
+    }
+
+    /// The strain at `at_s`, faded since it was last added to.
+    pub fn strain_at(&self, at_s: u32) -> f32 {
+        if self.strain_s > at_s.saturating_add(60) {
+            return 0.0;
+        }
+        let idle = f64::from(at_s.saturating_sub(self.strain_s));
+        (f64::from(self.strain) * (-idle / STRAIN_HALF_LIFE_S).exp2()) as f32
     }
 
     /// Whether a request in `ctx` whose own deviation is `own` carries the
@@ -189,7 +215,9 @@ impl Standing {
     /// `own` is the request's own deviation, `gate` the deviation threshold,
     /// `marks` the request's unusual context (what is new to the identity).
     /// `rest` is the request's deviation without its place and device
-    /// components, or 1 from a device new to the identity (`CALM_BELOW`).
+    /// components, or 1 from a device new to the identity (`CALM_BELOW`);
+    /// `beyond` the same without the override (what the request does, not
+    /// where from), which decides whether it strains (`STRAINS_AT`).
     /// Returns the score the request stands at (at least `own`), whether it
     /// continues an episode, and whether it opened one.
     #[allow(clippy::too_many_arguments)]
@@ -198,6 +226,7 @@ impl Standing {
         at_ms: u64,
         own: f64,
         rest: f64,
+        beyond: f64,
         gate: f64,
         ctx: &Context,
         marks: &Context,
@@ -219,9 +248,19 @@ impl Standing {
                 continues = false;
             }
         }
-        let score = if continues { own.max(held) } else { own };
+        let mut score = if continues { own.max(held) } else { own };
+        let marked = marks.country != 0 || marks.asn != 0 || marks.device != 0;
+        let mut peak = own;
+        if !e.is_open() && marked && own >= STRAINS_AT * gate && beyond >= CALM_BELOW {
+            e.strain = (e.strain_at(at_s) + 1.0).min(STRAIN_CAP);
+            e.strain_s = at_s;
+            if e.strain >= STRAIN_OPENS {
+                peak = own.max(gate);
+                score = score.max(peak);
+            }
+        }
         let mut opened = false;
-        if own >= gate && own >= held {
+        if peak >= gate && peak >= held {
             if !e.is_open() {
                 opened = true;
                 *e = Episode { opened_s: at_s, country: marks.country, asn: marks.asn, device: marks.device, ..*e };
@@ -231,7 +270,7 @@ impl Standing {
                 e.asn = if e.asn == 0 { marks.asn } else { e.asn };
                 e.device = if e.device == 0 { marks.device } else { e.device };
             }
-            e.level = own as f32;
+            e.level = peak as f32;
             e.peak_s = at_s;
             e.unsettled_s = at_s;
         }
@@ -251,6 +290,10 @@ impl Standing {
     pub fn merge_episode(&mut self, local: &Episode, at_s: u32) {
         let shared = &mut self.episode;
         let cleared = shared.cleared_s.max(local.cleared_s);
+        // A run split over workers: the larger strain either side holds (each
+        // worker takes the merge at its sync, so the count goes on from it).
+        let strain = |e: &Episode| if e.strain_s > cleared { e.strain_at(at_s) } else { 0.0 };
+        let strained = strain(shared).max(strain(local));
         if local.is_open() && local.peak_s > cleared {
             let other = *shared;
             if !other.is_open() || local.held(at_s) > other.held(at_s) {
@@ -271,6 +314,9 @@ impl Standing {
         shared.cleared_s = cleared;
         if shared.is_open() && shared.peak_s <= cleared {
             *shared = Episode { cleared_s: cleared, ..Episode::default() };
+        }
+        if !shared.is_open() {
+            (shared.strain, shared.strain_s) = if strained > 0.0 { (strained, at_s) } else { (0.0, 0) };
         }
     }
 
@@ -380,10 +426,12 @@ impl Standing {
         w.u32(e.cleared_s);
         w.u32(e.device);
         w.u32(e.unsettled_s);
+        w.f32(e.strain);
+        w.u32(e.strain_s);
     }
 
     /// `version`: the profile's encoding version (the episode from 3 on,
-    /// its device mark from 4 on).
+    /// its device mark from 4 on, its strain from 5 on).
     pub fn decode(r: &mut Reader, version: u8) -> Option<Standing> {
         let n = usize::from(r.u8()?);
         if n > HISTORY {
@@ -421,16 +469,22 @@ impl Standing {
                 country: r.u16()?,
                 asn: r.u32()?,
                 cleared_s: r.u32()?,
-                device: 0,
-                unsettled_s: 0,
+                ..Episode::default()
             };
         }
         if version >= 4 {
             s.episode.device = r.u32()?;
             s.episode.unsettled_s = r.u32()?;
         }
+        if version >= 5 {
+            s.episode.strain = r.f32()?;
+            s.episode.strain_s = r.u32()?;
+        }
         let unit = |x: f32| x.is_finite() && (0.0..=1.0).contains(&x);
-        (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level) && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
+        (unit(s.fast) && unit(s.slow) && unit(s.deviating) && unit(s.episode.level)
+            && s.episode.strain.is_finite()
+            && (0.0..=STRAIN_CAP).contains(&s.episode.strain)
+            && s.offset.is_finite() && s.offset.abs() <= 1.0).then_some(s)
     }
 }
 
@@ -445,27 +499,27 @@ mod tests {
         let (home, away) = (Context { country: 1, asn: 0, device: 0 }, Context { country: 2, asn: 0, device: 0 });
         let mut s = Standing::default();
         let t = 1_000_000_u64;
-        let (_, _, opened) = s.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        let (_, _, opened) = s.episode_score(t, 0.9, 0.5, 0.0, GATE, &away, &away);
         assert!(opened);
         // Calm requests from the marked country for 20 s, then one deviating:
         for i in 1..=10u64 {
-            let (score, continues, _) = s.episode_score(t + i * 2_000, 0.5, 0.1, GATE, &away, &Context::default());
+            let (score, continues, _) = s.episode_score(t + i * 2_000, 0.5, 0.1, 0.0, GATE, &away, &Context::default());
             assert!(continues && score > 0.8);
         }
-        let (_, continues, _) = s.episode_score(t + 22_000, 0.6, 0.45, GATE, &away, &Context::default());
+        let (_, continues, _) = s.episode_score(t + 22_000, 0.6, 0.45, 0.0, GATE, &away, &Context::default());
         assert!(continues, "a deviating continuation");
         // ...so 30 s of calm count from there, not from the peak.
-        let (_, continues, _) = s.episode_score(t + 40_000, 0.5, 0.1, GATE, &away, &Context::default());
+        let (_, continues, _) = s.episode_score(t + 40_000, 0.5, 0.1, 0.0, GATE, &away, &Context::default());
         assert!(continues && s.episode.is_open(), "unsettled at 22 s: still open at 40 s");
-        let (score, continues, _) = s.episode_score(t + 53_000, 0.5, 0.1, GATE, &away, &Context::default());
+        let (score, continues, _) = s.episode_score(t + 53_000, 0.5, 0.1, 0.0, GATE, &away, &Context::default());
         assert!(!continues && !s.episode.is_open() && (score - 0.5).abs() < 1e-9, "over at 53 s");
         // Over for every worker: another worker's older copy does not come back.
         let mut other = Standing::default();
-        other.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        other.episode_score(t, 0.9, 0.5, 0.0, GATE, &away, &away);
         s.merge_episode(&other.episode, (t / 1000 + 60) as u32);
         assert!(!s.episode.is_open());
         // The victim's own routine at home never continued it.
-        let (_, continues, _) = s.episode_score(t + 60_000, 0.1, 0.1, GATE, &home, &Context::default());
+        let (_, continues, _) = s.episode_score(t + 60_000, 0.1, 0.1, 0.0, GATE, &home, &Context::default());
         assert!(!continues);
     }
 
@@ -474,15 +528,82 @@ mod tests {
         let away = Context { country: 2, asn: 0, device: 0 };
         let (mut a, mut b) = (Standing::default(), Standing::default());
         let t = 1_000_000_u64;
-        a.episode_score(t, 0.9, 0.5, GATE, &away, &away);
+        a.episode_score(t, 0.9, 0.5, 0.0, GATE, &away, &away);
         b.episode = a.episode;
         // Worker b sees a deviating continuation at 20 s; worker a only calm ones.
-        b.episode_score(t + 20_000, 0.6, 0.5, GATE, &away, &Context::default());
-        a.episode_score(t + 10_000, 0.5, 0.1, GATE, &away, &Context::default());
+        b.episode_score(t + 20_000, 0.6, 0.5, 0.0, GATE, &away, &Context::default());
+        a.episode_score(t + 10_000, 0.5, 0.1, 0.0, GATE, &away, &Context::default());
         a.merge_episode(&b.episode, (t / 1000 + 21) as u32);
         assert_eq!(a.episode.unsettled_s, (t / 1000 + 20) as u32);
-        let (_, continues, _) = a.episode_score(t + 35_000, 0.5, 0.1, GATE, &away, &Context::default());
+        let (_, continues, _) = a.episode_score(t + 35_000, 0.5, 0.1, 0.0, GATE, &away, &Context::default());
         assert!(continues && a.episode.is_open(), "15 s after b's unsettling request: not yet");
+    }
+
+    #[test]
+    fn a_run_of_near_deviations_in_a_new_context_opens_an_episode_one_does_not() {
+        let device = Context { country: 0, asn: 0, device: 9 };
+        let t = 1_000_000_u64;
+        // One near-deviation from a new device is an oddity; another a minute
+        // later finds the first faded.
+        let mut s = Standing::default();
+        let (score, _, opened) = s.episode_score(t, 0.62, 1.0, 0.5, GATE, &device, &device);
+        assert!(!opened && (score - 0.62).abs() < 1e-9);
+        let (_, _, opened) = s.episode_score(t + 60_000, 0.62, 1.0, 0.5, GATE, &device, &device);
+        assert!(!opened && !s.episode.is_open());
+        // A thief at 0.6 from the new device, half a second apart: the third opens at the gate...
+        let mut s = Standing::default();
+        let mut opened_at = None;
+        for i in 0..6u64 {
+            let (score, _, opened) = s.episode_score(t + i * 500, 0.62, 1.0, 0.5, GATE, &device, &device);
+            if opened {
+                assert!((score - GATE).abs() < 1e-9, "{score}");
+                opened_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(opened_at, Some(2));
+        // ...and its quieter requests from that device stand at what it holds.
+        let (score, continues, _) = s.episode_score(t + 5_000, 0.45, 1.0, 0.3, GATE, &device, &Context::default());
+        assert!(continues && score > 0.69, "{score}");
+    }
+
+    #[test]
+    fn a_busy_minute_at_home_or_a_travellers_routine_does_not_strain() {
+        let (home, away) = (Context { country: 1, asn: 0, device: 0 }, Context { country: 2, asn: 0, device: 0 });
+        let t = 1_000_000_u64;
+        // A power user: near the gate all minute, nothing new about where from.
+        let mut s = Standing::default();
+        for i in 0..60u64 {
+            let (_, _, opened) = s.episode_score(t + i * 1_000, 0.66, 0.66, 0.66, GATE, &home, &Context::default());
+            assert!(!opened);
+        }
+        // A traveller: a new country, and her usual routine from there.
+        for i in 0..60u64 {
+            let (_, _, opened) = s.episode_score(t + i * 1_000, 0.66, 0.1, 0.1, GATE, &away, &away);
+            assert!(!opened);
+        }
+        assert!(!s.episode.is_open() && s.episode.strain == 0.0);
+    }
+
+    #[test]
+    fn a_run_split_over_workers_goes_on_from_the_merge_and_a_clear_stops_it() {
+        let device = Context { country: 0, asn: 0, device: 9 };
+        let t = 1_000_000_u64;
+        let (mut a, mut b) = (Standing::default(), Standing::default());
+        a.episode_score(t, 0.62, 1.0, 0.5, GATE, &device, &device);
+        a.episode_score(t + 500, 0.62, 1.0, 0.5, GATE, &device, &device);
+        b.episode_score(t + 700, 0.62, 1.0, 0.5, GATE, &device, &device);
+        // b syncs first (shared = b), then a merges into it: the larger strain stays.
+        let mut shared = b.clone();
+        shared.merge_episode(&a.episode, (t / 1000 + 1) as u32);
+        assert!(shared.episode.strain > 1.9, "{}", shared.episode.strain);
+        let (_, _, opened) = shared.episode_score(t + 1_500, 0.62, 1.0, 0.5, GATE, &device, &device);
+        assert!(opened, "the third straining request on either worker opens it");
+        // An operator ended the identity's episodes: a worker's older strain does not come back.
+        let mut cleared = Standing::default();
+        cleared.end_episode(t + 2_000);
+        cleared.merge_episode(&a.episode, (t / 1000 + 3) as u32);
+        assert_eq!(cleared.episode.strain, 0.0);
     }
 
     #[test]
@@ -573,12 +694,12 @@ mod tests {
         s.encode(&mut Writer(&mut bytes));
         assert_eq!(bytes.len(), MAX_ENCODED);
         let mut r = Reader(&bytes);
-        assert_eq!(Standing::decode(&mut r, 4), Some(s.clone()));
+        assert_eq!(Standing::decode(&mut r, 5), Some(s.clone()));
         assert!(r.is_empty());
         let mut bad = s;
         bad.offset = f32::NAN;
         let mut bytes = Vec::new();
         bad.encode(&mut Writer(&mut bytes));
-        assert_eq!(Standing::decode(&mut Reader(&bytes), 4), None);
+        assert_eq!(Standing::decode(&mut Reader(&bytes), 5), None);
     }
 }
