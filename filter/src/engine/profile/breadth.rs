@@ -22,9 +22,23 @@ const GENERATION_MS: u64 = 5 * 60_000;
 /// Below this many identities on the widest route, nothing is popular: a
 /// handful of users says nothing about what "everyone" does.
 const MIN_WIDEST: f64 = 10.0;
-/// What a new endpoint's score keeps on a route everyone uses: the endpoint
-/// component is scaled by `1 - POPULAR_DISCOUNT * popularity`.
+/// What a new endpoint's score keeps on a route everyone uses (see `keep`).
 pub const POPULAR_DISCOUNT: f64 = 0.8;
+/// A route used by under half as many identities as the widest is not
+/// "what everyone uses" (a profile page a sixth of the users open): no
+/// discount. A takeover's walk is made of such routes.
+pub const POPULAR_FROM: f64 = 0.5;
+
+/// The share of its score a new endpoint (and the mix it changes) keeps on
+/// a route of this popularity: 1 up to `POPULAR_FROM`, falling linearly to
+/// `1 - POPULAR_DISCOUNT` on the widest route.
+pub fn keep(popularity: f64) -> f64 {
+    if !popularity.is_finite() {
+        return 1.0;
+    }
+    let p = ((popularity - POPULAR_FROM) / (1.0 - POPULAR_FROM)).clamp(0.0, 1.0);
+    1.0 - POPULAR_DISCOUNT * p
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 struct Slot {
@@ -271,6 +285,16 @@ mod tests {
         workers[1].used(9, who(99), later);
         workers[1].on_tick(later, &store, &metrics).unwrap();
         assert_eq!(workers[1].popularity(1, later), 0.0);
+    }
+
+    #[test]
+    fn only_routes_most_identities_use_are_discounted() {
+        assert_eq!(keep(0.0), 1.0);
+        assert_eq!(keep(0.16), 1.0, "a route a sixth of the identities use is no discount");
+        assert_eq!(keep(0.5), 1.0);
+        assert!((keep(0.75) - 0.6).abs() < 1e-9);
+        assert!((keep(1.0) - 0.2).abs() < 1e-9);
+        assert_eq!(keep(f64::NAN), 1.0, "nothing known: no discount");
     }
 
     #[test]

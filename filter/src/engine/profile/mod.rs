@@ -254,17 +254,17 @@ impl Profiler {
 
     /// A route new to this identity that most identities use lately is a
     /// small step: its endpoint component, and the mix it changes, count at
-    /// `1 - POPULAR_DISCOUNT x popularity` (in the parts too, so the
-    /// episode's calm sees it).
+    /// `breadth::keep` of themselves (in the parts too, so the episode's calm
+    /// sees it).
     fn popular(&self, obs: &Observation, d: &mut Deviation) {
         if !d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT) {
             return;
         }
         let popularity = self.breadth.popularity(obs.route, obs.time_ms);
-        if popularity <= 0.0 {
+        let keep = breadth::keep(popularity);
+        if keep >= 1.0 {
             return;
         }
-        let keep = 1.0 - breadth::POPULAR_DISCOUNT * popularity;
         for (_, s) in d.parts.iter_mut().filter(|(c, _)| matches!(c, Component::Endpoint | Component::Mix)) {
             *s *= keep;
         }
