@@ -15,6 +15,7 @@
 use crate::engine::codec::{Reader, Writer};
 use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
 use crate::engine::record;
+use super::score::Component;
 use std::cell::RefCell;
 
 const SLOTS: usize = 128;
@@ -29,7 +30,7 @@ pub const POPULAR_DISCOUNT: f64 = 0.8;
 /// discount. A takeover's walk is made of such routes.
 pub const POPULAR_FROM: f64 = 0.5;
 
-/// The share of its score a new endpoint (and the mix it changes) keeps on
+/// The share of its score a new endpoint keeps on
 /// a route of this popularity: 1 up to `POPULAR_FROM`, falling linearly to
 /// `1 - POPULAR_DISCOUNT` on the widest route.
 pub fn keep(popularity: f64) -> f64 {
@@ -38,6 +39,17 @@ pub fn keep(popularity: f64) -> f64 {
     }
     let p = ((popularity - POPULAR_FROM) / (1.0 - POPULAR_FROM)).clamp(0.0, 1.0);
     1.0 - POPULAR_DISCOUNT * p
+}
+
+/// A popular route's discount on a request's parts: the endpoint's score
+/// at `keep`; the mix, and everything else, as it was (a slow walk shifts
+/// the mix on popular routes too).
+pub fn discount(parts: &mut [(Component, f64)], keep: f64) {
+    // A keep that is not a number discounts nothing: the safe way round.
+    let keep = if keep.is_finite() { keep.clamp(0.0, 1.0) } else { 1.0 };
+    for (_, s) in parts.iter_mut().filter(|(c, _)| *c == Component::Endpoint) {
+        *s *= keep;
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -285,6 +297,16 @@ mod tests {
         workers[1].used(9, who(99), later);
         workers[1].on_tick(later, &store, &metrics).unwrap();
         assert_eq!(workers[1].popularity(1, later), 0.0);
+    }
+
+    #[test]
+    fn the_discount_takes_the_endpoint_and_leaves_the_mix() {
+        let mut parts = [(Component::Endpoint, 1.0), (Component::Mix, 0.9), (Component::Rate, 0.4)];
+        discount(&mut parts, keep(1.0));
+        assert!((parts[0].1 - 0.2).abs() < 1e-9, "{parts:?}");
+        assert_eq!((parts[1].1, parts[2].1), (0.9, 0.4), "the mix and the rest keep their scores");
+        discount(&mut parts, f64::NAN);
+        assert!((parts[0].1 - 0.2).abs() < 1e-9, "a keep that is not a number discounts nothing: {parts:?}");
     }
 
     #[test]

@@ -253,9 +253,10 @@ impl Profiler {
     }
 
     /// A route new to this identity that most identities use lately is a
-    /// small step: its endpoint component, and the mix it changes, count at
-    /// `breadth::keep` of themselves (in the parts too, so the episode's calm
-    /// sees it).
+    /// small step: its endpoint component counts at `breadth::keep` of itself
+    /// (in the parts too, so the episode's calm sees it). The mix it changes
+    /// keeps its weight: a slow walk's shift to routes this identity never
+    /// weighted is the takeover's mark even on popular routes.
     fn popular(&self, obs: &Observation, d: &mut Deviation) {
         if !d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT) {
             return;
@@ -265,9 +266,7 @@ impl Profiler {
         if keep >= 1.0 {
             return;
         }
-        for (_, s) in d.parts.iter_mut().filter(|(c, _)| matches!(c, Component::Endpoint | Component::Mix)) {
-            *s *= keep;
-        }
+        breadth::discount(&mut d.parts, keep);
         let discounted = score::combine(&d.parts, |_, s| s);
         d.own = discounted.min(d.own);
         d.score = d.own;
