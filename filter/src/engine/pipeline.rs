@@ -163,6 +163,10 @@ impl Engine {
                 metrics.add(Metric::StoreErrors, 1);
                 log.warn.push(format!("adoption: cannot fold new routes' adopters into shared data ({e:?}), kept for the next tick"));
             }
+            if let Err(e) = p.breadth.on_tick(now_ms, store, metrics) {
+                metrics.add(Metric::StoreErrors, 1);
+                log.warn.push(format!("breadth: cannot fold the routes' callers into shared data ({e:?}), kept for the next tick"));
+            }
         }
         if let Some(m) = &self.ml {
             m.on_tick(now_ms, callouts, metrics);
@@ -1136,6 +1140,51 @@ mod tests {
         let late = flagged[20..].iter().filter(|f| **f).count();
         assert_eq!(late, 0, "her routine abroad stays flagged: {flagged:?}");
         // The new country is still noticed; a takeover from there would still open one.
+        let mut walked = 0;
+        for i in 0..20u64 {
+            t += 400;
+            let v = e.on_request(&as_user("dana", ["/admin/export", "/admin/users"][(i % 2) as usize], "ES"), t, &store, &metrics);
+            walked += usize::from(v.decision >= Decision::Flag);
+        }
+        assert!(walked >= 18, "{walked} of 20");
+    }
+
+    #[test]
+    fn a_traveller_trying_what_everyone_uses_is_not_held_and_a_walk_to_rare_routes_is() {
+        let (e, store, metrics) = profiling(true);
+        let mut t = 1_000_000;
+        // dana's routine beside 20 others whose routine includes the search she never used.
+        let crowd: Vec<String> = (0..20).map(|i| format!("u{i}")).collect();
+        let others = |i: u64, t: u64| {
+            for (k, u) in crowd.iter().enumerate().filter(|(k, _)| (i as usize + k) % 4 == 0) {
+                let path = ["/search", "/orders", "/cart", "/search"][((i / 4) as usize + k) % 4];
+                e.on_request(&as_user(u, path, "DE"), t + k as u64, &store, &metrics);
+            }
+            e.on_tick(t + 100, 1, &store, &metrics, &NoCallouts);
+        };
+        for i in 0..200u64 {
+            t += 1_500 + (i * 7919) % 1_000;
+            let v = e.on_request(&as_user("dana", ["/orders", "/cart", "/orders/12"][(i % 3) as usize], "DE"), t, &store, &metrics);
+            assert_eq!(v.decision, Decision::Allow, "routine request {i}: {:?}", v.threat_details);
+            others(i, t);
+        }
+        // The next day, abroad, she starts using the search everyone uses, beside her routine.
+        t += 24 * 3_600_000 - 60_000;
+        for i in 0..30u64 {
+            t += 2_000;
+            others(i, t);
+        }
+        let mut flagged = Vec::new();
+        for i in 0..40u64 {
+            t += 1_500 + (i * 7919) % 1_000;
+            let path = ["/search", "/orders", "/search", "/cart"][(i % 4) as usize];
+            let v = e.on_request(&as_user("dana", path, "ES"), t, &store, &metrics);
+            flagged.push(v.decision >= Decision::Flag);
+            others(i, t);
+        }
+        let late = flagged[10..].iter().filter(|f| **f).count();
+        assert_eq!(late, 0, "a new country and a popular endpoint held her flagged: {flagged:?}");
+        // A walk to routes nobody uses, from the same country, is still a takeover.
         let mut walked = 0;
         for i in 0..20u64 {
             t += 400;

@@ -14,6 +14,7 @@
 
 pub mod activity;
 pub mod adoption;
+pub mod breadth;
 pub mod cache;
 pub mod model;
 pub mod population;
@@ -106,6 +107,8 @@ pub struct Profiler {
     pub population: population::Population,
     /// Routes many established identities take up at once (`adoption`).
     pub adoption: adoption::Shared,
+    /// How widely each route is used (`breadth`).
+    pub breadth: breadth::Shared,
 }
 
 impl Profiler {
@@ -130,6 +133,7 @@ impl Profiler {
             hints: Hints::for_slots(cfg.max_profiles),
             population: population::Population::new("vigil/"),
             adoption: adoption::Shared::new("vigil/"),
+            breadth: breadth::Shared::new("vigil/"),
         }
     }
 
@@ -214,7 +218,13 @@ impl Profiler {
         let (mut assessment, present) = score::assess(&mut entry.profile, &obs, &features.route, &self.learning, &self.scoring);
         if let Assessment::Scored(d) = &mut assessment {
             self.released(owner, &obs, d);
+            self.popular(&obs, d);
             self.hold(&mut entry.profile, &obs, d);
+            // Only routine requests say what everyone uses: an identity
+            // deviating (or in an episode) cannot make its route "popular".
+            if d.score < self.gate / 2.0 {
+                self.breadth.used(obs.route, owner, obs.time_ms);
+            }
         }
         entry.push(Event::Request(obs.clone()));
         Ok((assessment, Pending { obs, present }))
@@ -240,6 +250,27 @@ impl Profiler {
         if new_here {
             d.reasons.push(format!("endpoint: taken up lately by {adopters:.0} identities (a release): counted at {}", adoption::ADOPTED_SHARE));
         }
+    }
+
+    /// A route new to this identity that most identities use lately is a
+    /// small step: its endpoint component counts at `breadth::keep` of itself
+    /// (in the parts too, so the episode's calm sees it). The mix it changes
+    /// keeps its weight: a slow walk's shift to routes this identity never
+    /// weighted is the takeover's mark even on popular routes.
+    fn popular(&self, obs: &Observation, d: &mut Deviation) {
+        if !d.parts.iter().any(|(c, s)| *c == Component::Endpoint && *s >= score::REASON_AT) {
+            return;
+        }
+        let popularity = self.breadth.popularity(obs.route, obs.time_ms);
+        let keep = breadth::keep(popularity);
+        if keep >= 1.0 {
+            return;
+        }
+        breadth::discount(&mut d.parts, keep);
+        let discounted = score::combine(&d.parts, |_, s| s);
+        d.own = discounted.min(d.own);
+        d.score = d.own;
+        d.reasons.push(format!("endpoint: used lately by {:.0}% as many identities as the widest route: counted at {keep:.2}", popularity * 100.0));
     }
 
     /// The episode: a request continuing an open one scores at least what it
