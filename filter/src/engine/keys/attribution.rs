@@ -23,6 +23,12 @@ use std::cell::RefCell;
 
 /// Subjects kept per route in shared data.
 pub const TOP: usize = 24;
+/// A subject acting as usual for it (an established identity's routine
+/// request) drives an anomaly only if it alone carries this share of the
+/// route's recent traffic: a power user's busy minute or a page that fans out
+/// beside someone else's burst is its own; a scraper whose profile learned
+/// the scraping still carries the route.
+pub const ROUTINE_MIN_SHARE: f32 = 0.25;
 /// Routes a worker counts between two syncs; more are not attributed.
 const LOCAL_ROUTES: usize = 64;
 /// A worker's sketch per route: 32 buckets of two ways.
@@ -301,8 +307,9 @@ impl Attribution {
 
     /// Whether `subjects` drive `route`'s anomaly (request path, no host
     /// call). Also notes the route anomalous, so the next sync freezes its
-    /// "before" counts.
-    pub fn judge(&self, route: u32, subjects: &[u64]) -> Finding {
+    /// "before" counts. `first_share`: the share the first subject needs at
+    /// least (`ROUTINE_MIN_SHARE` for a routine identity, else 0).
+    pub fn judge(&self, route: u32, subjects: &[u64], first_share: f32) -> Finding {
         self.with_route(route, |r| r.anomalous = true);
         let views = self.views.borrow();
         let Some((_, record)) = views.iter().find(|(r, _)| *r == route) else {
@@ -315,7 +322,8 @@ impl Attribution {
             if recent > largest.0 {
                 largest = (recent, before);
             }
-            let surging = recent >= self.s.min_share && recent >= self.s.surge_ratio * before;
+            let floor = if i == 0 { self.s.min_share.max(first_share) } else { self.s.min_share };
+            let surging = recent >= floor && recent >= self.s.surge_ratio * before;
             if surging && best.map_or(true, |(_, r, _)| recent > r) {
                 best = Some((i, recent, before));
             }
@@ -379,7 +387,7 @@ mod tests {
                 }
             }
             if anomalous {
-                a.judge(route, &[]);
+                a.judge(route, &[], 0.0);
             }
             *now += 1_000;
             a.sync(*now, store, &MemoryMetrics::default()).unwrap();
@@ -404,15 +412,40 @@ mod tests {
         let mut load = ordinary.clone();
         load.push((attacker, 720));
         run(&a, &store, &mut now, 30, 7, &load, true);
-        let f = a.judge(7, &[42, attacker]);
+        let f = a.judge(7, &[42, attacker], 0.0);
         assert_eq!(f.role, Role::Contributor, "{f:?}");
         assert_eq!(f.subject, Some(1));
         assert!(f.recent > 0.8 && f.before < 0.01, "{f:?}");
         // An ordinary caller at its usual pace is a bystander.
-        let f = a.judge(7, &[ordinary[3].0]);
+        let f = a.judge(7, &[ordinary[3].0], 0.0);
         assert_eq!(f.role, Role::Bystander, "{f:?}");
         // A route never counted: unknown.
-        assert_eq!(a.judge(8, &[attacker]).role, Role::Unknown);
+        assert_eq!(a.judge(8, &[attacker], 0.0).role, Role::Unknown);
+    }
+
+    #[test]
+    fn a_routine_caller_drives_an_anomaly_only_by_carrying_the_route() {
+        let (a, store, mut now) = start();
+        let ordinary: Vec<(u64, u32)> = (1..=10u64).map(|i| (i * 1_000_003, 2)).collect();
+        let busy = 0x5eed_u64;
+        let mut load = ordinary.clone();
+        load.push((busy, 1));
+        run(&a, &store, &mut now, 120, 7, &load, false);
+        // A burst from newcomers, and beside it the busy user's own fanout:
+        // three and a half times its usual share, a sixth of the route.
+        let burst = 0xabcd_ef01_2345_6789u64;
+        let mut load = ordinary.clone();
+        load.extend([(busy, 12), (burst, 40)]);
+        run(&a, &store, &mut now, 30, 7, &load, true);
+        let f = a.judge(7, &[busy], 0.0);
+        assert_eq!(f.role, Role::Contributor, "as any caller, it surged: {f:?}");
+        let f = a.judge(7, &[busy], ROUTINE_MIN_SHARE);
+        assert_eq!(f.role, Role::Bystander, "as usual for it, and not the route's driver: {f:?}");
+        // One that carries the route drives it, routine or not.
+        let mut load = ordinary.clone();
+        load.push((busy, 200));
+        run(&a, &store, &mut now, 30, 7, &load, true);
+        assert_eq!(a.judge(7, &[busy], ROUTINE_MIN_SHARE).role, Role::Contributor);
     }
 
     #[test]
@@ -423,7 +456,7 @@ mod tests {
         run(&a, &store, &mut now, 3, 9, &callers, false);
         run(&a, &store, &mut now, 30, 9, &callers, true);
         for (s, _) in &callers {
-            assert_eq!(a.judge(9, &[*s]).role, Role::Bystander);
+            assert_eq!(a.judge(9, &[*s], 0.0).role, Role::Bystander);
         }
     }
 

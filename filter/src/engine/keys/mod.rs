@@ -43,6 +43,9 @@ use std::cell::{Cell, RefCell};
 pub const SIGNAL: &str = "keys";
 /// An identity whose profile has seen at most this many requests is fresh.
 pub const FRESH_OBSERVATIONS: u32 = 3;
+/// A newcomer with this many requests, which its population finds ordinary,
+/// vouches for itself as an established identity acting as usual does.
+pub const VOUCHED_OBSERVATIONS: u32 = 5;
 /// Deltas one key hands in per tick at most (with a 100 ms tick, 640 a second).
 const HAND_INS_PER_TICK: usize = 64;
 
@@ -294,7 +297,7 @@ impl Keys {
         }
         // The identity first, then the key values that may be blamed.
         let candidates = self.subjects(features, routine);
-        let finding = a.judge(features.keys.route, &candidates);
+        let finding = a.judge(features.keys.route, &candidates, if routine { attribution::ROUTINE_MIN_SHARE } else { 0.0 });
         metrics.add(Metric::Attribution(finding.role), 1);
         let route = &features.route;
         let percent = |x: f32| (f64::from(x) * 100.0).round();

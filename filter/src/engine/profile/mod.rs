@@ -300,15 +300,14 @@ impl Profiler {
         // The request without where and when it comes from (what it does);
         // from a device new to the identity it is never calm (a thief cannot
         // settle an episode).
-        let without = |session: bool| {
+        let without_place = || {
             score::combine(&d.parts, |c, s| {
-                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device)
-                    || (session && c == Component::SessionDevice);
+                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device);
                 if place { 0.0 } else { s }
             })
         };
-        let beyond = without(true);
-        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT { 1.0 } else { without(false) };
+        let beyond = score::conduct(&d.parts);
+        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT { 1.0 } else { without_place() };
         let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, beyond, self.gate, &ctx, &marks);
         d.opened = opened;
         if continues && score > d.own && score >= self.gate {

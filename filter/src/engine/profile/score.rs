@@ -114,6 +114,19 @@ impl Component {
     }
 }
 
+/// What a request does, as its deviation says, without where and when it
+/// comes from (country, travel, hour, network, device, the session's device):
+/// a traveller's usual routine abroad is ordinary conduct.
+pub fn conduct(parts: &[(Component, f64)]) -> f64 {
+    combine(parts, |c, s| {
+        let place = matches!(
+            c,
+            Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device | Component::SessionDevice
+        );
+        if place { 0.0 } else { s }
+    })
+}
+
 /// The behavioural score of scored components: a noisy-OR of `weight · score`
 /// (`1 − Π (1 − w·c)`), each group counted as one oddity (`SAME_KIND_SHARE`).
 /// `scale` adjusts a component's score first (a release discounts endpoint

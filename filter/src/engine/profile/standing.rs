@@ -38,16 +38,21 @@ pub const CALM_BELOW: f64 = 0.3;
 /// the identity, and each such one unsettles the episode again. Time, not a
 /// count, so that workers' views merge (the latest unsettling wins).
 pub const CALM_ENDS_S: u32 = 30;
-/// A request deviating this share of the gate, in a context new to the
-/// identity and unusual beyond where it comes from (`CALM_BELOW` without
-/// place and device), strains it: one such request is an oddity, a run of
-/// them is the deviation a single request only nearly shows (a thief whose
-/// requests sit at 0.6 against a gate of 0.7 is still a thief).
+/// A request deviating this share of the gate, and unusual in what it does
+/// (its deviation without place and device at least `CALM_BELOW`), strains
+/// the identity: one such request is an oddity, a run of them is the
+/// deviation a single request only nearly shows (a thief whose requests sit
+/// at 0.6 against a gate of 0.7 is still a thief; so is an account that
+/// ramps up its enumeration slowly enough that no request crosses).
 pub const STRAINS_AT: f64 = 0.85;
+/// A straining request in a context new to the identity (a mark) adds 1,
+/// one without adds this: a run needs twice as many requests to open an
+/// episode from the identity's own device and place.
+pub const UNMARKED_STRAIN: f32 = 0.5;
 /// The strain halves every this many seconds...
 pub const STRAIN_HALF_LIFE_S: f64 = 30.0;
-/// ...and at this much (about three straining requests within half a
-/// minute) it opens an episode at the gate.
+/// ...and at this much (about three marked straining requests within half
+/// a minute, or six unmarked) it opens an episode at the gate, or renews it.
 pub const STRAIN_OPENS: f32 = 2.5;
 /// Hostile bytes aside, the strain never exceeds this.
 const STRAIN_CAP: f32 = 8.0;
@@ -251,8 +256,9 @@ impl Standing {
         let mut score = if continues { own.max(held) } else { own };
         let marked = marks.country != 0 || marks.asn != 0 || marks.device != 0;
         let mut peak = own;
-        if !e.is_open() && marked && own >= STRAINS_AT * gate && beyond >= CALM_BELOW {
-            e.strain = (e.strain_at(at_s) + 1.0).min(STRAIN_CAP);
+        if own >= STRAINS_AT * gate && beyond >= CALM_BELOW {
+            let step = if marked { 1.0 } else { UNMARKED_STRAIN };
+            e.strain = (e.strain_at(at_s) + step).min(STRAIN_CAP);
             e.strain_s = at_s;
             if e.strain >= STRAIN_OPENS {
                 peak = own.max(gate);
@@ -315,9 +321,7 @@ impl Standing {
         if shared.is_open() && shared.peak_s <= cleared {
             *shared = Episode { cleared_s: cleared, ..Episode::default() };
         }
-        if !shared.is_open() {
-            (shared.strain, shared.strain_s) = if strained > 0.0 { (strained, at_s) } else { (0.0, 0) };
-        }
+        (shared.strain, shared.strain_s) = if strained > 0.0 { (strained, at_s) } else { (0.0, 0) };
     }
 
     /// Records a decided request's risk, and whether its behaviour deviated.
@@ -568,21 +572,46 @@ mod tests {
     }
 
     #[test]
-    fn a_busy_minute_at_home_or_a_travellers_routine_does_not_strain() {
+    fn a_travellers_routine_does_not_strain_and_odd_requests_apart_do_not_add_up() {
         let (home, away) = (Context { country: 1, asn: 0, device: 0 }, Context { country: 2, asn: 0, device: 0 });
         let t = 1_000_000_u64;
-        // A power user: near the gate all minute, nothing new about where from.
-        let mut s = Standing::default();
-        for i in 0..60u64 {
-            let (_, _, opened) = s.episode_score(t + i * 1_000, 0.66, 0.66, 0.66, GATE, &home, &Context::default());
-            assert!(!opened);
-        }
         // A traveller: a new country, and her usual routine from there.
+        let mut s = Standing::default();
         for i in 0..60u64 {
             let (_, _, opened) = s.episode_score(t + i * 1_000, 0.66, 0.1, 0.1, GATE, &away, &away);
             assert!(!opened);
         }
         assert!(!s.episode.is_open() && s.episode.strain == 0.0);
+        // At home, an odd request every 20 s, for ten minutes: each an oddity.
+        for i in 0..30u64 {
+            let (_, _, opened) = s.episode_score(t + 60_000 + i * 20_000, 0.66, 0.5, 0.5, GATE, &home, &Context::default());
+            assert!(!opened, "request {i}: strain {}", s.episode.strain);
+        }
+    }
+
+    #[test]
+    fn a_ramp_that_never_crosses_the_gate_is_held_by_its_run() {
+        let home = Context { country: 1, asn: 0, device: 0 };
+        let t = 1_000_000_u64;
+        // An account on its own device and place, its requests at 0.62 a second apart: twice the run a mark needs.
+        let mut s = Standing::default();
+        let mut opened_at = None;
+        for i in 0..10u64 {
+            let (score, _, opened) = s.episode_score(t + i * 1_000, 0.62, 0.5, 0.5, GATE, &home, &Context::default());
+            if opened {
+                assert!((score - GATE).abs() < 1e-9);
+                opened_at = Some(i);
+                break;
+            }
+        }
+        assert_eq!(opened_at, Some(5));
+        // Two minutes on, its run goes on and keeps the episode at the gate
+        // (renewed, not faded), and its requests between stand at it.
+        for i in 0..60u64 {
+            let own = if i % 2 == 0 { 0.62 } else { 0.58 };
+            let (score, continues, _) = s.episode_score(t + 6_000 + i * 2_000, own, 0.5, 0.5, GATE, &home, &Context::default());
+            assert!(continues && score > 0.69, "request {i}: {score}");
+        }
     }
 
     #[test]
