@@ -279,19 +279,31 @@ fn ordinary_users_who_share_a_browser_with_the_crowd_behind_an_anomaly_are_not_b
             out.push((i, w.request(&format!("reader-{i}"), &format!("10.1.{i}.7"), path, ua, 200)));
         }
     };
-    let mut before = Vec::new();
+    // A new customer with that browser too, who signed up five seconds
+    // before the burst and reads at a reader's pace (cold all through it).
+    let newcomer = |w: &mut World, step: u64, out: &mut Vec<Verdict>| {
+        if step % 10 == 5 {
+            let path = ["/api/items", "/api/search"][(step / 10 % 2) as usize];
+            out.push(w.request("new-customer", "10.2.0.7", path, FIREFOX, 200));
+        }
+    };
+    let (mut before, mut joined) = (Vec::new(), Vec::new());
     for step in 0..900u64 {
         steady(&mut w, step, &mut before);
+        if step >= 850 {
+            newcomer(&mut w, step, &mut joined);
+        }
         w.advance(100);
     }
     // A burst on /api/search from fresh identities with that same browser, in many /24s.
-    let (mut burst, mut readers) = (Vec::new(), Vec::new());
+    let (mut burst, mut readers, mut customer) = (Vec::new(), Vec::new(), Vec::new());
     for step in 0..150u64 {
         for b in 0..30u64 {
             let n = step * 30 + b;
             burst.push(w.request(&format!("bot-{n}"), &format!("100.{}.{}.9", 64 + n % 50, n / 50 % 250), "/api/search", FIREFOX, 200));
         }
         steady(&mut w, step, &mut readers);
+        newcomer(&mut w, 900 + step, &mut customer);
         w.advance(100);
     }
     let anomalous = |v: &Verdict| v.features.traffic_anomaly_score.is_some_and(|s| s >= 0.34);
@@ -304,6 +316,14 @@ fn ordinary_users_who_share_a_browser_with_the_crowd_behind_an_anomaly_are_not_b
     for v in sharing {
         assert_eq!(v.decision, Decision::Allow, "{:?}", v.threat_details);
         assert_ne!(traffic_counted(v), Some(true), "{:?}", v.threat_details);
+    }
+    // So is the new customer: her clean record, which her population finds
+    // ordinary, vouches for her (the bots make one request each).
+    let judged_as_newcomer = |v: &&Verdict| v.signals.iter().any(|s| s.name == "population");
+    let seen: Vec<&Verdict> = customer.iter().filter(|v| anomalous(v)).filter(judged_as_newcomer).collect();
+    assert!(seen.len() >= 5, "{} of {}", seen.len(), customer.len());
+    for v in seen {
+        assert_eq!(v.decision, Decision::Allow, "{:?} {:?}", v.profile, v.threat_details);
     }
 }
 
