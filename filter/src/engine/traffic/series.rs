@@ -2,7 +2,9 @@
 //! rates), each scored by two methods:
 //!
 //! - a z-score against an exponentially weighted baseline (mean and variance
-//!   over the analysis window), with a floor under its spread per metric:
+//!   over the analysis window; for an error rate, the variance beyond the
+//!   binomial noise of each second's own request count, which the noise
+//!   floor covers), with a floor under its spread per metric:
 //!   the noise of the estimate (Poisson noise of a count, a quarter of the
 //!   latency, binomial noise of an error rate) and a third of the metric's
 //!   minimum meaningful change ([`Floors`], from
@@ -176,6 +178,22 @@ impl Metric {
             Metric::LatencyP50 | Metric::LatencyP95 | Metric::LatencyP99 => (0.25 * mean).max(MIN_SPREAD),
             // Binomial noise of a rate over this many requests.
             Metric::ClientErrorRate | Metric::ServerErrorRate => (0.25 / requests.max(1) as f64).sqrt(),
+        }
+    }
+
+    /// The sampling variance of one second's value around `mean` from
+    /// `requests` requests: a rate's binomial variance p(1 − p)/n; none for
+    /// the others (their variance is learned whole). A rate's learned
+    /// variance is what it varies beyond this: a route at one request a
+    /// second, where each second's error rate is 0 or 1, must not learn a
+    /// spread that hides 80% failures at ten requests a second.
+    fn sampling_var(self, mean: f64, requests: u64) -> f64 {
+        match self {
+            Metric::ClientErrorRate | Metric::ServerErrorRate => {
+                let p = mean.clamp(0.0, 1.0);
+                p * (1.0 - p) / requests.max(1) as f64
+            }
+            _ => 0.0,
         }
     }
 
@@ -359,6 +377,9 @@ impl Series {
         let previous = (!first).then(|| self.detector.last());
         let detected = self.detector.update(x);
         let floor = floor.max(0.0);
+        // (A rate's own sampling noise this second is under its noise floor,
+        // √(0.25/n): the learned variance is what it varies beyond that.)
+        let sampling = metric.sampling_var(self.mean, t.requests);
         let spread = self.var.max(0.0).sqrt().max(metric.noise(self.mean, t.requests)).max(floor / Z_MIN);
         let z = (x - self.mean) / spread;
         let warm = self.warm();
@@ -391,7 +412,8 @@ impl Series {
             let d = if warm { d.clamp(-Z_MIN * spread, Z_MIN * spread) } else { d };
             let alpha = if warm { alpha } else { alpha.max(1.0 / self.detector.samples() as f64) };
             self.mean += alpha * d;
-            self.var = (1.0 - alpha) * (self.var + alpha * d * d);
+            // A rate learns its variance beyond sampling (see `sampling_var`).
+            self.var = ((1.0 - alpha) * (self.var + alpha * (d * d - sampling))).max(0.0);
         }
         Some(reading)
     }
@@ -455,6 +477,35 @@ mod tests {
         let r = see(&mut s, Metric::ServerErrorRate, &tally(50, 25, 5), 1.0 / 120.0).unwrap();
         assert!(r.score > 0.5, "{r:?}");
         assert_eq!(r.value, 0.5);
+    }
+
+    #[test]
+    fn a_quiet_routes_failures_one_at_a_time_do_not_hide_a_failing_flood() {
+        let client = |requests: u64, failed: u64| {
+            let mut t = Tally::default();
+            for i in 0..requests {
+                t.add(Some(if i < failed { 401 } else { 200 }), Some(5_000));
+            }
+            t
+        };
+        // A login at one request a second, one in eight failing: each
+        // second's rate is 0 or 1. Never material.
+        let mut s = Series::new(params());
+        for i in 0..600u64 {
+            let r = see(&mut s, Metric::ClientErrorRate, &client(1, u64::from(i % 8 == 0)), 1.0 / 120.0).unwrap();
+            if i > 60 {
+                assert_eq!(r.score, 0.0, "second {i}: {r:?}");
+            }
+        }
+        // Then stuffing: ten attempts a second, nine of them failing.
+        let r = see(&mut s, Metric::ClientErrorRate, &client(10, 9), 1.0 / 120.0).unwrap();
+        assert!(r.score > 0.5, "{r:?}");
+        // Two attempts in a second, both failing, are not an anomaly.
+        let mut s = Series::new(params());
+        for i in 0..600u64 {
+            see(&mut s, Metric::ClientErrorRate, &client(1, u64::from(i % 8 == 0)), 1.0 / 120.0);
+        }
+        assert_eq!(see(&mut s, Metric::ClientErrorRate, &client(2, 2), 1.0 / 120.0).unwrap().score, 0.0);
     }
 
     #[test]
