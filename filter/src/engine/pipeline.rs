@@ -848,7 +848,7 @@ impl Engine {
                 v.profile = Some(ProfileState::Warm { observations: d.observations });
                 v.features.behavioral_score = Some(d.score);
                 v.own_deviation = Some(d.own);
-                v.own_conduct = Some(profile::score::conduct(&d.parts));
+                v.own_conduct = Some(d.conduct);
                 v.signals.push(Signal {
                     name: profile::SIGNAL,
                     score: d.score,

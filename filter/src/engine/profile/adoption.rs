@@ -13,9 +13,8 @@
 //! once five identities took it up anywhere, not five on each worker.
 
 use crate::engine::codec::{Reader, Writer};
-use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
-use crate::engine::record;
-use std::cell::RefCell;
+use super::folded::{Folded, Mergeable};
+use crate::engine::ports::{MetricsSink, SharedStore, StoreError};
 
 const SLOTS: usize = 64;
 const WINDOW_MS: u64 = 10 * 60_000;
@@ -75,11 +74,19 @@ impl Adoption {
         }
         s.adopters |= 1u64 << (identity.rotate_left(17) % 64);
     }
+}
 
+/// A slot counts within its window; one from the future (a clock gone
+/// wrong, a forged shared record) never does.
+fn live(s: &Slot, now_ms: u64) -> bool {
+    s.adopters != 0 && s.since_ms <= now_ms.saturating_add(60_000) && now_ms.saturating_sub(s.since_ms) <= WINDOW_MS
+}
+
+impl Mergeable for Adoption {
     /// Takes in another view's adopters at `now_ms`: the same route's
     /// bitmaps join (the earlier start stands); a slot another route holds
     /// goes to whichever has more adopters in its window.
-    fn merge(&mut self, other: &Adoption, now_ms: u64) {
+    fn merge(&mut self, other: &Self, now_ms: u64) {
         for (mine, theirs) in self.slots.iter_mut().zip(other.slots.iter()) {
             if !live(theirs, now_ms) {
                 continue;
@@ -109,7 +116,7 @@ impl Adoption {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Adoption> {
+    fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
         if r.u8()? != VERSION {
             return None;
@@ -122,75 +129,30 @@ impl Adoption {
     }
 }
 
-/// A slot counts within its window; one from the future (a clock gone
-/// wrong, a forged shared record) never does.
-fn live(s: &Slot, now_ms: u64) -> bool {
-    s.adopters != 0 && s.since_ms <= now_ms.saturating_add(60_000) && now_ms.saturating_sub(s.since_ms) <= WINDOW_MS
-}
-
 const VERSION: u8 = 1;
 const ENCODED: usize = 1 + SLOTS * (4 + 8 + 8);
-const SYNC_MS: u64 = 1_000;
 
-/// One worker's view of the adoptions, and what it marked since its last
-/// fold into shared data.
-pub struct Shared {
-    key: String,
-    view: RefCell<Adoption>,
-    pending: RefCell<Adoption>,
-    synced_ms: RefCell<u64>,
-}
+/// One worker's view of the adoptions, folded into shared data from its ticks.
+pub struct Shared(Folded<Adoption>);
 
 impl Shared {
     pub fn new(prefix: &str) -> Shared {
-        Shared {
-            key: format!("{prefix}adoption"),
-            view: RefCell::new(Adoption::default()),
-            pending: RefCell::new(Adoption::default()),
-            synced_ms: RefCell::new(0),
-        }
+        Shared(Folded::new(format!("{prefix}adoption")))
     }
 
     /// Request path: `identity` found `route` new to it.
     pub fn adopted(&self, route: u32, identity: u64, now_ms: u64) {
-        self.view.borrow_mut().adopted(route, identity, now_ms);
-        self.pending.borrow_mut().adopted(route, identity, now_ms);
+        self.0.mark(|a| a.adopted(route, identity, now_ms));
     }
 
     /// Request path: how many identities took `route` up lately, on every worker as of the last fold.
     pub fn adopters(&self, route: u32, now_ms: u64) -> f64 {
-        self.view.borrow().adopters(route, now_ms)
+        self.0.view().adopters(route, now_ms)
     }
 
-    /// Tick: folds this worker's marks into the shared record and reads
-    /// everyone's back (at most once a `SYNC_MS`). A failed fold keeps the
-    /// marks for the next tick.
+    /// Tick: see `Folded::on_tick`.
     pub fn on_tick(&self, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
-        {
-            let mut synced = self.synced_ms.borrow_mut();
-            if now_ms < synced.saturating_add(SYNC_MS) {
-                return Ok(());
-            }
-            *synced = now_ms;
-        }
-        let pending = self.pending.borrow().clone();
-        let merged = if pending.is_empty() {
-            match store.get(&self.key)? {
-                Some((bytes, _)) => Adoption::decode(&bytes).unwrap_or_default(),
-                None => return Ok(()),
-            }
-        } else {
-            let merged = record::update(store, metrics, Table::Profile, &self.key, |bytes| {
-                let mut shared = bytes.and_then(Adoption::decode).unwrap_or_default();
-                shared.merge(&pending, now_ms);
-                (Some(shared.encode()), shared)
-            })?;
-            *self.pending.borrow_mut() = Adoption::default();
-            merged
-        };
-        let mut view = self.view.borrow_mut();
-        view.merge(&merged, now_ms);
-        Ok(())
+        self.0.on_tick(now_ms, store, metrics).map(|_| ())
     }
 }
 

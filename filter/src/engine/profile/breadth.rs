@@ -13,10 +13,10 @@
 //! shared record from its ticks, as `adoption` does.
 
 use crate::engine::codec::{Reader, Writer};
-use crate::engine::ports::{MetricsSink, SharedStore, StoreError, Table};
-use crate::engine::record;
+use super::folded::{Folded, Mergeable};
 use super::score::Component;
-use std::cell::RefCell;
+use crate::engine::ports::{MetricsSink, SharedStore, StoreError};
+use std::cell::Cell;
 
 const SLOTS: usize = 128;
 const GENERATION_MS: u64 = 5 * 60_000;
@@ -119,9 +119,23 @@ impl Breadth {
         *s = slot;
     }
 
+    fn breadth(&self, route: u32, now_ms: u64) -> f64 {
+        match self.slots.get(route as usize % SLOTS) {
+            Some(s) if s.route == route && s.generation <= generation_of(now_ms) => s.rolled(generation_of(now_ms)).breadth(),
+            _ => 0.0,
+        }
+    }
+
+    fn widest(&self, now_ms: u64) -> f64 {
+        let g = generation_of(now_ms);
+        self.slots.iter().filter(|s| s.generation <= g).map(|s| s.rolled(g).breadth()).fold(0.0, f64::max)
+    }
+}
+
+impl Mergeable for Breadth {
     /// Takes in another view as of `now_ms`: the same route's bitmaps join;
     /// a slot another route holds goes to the wider.
-    fn merge(&mut self, other: &Breadth, now_ms: u64) {
+    fn merge(&mut self, other: &Self, now_ms: u64) {
         let g = generation_of(now_ms);
         for (mine, theirs) in self.slots.iter_mut().zip(other.slots.iter()) {
             if theirs.generation > g {
@@ -138,18 +152,6 @@ impl Breadth {
                 m
             };
         }
-    }
-
-    fn breadth(&self, route: u32, now_ms: u64) -> f64 {
-        match self.slots.get(route as usize % SLOTS) {
-            Some(s) if s.route == route && s.generation <= generation_of(now_ms) => s.rolled(generation_of(now_ms)).breadth(),
-            _ => 0.0,
-        }
-    }
-
-    fn widest(&self, now_ms: u64) -> f64 {
-        let g = generation_of(now_ms);
-        self.slots.iter().filter(|s| s.generation <= g).map(|s| s.rolled(g).breadth()).fold(0.0, f64::max)
     }
 
     fn is_empty(&self) -> bool {
@@ -171,7 +173,7 @@ impl Breadth {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Option<Breadth> {
+    fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
         if r.u8()? != VERSION {
             return None;
@@ -189,75 +191,40 @@ impl Breadth {
 
 const VERSION: u8 = 1;
 const ENCODED: usize = 1 + SLOTS * (4 + 4 + 32);
-const SYNC_MS: u64 = 1_000;
 
-/// One worker's view of the routes' breadth, what it marked since its last
-/// fold, and the widest route's breadth as of that fold.
+/// One worker's view of the routes' breadth, folded into shared data from
+/// its ticks, and the widest route's breadth as of the last fold.
 pub struct Shared {
-    key: String,
-    view: RefCell<Breadth>,
-    pending: RefCell<Breadth>,
-    widest: RefCell<f64>,
-    synced_ms: RefCell<u64>,
+    folded: Folded<Breadth>,
+    widest: Cell<f64>,
 }
 
 impl Shared {
     pub fn new(prefix: &str) -> Shared {
-        Shared {
-            key: format!("{prefix}breadth"),
-            view: RefCell::new(Breadth::default()),
-            pending: RefCell::new(Breadth::default()),
-            widest: RefCell::new(0.0),
-            synced_ms: RefCell::new(0),
-        }
+        Shared { folded: Folded::new(format!("{prefix}breadth")), widest: Cell::new(0.0) }
     }
 
     /// Request path: an established identity called `route`, in its routine.
     pub fn used(&self, route: u32, identity: u64, now_ms: u64) {
-        self.view.borrow_mut().used(route, identity, now_ms);
-        self.pending.borrow_mut().used(route, identity, now_ms);
+        self.folded.mark(|b| b.used(route, identity, now_ms));
     }
 
     /// Request path: in [0, 1], how widely `route` is used against the
     /// widest route, on every worker as of the last fold (0 while too few
     /// identities are known).
     pub fn popularity(&self, route: u32, now_ms: u64) -> f64 {
-        let widest = *self.widest.borrow();
+        let widest = self.widest.get();
         if widest < MIN_WIDEST {
             return 0.0;
         }
-        (self.view.borrow().breadth(route, now_ms) / widest).clamp(0.0, 1.0)
+        (self.folded.view().breadth(route, now_ms) / widest).clamp(0.0, 1.0)
     }
 
-    /// Tick: folds this worker's marks into the shared record and reads
-    /// everyone's back (at most once a `SYNC_MS`). A failed fold keeps the
-    /// marks for the next tick.
+    /// Tick: see `Folded::on_tick`; the widest route is found once per fold.
     pub fn on_tick(&self, now_ms: u64, store: &dyn SharedStore, metrics: &dyn MetricsSink) -> Result<(), StoreError> {
-        {
-            let mut synced = self.synced_ms.borrow_mut();
-            if now_ms < synced.saturating_add(SYNC_MS) {
-                return Ok(());
-            }
-            *synced = now_ms;
+        if self.folded.on_tick(now_ms, store, metrics)? {
+            self.widest.set(self.folded.view().widest(now_ms));
         }
-        let pending = self.pending.borrow().clone();
-        let merged = if pending.is_empty() {
-            match store.get(&self.key)? {
-                Some((bytes, _)) => Breadth::decode(&bytes).unwrap_or_default(),
-                None => return Ok(()),
-            }
-        } else {
-            let merged = record::update(store, metrics, Table::Profile, &self.key, |bytes| {
-                let mut shared = bytes.and_then(Breadth::decode).unwrap_or_default();
-                shared.merge(&pending, now_ms);
-                (Some(shared.encode()), shared)
-            })?;
-            *self.pending.borrow_mut() = Breadth::default();
-            merged
-        };
-        let mut view = self.view.borrow_mut();
-        view.merge(&merged, now_ms);
-        *self.widest.borrow_mut() = view.widest(now_ms);
         Ok(())
     }
 }

@@ -15,6 +15,7 @@
 pub mod activity;
 pub mod adoption;
 pub mod breadth;
+pub mod folded;
 pub mod cache;
 pub mod model;
 pub mod population;
@@ -267,6 +268,7 @@ impl Profiler {
             return;
         }
         breadth::discount(&mut d.parts, keep);
+        d.conduct = score::conduct(&d.parts);
         let discounted = score::combine(&d.parts, |_, s| s);
         d.own = discounted.min(d.own);
         d.score = d.own;
@@ -292,23 +294,16 @@ impl Profiler {
             let here = profile.devices.iter().find(|x| x.key == dev).map_or(0.0, |x| x.long);
             total >= 5.0 && here < RARE_DEVICE_SHARE * total
         });
+        let new_device = rare_device || part(Component::SessionDevice) >= score::REASON_AT;
         let marks = standing::Context {
             country: if new_country { ctx.country } else { 0 },
             asn: if part(Component::Asn) >= score::REASON_AT { ctx.asn } else { 0 },
-            device: if rare_device || part(Component::SessionDevice) >= score::REASON_AT { ctx.device } else { 0 },
+            device: if new_device { ctx.device } else { 0 },
         };
-        // The request without where and when it comes from (what it does);
-        // from a device new to the identity it is never calm (a thief cannot
-        // settle an episode).
-        let without_place = || {
-            score::combine(&d.parts, |c, s| {
-                let place = matches!(c, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device);
-                if place { 0.0 } else { s }
-            })
-        };
-        let beyond = score::conduct(&d.parts);
-        let rest = if rare_device || part(Component::SessionDevice) >= score::REASON_AT { 1.0 } else { without_place() };
-        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, beyond, self.gate, &ctx, &marks);
+        // The request without where and when it comes from; from a device new
+        // to the identity it is never calm (a thief cannot settle an episode).
+        let rest = if new_device { 1.0 } else { score::without_place(&d.parts) };
+        let (score, continues, opened) = profile.standing.episode_score(obs.time_ms, d.own, rest, d.conduct, self.gate, &ctx, &marks);
         d.opened = opened;
         if continues && score > d.own && score >= self.gate {
             let e = &profile.standing.episode;

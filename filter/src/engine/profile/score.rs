@@ -114,17 +114,25 @@ impl Component {
     }
 }
 
-/// What a request does, as its deviation says, without where and when it
-/// comes from (country, travel, hour, network, device, the session's device):
-/// a traveller's usual routine abroad is ordinary conduct.
+impl Component {
+    /// Where and when a request comes from (country, travel, hour, network,
+    /// device), not what it does.
+    fn is_place(self) -> bool {
+        matches!(self, Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device)
+    }
+}
+
+/// The deviation without where and when the request comes from; the
+/// session's device still counts (a token on another device is a thief's).
+pub fn without_place(parts: &[(Component, f64)]) -> f64 {
+    combine(parts, |c, s| if c.is_place() { 0.0 } else { s })
+}
+
+/// What a request does, as its deviation says: without where and when it
+/// comes from, nor the session's device. A traveller's usual routine abroad
+/// is ordinary conduct.
 pub fn conduct(parts: &[(Component, f64)]) -> f64 {
-    combine(parts, |c, s| {
-        let place = matches!(
-            c,
-            Component::Country | Component::Travel | Component::Hour | Component::Asn | Component::Device | Component::SessionDevice
-        );
-        if place { 0.0 } else { s }
-    })
+    combine(parts, |c, s| if c.is_place() || c == Component::SessionDevice { 0.0 } else { s })
 }
 
 /// The behavioural score of scored components: a noisy-OR of `weight · score`
@@ -197,6 +205,8 @@ pub struct Deviation {
     pub score: f64,
     /// The request's own deviation.
     pub own: f64,
+    /// Its conduct (`conduct` of `parts`), kept with the parts.
+    pub conduct: f64,
     /// It opened one.
     pub opened: bool,
     pub observations: u32,
@@ -252,6 +262,7 @@ pub fn assess(
     let assessment = Assessment::Scored(Deviation {
         score: score.clamp(0.0, 1.0),
         own: score.clamp(0.0, 1.0),
+        conduct: conduct(&scored),
         opened: false,
         // Counted as it will be once learned.
         observations: profile.observations.saturating_add(1),
